@@ -1,0 +1,31 @@
+# synthcat: `make run` and `make test` are the whole set-up on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: run test setup models clean
+
+# torch/torchvision are pinned to the wheels this machine keeps on disk (see README).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP) models
+
+models: $(STAMP)
+	$(BIN)/python -c "from pipeline.models.presets import DEFAULT_MODELS_DIR as d; from pipeline.models.tiny import ensure_tiny_models as e; print('tiny models in', e(d))"
+
+run: setup
+	$(BIN)/synthcat run --manifest examples/catalog.csv --config examples/job.yaml --out out
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf out .pytest_cache

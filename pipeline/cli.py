@@ -1,0 +1,154 @@
+"""The `synthcat` command line: parses arguments, reads the environment, maps errors to exit codes.
+
+Exit codes (DESIGN.md): 0 success, 2 bad input or usage, 3 gate/validation failed, 1 internal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import secrets
+import sys
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+from pipeline.errors import BadInputError, SynthcatError
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _quiet_libraries() -> None:
+    """Offline by default, and no per-component progress bars from the model libraries."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Ray Data's own logs and bars would interleave with ours; its errors still raise.
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("ray", "ray.data", "great_expectations"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _run_date(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-26") from None
+
+
+def _run_id(text: str) -> str:
+    if not _RUN_ID.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits and _ . - (it names a folder)")
+    return text
+
+
+def _models_dir(config_value: str | None) -> Path:
+    from pipeline.models.presets import DEFAULT_MODELS_DIR
+
+    return Path(config_value or os.environ.get("SYNTHCAT_MODELS_DIR") or DEFAULT_MODELS_DIR)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from pipeline.config import load_job_config
+    from pipeline.run import RunRequest, run_job
+
+    config = load_job_config(args.config)
+    if not Path(args.manifest).exists():
+        raise BadInputError(f"{args.manifest}: manifest not found")
+    run_date = args.run_date or datetime.now(timezone.utc).date().isoformat()
+    run_id = args.run_id or f"run-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+    request = RunRequest(
+        manifest=Path(args.manifest), config=config, out=Path(args.out or config.out),
+        run_date=run_date, run_id=run_id, models_dir=_models_dir(config.models_dir),
+        ray_address=os.environ.get("RAY_ADDRESS") or None, show_progress=not args.no_progress,
+    )
+    summary = run_job(request)
+    console = Console(stderr=False, highlight=False)
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.reasons.items())) or "none"
+    console.print(f"[bold green]published[/] run {summary.run_id} (run_date {summary.run_date})")
+    console.print(f"  items {summary.items} · generated {summary.generated} "
+                  f"(resumed shards {summary.resumed_shards}) · accepted {summary.accepted} · "
+                  f"rejected {summary.rejected} ({reasons}) · bad manifest rows {summary.bad_rows}")
+    console.print(f"  {summary.images_per_s:.2f} images/s · {summary.seconds:.1f} s in all")
+    console.print(f"  dataset  {summary.dataset_root}")
+    console.print(f"  manifest {summary.manifest_path}")
+    console.print(f"  report   {summary.report_path}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pipeline.config import load_job_config
+    from pipeline.ingest import read_manifest
+
+    config = load_job_config(args.config)
+    result = read_manifest(args.path, config)
+    problems = result.problems()
+    if problems:
+        for line in problems:
+            print(line, file=sys.stderr)
+        print(f"{args.path}: {result.bad_rows} of {result.total_rows} rows are bad", file=sys.stderr)
+        return BadInputError.exit_code
+    print(f"{args.path}: {result.total_rows} rows, all good")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from pipeline.models.presets import describe_presets
+
+    presets = describe_presets(_models_dir(None))
+    if args.json:
+        print(json.dumps(presets, indent=2))
+    else:
+        for p in presets:
+            state = "ready" if p["available"] else "missing"
+            print(f"{p['name']:<12} {state:<8} {p['path']}  (scorer {p['scorer']}: {p['clip_path']})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synthcat", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="generate, gate, validate and publish a dataset from a manifest")
+    run.add_argument("--manifest", required=True, help="catalog manifest (CSV, JSONL or Parquet)")
+    run.add_argument("--config", help="job config YAML (default: built-in defaults)")
+    run.add_argument("--out", help="output root (default: the config's `out`)")
+    run.add_argument("--run-date", type=_run_date, help="partition date YYYY-MM-DD (default: today, UTC)")
+    run.add_argument("--run-id", type=_run_id, help="run id; pass an earlier one to resume that run")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check a manifest, write nothing, list every bad row")
+    validate.add_argument("path", help="catalog manifest (CSV, JSONL or Parquet)")
+    validate.add_argument("--config", help="job config YAML (column mapping, default markets)")
+    validate.set_defaults(func=cmd_validate)
+
+    models = sub.add_parser("models", help="list model presets and their local folders")
+    models.add_argument("--json", action="store_true", help="print a JSON list")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except SynthcatError as exc:
+        print(f"synthcat: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("synthcat: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Executors: run a chain of stages over Arrow tables, in-process or on Ray Data.
+
+Stages declare what they need (`resources`: CPUs, GPUs, actors, batch size); the Ray
+executor turns that into `map_batches` options, so the same stages run on a laptop, on a
+local Ray, or on a Ray cluster. Results stream back to the caller batch by batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+import pyarrow as pa
+
+from pipeline.config import StageResources
+from pipeline.errors import BadInputError
+
+log = logging.getLogger(__name__)
+
+HF_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+class Stage(Protocol):
+    name: str
+    resources: StageResources
+
+    def setup(self) -> None: ...
+
+    def __call__(self, batch: pa.Table) -> pa.Table: ...
+
+
+def make_batches(items: pa.Table, batch_size: int, group_by: str = "shard_id") -> list[pa.Table]:
+    """Cut items into first-stage batches that never span two groups (shards).
+
+    Float results of batched kernels can differ in the last bit with batch composition;
+    fixing each batch's members per shard makes a shard's images identical whether it
+    runs alone (a resume, a retry) or among others.
+    """
+    batches = []
+    column = items.column(group_by).to_pylist()
+    start = 0
+    for end in range(1, len(column) + 1):
+        if end == len(column) or column[end] != column[start] or end - start == batch_size:
+            batches.append(items.slice(start, end - start))
+            start = end
+    return batches
+
+
+def run_local(stages: Sequence[Stage], batches: Sequence[pa.Table]) -> Iterator[pa.Table]:
+    """Run every stage in this process: each model loads once, batches flow through in order."""
+    if not batches:
+        return
+    for stage in stages:
+        stage.setup()
+    for batch in batches:
+        for stage in stages:
+            batch = stage(batch)
+        yield batch
+
+
+class _ActorStage:
+    """Ray actor wrapper: the stage's model loads once per actor, in `__init__` (= setup)."""
+
+    def __init__(self, stage: Stage) -> None:
+        stage.setup()
+        self.stage = stage
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.stage(batch)
+
+
+def _stateless(stage: Stage):
+    def call(batch: pa.Table) -> pa.Table:
+        return stage(batch)
+
+    return call
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Connect to `address`, or start a local in-process Ray; returns True if this call started it.
+
+    An already-initialised Ray (a test session, an Airflow worker) is reused as it is.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                  runtime_env={"env_vars": HF_OFFLINE_ENV})
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+    return True
+
+
+def _check_gpus(stages: Sequence[Stage], local: bool) -> None:
+    """On a Ray we started ourselves, a GPU request that cannot be met would wait forever."""
+    import ray
+
+    wanted = max((s.resources.num_gpus for s in stages), default=0)
+    have = ray.cluster_resources().get("GPU", 0)
+    if local and wanted > have:
+        names = ", ".join(f"resources.{s.name}.num_gpus={s.resources.num_gpus:g}"
+                          for s in stages if s.resources.num_gpus > have)
+        raise BadInputError(f"job config asks for GPUs ({names}) but this Ray has {have:g}; "
+                            "set num_gpus: 0 to run on CPU")
+
+
+def run_ray(stages: Sequence[Stage], batches: Sequence[pa.Table], *, address: str | None = None,
+            num_cpus: int | None = None) -> Iterator[pa.Table]:
+    """Stream items through the stages on Ray Data; yields output batches as they finish.
+
+    Stages with a model run in an actor pool (`actors` actors, each loading the model
+    once); stateless stages (`stateless = True`, e.g. encoding) run as plain CPU tasks,
+    so GPU actors never wait on image encoding.
+    """
+    if not batches:
+        return
+    import ray
+    import ray.data
+
+    started_here = init_ray(address, num_cpus)
+    _check_gpus(stages, local=started_here and not address)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    # One block per first-stage batch: every actor gets work from the start, and the first
+    # stage takes each block whole (batch_size=None), keeping the batches' composition.
+    ds = ray.data.from_arrow(list(batches))
+    for position, stage in enumerate(stages):
+        r = stage.resources
+        batch_size = None if position == 0 else r.batch_size
+        options = dict(batch_size=batch_size, batch_format="pyarrow", zero_copy_batch=True,
+                       num_cpus=r.num_cpus, num_gpus=r.num_gpus or None)
+        if getattr(stage, "stateless", False):
+            ds = ds.map_batches(_stateless(stage), **options)
+        else:
+            ds = ds.map_batches(_ActorStage, fn_constructor_args=(stage,),
+                                compute=ray.data.ActorPoolStrategy(size=r.actors), **options)
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+def run_stages(stages: Sequence[Stage], batches: Sequence[pa.Table], *, executor: str,
+               ray_address: str | None = None, num_cpus: int | None = None) -> Iterator[pa.Table]:
+    """Run `stages` over `batches` (see `make_batches`) with the named executor (`ray` or `local`)."""
+    if executor == "local":
+        return run_local(stages, batches)
+    if executor == "ray":
+        return run_ray(stages, batches, address=ray_address, num_cpus=num_cpus)
+    raise BadInputError(f"unknown executor {executor!r}; allowed: ray, local")

@@ -1,0 +1,1 @@
+"""Model presets and the embedded `tiny` models."""

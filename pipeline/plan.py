@@ -1,0 +1,75 @@
+"""Plan: products x markets x kinds x variants x formats -> items with ids, seeds, prompts, shards."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow as pa
+
+from pipeline.config import JobConfig
+from pipeline.identity import item_id, seed_for, shard_id
+from pipeline.locales import market_to_locale
+from pipeline.schema import ITEM_SCHEMA
+
+ASPECTS = {"1:1": 1.0, "4:5": 4 / 5, "9:16": 9 / 16, "1.91:1": 1.91}
+
+
+def format_size(fmt: str, base_width: int, base_height: int) -> tuple[int, int]:
+    """Width and height for a channel format at about the model's native pixel count.
+
+    Sides are multiples of 8, as latent diffusion VAEs require; the aspect is then within
+    a few percent of the target (the model generates it directly, nothing is cropped).
+    """
+    aspect = ASPECTS[fmt]
+    area = base_width * base_height
+    width = math.sqrt(area * aspect)
+    height = width / aspect
+    return max(8, round(width / 8) * 8), max(8, round(height / 8) * 8)
+
+
+def _prompt_values(product: dict, market: str, kind: str) -> dict[str, str]:
+    from babel import Locale
+
+    locale = Locale.parse(market_to_locale(market))
+    attributes = json.loads(product["attributes"] or "{}")
+    # Words describe the product to the model; numbers (capacity_ml: 350) mostly do not.
+    attribute_text = "".join(f", {v.strip()}" for v in attributes.values() if isinstance(v, str) and v.strip())
+    return {
+        "title": product["title"], "category": product["category"], "attributes": attribute_text,
+        "country": locale.get_territory_name("en") or market,
+        "language": locale.get_language_name("en") or market, "market": market, "kind": kind,
+    }
+
+
+def plan_items(products: pa.Table, config: JobConfig, *, run_id: str, run_date: str,
+               width: int, height: int) -> pa.Table:
+    """Expand products into items (ITEM_SCHEMA) in a deterministic order, grouped into shards.
+
+    `width`/`height` are the model's native size; formats scale from it.
+    """
+    rows = []
+    for product in products.to_pylist():
+        markets = product["markets"] or list(config.markets)
+        for market in markets:
+            for kind in config.kinds:
+                values = _prompt_values(product, market, kind)
+                prompt = config.generation.prompt_template.format_map(values)
+                for variant in range(config.variants):
+                    for fmt in config.formats:
+                        ident = item_id(config.dataset, run_date, product["sku"], market, kind, variant, fmt)
+                        w, h = format_size(fmt, width, height)
+                        rows.append({
+                            "item_id": ident, "dataset": config.dataset, "run_id": run_id,
+                            "run_date": run_date, "sku": product["sku"], "market": market,
+                            "locale": market_to_locale(market), "kind": kind, "variant": variant,
+                            "format": fmt, "attempt": 0, "seed": seed_for(ident, 0),
+                            "prompt": prompt, "negative_prompt": config.generation.negative_prompt,
+                            "title": product["title"], "category": product["category"],
+                            "attributes": product["attributes"], "brand": product["brand"],
+                            "price": product["price"], "currency": product["currency"],
+                            "width": w, "height": h,
+                        })
+    for index, row in enumerate(rows):
+        row["shard_id"] = shard_id(index // config.shard_size)
+    return pa.Table.from_pylist(rows, schema=ITEM_SCHEMA)

@@ -1,0 +1,276 @@
+"""Publish a run: stage Parquet files, then swap each run_date partition into the live dataset.
+
+Layout (DESIGN.md "Output: the dataset"):
+    data/run_date=<d>/market=<m>/part-<run_id>-<nnnnn>.parquet      accepted rows
+    rejects/run_date=<d>/market=<m>/part-<run_id>-<nnnnn>.parquet   rejected rows
+    _runs/<run_id>/manifest.json                                    commit record, written last
+
+Partition columns: `run_date` and `market` stay *inside* every file (DESIGN: every row carries
+its lineage, and Hugging Face `datasets` ignores hive paths, so it only sees columns in the files).
+In the file's Arrow schema they are `dictionary<int32, string>` -- the exact type that
+`pyarrow.parquet.read_table(dir)` and `pandas.read_parquet(dir)` infer for hive keys; with
+plain `string` both readers fail with "Unable to merge: Field run_date has incompatible types".
+The Parquet column itself is an ordinary UTF-8 string, so DuckDB, Spark and `datasets` (which
+casts to the `huggingface` metadata's `string`) see strings. One reader needs a word: pass
+`pyarrow.dataset.dataset(dir)` no partitioning (the columns are in the files) or
+`partitioning=ds.HivePartitioning.discover(infer_dictionary=True)`; bare `partitioning="hive"`
+infers `string` and refuses the merge.
+
+Atomicity: each (kind, run_date) partition is swapped whole -- `renameat2(RENAME_EXCHANGE)` on
+Linux, rename-aside + rename elsewhere -- so a reader sees a date's old rows or its new rows,
+never a mix. The manifest is the commit record for the run as a whole. A publish that fails
+part-way can be re-run with the same staging folder: partitions already holding this run's
+files (named after the run id) are recognised and left as they are.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import datetime as dt
+import errno
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipeline.errors import SynthcatError
+from pipeline.schema import OUTPUT_SCHEMA, PARTITION_COLUMNS, conform, with_hf_metadata
+
+DATA_DIR, REJECTS_DIR, RUNS_DIR = "data", "rejects", "_runs"
+STAGED_MARKER = "_staged.json"
+ROW_GROUP_SIZE = 100      # rows carry image bytes; `datasets` writes image data in groups of 100
+ROWS_PER_FILE = 1000
+_PARTITION_TYPE = pa.dictionary(pa.int32(), pa.string())
+FILE_SCHEMA = pa.schema(
+    [f.with_type(_PARTITION_TYPE) if f.name in PARTITION_COLUMNS else f for f in OUTPUT_SCHEMA],
+    metadata=with_hf_metadata(OUTPUT_SCHEMA).metadata,
+)
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_RUN_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def stage_run(staging_dir: Path, accepted: pa.Table, rejected: pa.Table, run_id: str,
+              *, rows_per_file: int = ROWS_PER_FILE) -> list[dict]:
+    """Write a run's accepted and rejected rows as hive-partitioned Parquet under `staging_dir`.
+
+    Returns one record per file: {"path": posix path relative to the dataset root, "rows",
+    "bytes", "sha256"}. `staging_dir` belongs to this run: an earlier staging there is replaced.
+    The marker `_staged.json` (the records) is written last; `publish_run` reads it.
+    """
+    staging_dir = Path(staging_dir)
+    _check_name("run_id", run_id)
+    if (staging_dir / RUNS_DIR).exists():
+        raise SynthcatError(f"staging folder {staging_dir} holds {RUNS_DIR}/: "
+                            "it looks like a published dataset, not a staging folder")
+    (staging_dir / STAGED_MARKER).unlink(missing_ok=True)
+    for kind in (DATA_DIR, REJECTS_DIR):
+        shutil.rmtree(staging_dir / kind, ignore_errors=True)
+
+    records = []
+    for kind, table in ((DATA_DIR, accepted), (REJECTS_DIR, rejected)):
+        table = conform(table, OUTPUT_SCHEMA)
+        for (run_date, market), part in _split_partitions(table):
+            folder = Path(kind, f"run_date={run_date}", f"market={market}")
+            for number, start in enumerate(range(0, part.num_rows, rows_per_file)):
+                relative = folder / f"part-{run_id}-{number:05d}.parquet"
+                records.append(_write_file(staging_dir, relative,
+                                           part.slice(start, rows_per_file)))
+    marker = {"run_id": run_id, "files": records}
+    _write_json(staging_dir / STAGED_MARKER, marker)
+    return records
+
+
+def publish_run(dataset_root: Path, staging_dir: Path, run_id: str, run_dates: list[str],
+                manifest: dict) -> dict:
+    """Swap the staged partitions of `run_dates` into `dataset_root`, then commit the manifest.
+
+    Each `data/run_date=<d>` and `rejects/run_date=<d>` is replaced by the staged one, or
+    removed when the run staged no rows there; other dates are untouched. Writes
+    `_runs/<run_id>/manifest.json` last and returns it.
+    """
+    dataset_root, staging_dir = Path(dataset_root), Path(staging_dir)
+    # 1. Check inputs before anything moves.
+    _check_name("run_id", run_id)
+    manifest_path = dataset_root / RUNS_DIR / run_id / "manifest.json"
+    for run_date in run_dates:
+        if not _RUN_DATE.match(run_date):
+            raise SynthcatError(f"run date {run_date!r} is not YYYY-MM-DD")
+    if manifest_path.exists():
+        raise SynthcatError(f"run {run_id} is already published ({manifest_path})")
+    records = _staged_records(staging_dir, run_id, run_dates)
+    final = dict(manifest)
+    final["files"] = records
+    final["rows"] = {
+        "accepted": sum(r["rows"] for r in records if r["path"].startswith(DATA_DIR + "/")),
+        "rejected": sum(r["rows"] for r in records if r["path"].startswith(REJECTS_DIR + "/")),
+    }
+    json.dumps(final, sort_keys=True)  # a manifest that cannot be written fails before the swap
+    dataset_root.mkdir(parents=True, exist_ok=True)
+    if os.stat(dataset_root).st_dev != os.stat(staging_dir).st_dev:
+        raise SynthcatError(f"staging folder {staging_dir} is not on the filesystem of "
+                            f"{dataset_root}: partitions cannot be renamed into place")
+
+    # 2. Swap every partition this run owns.
+    for kind in (DATA_DIR, REJECTS_DIR):
+        for run_date in sorted(set(run_dates)):
+            name = f"run_date={run_date}"
+            _swap_partition(staged=staging_dir / kind / name, live=dataset_root / kind / name,
+                            aside=staging_dir / f".replaced-{kind}-{name}", run_id=run_id)
+
+    # 3. Commit: the manifest is written last.
+    missing = [r["path"] for r in records if not (dataset_root / r["path"]).is_file()
+               or (dataset_root / r["path"]).stat().st_size != r["bytes"]]
+    if missing:
+        raise SynthcatError(f"run {run_id}: published files missing or changed after the swap: "
+                            f"{missing[:5]}")
+    final["published_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
+    _write_json(manifest_path, final)
+    (staging_dir / STAGED_MARKER).unlink(missing_ok=True)
+    return final
+
+
+def read_published(dataset_root: Path, run_date: str | None = None) -> pa.Table:
+    """The published accepted rows (all dates, or one), as an OUTPUT_SCHEMA table."""
+    folder = Path(dataset_root) / DATA_DIR
+    if run_date is not None:
+        folder = folder / f"run_date={run_date}"
+    if not folder.is_dir():
+        return OUTPUT_SCHEMA.empty_table()
+    # The partition columns are in the files, so no partitioning is needed to get them.
+    table = ds.dataset(folder, format="parquet", schema=FILE_SCHEMA).to_table()
+    return conform(table, OUTPUT_SCHEMA)
+
+
+# --- staging -------------------------------------------------------------------------------------
+
+def _split_partitions(table: pa.Table):
+    """Yield ((run_date, market), rows) for every partition of `table`, in sorted order."""
+    if table.num_rows == 0:
+        return
+    for column in PARTITION_COLUMNS:
+        if table[column].null_count:
+            raise SynthcatError(f"{table[column].null_count} rows have no {column}: "
+                                "every published row needs its partition values")
+    keys = table.select(list(PARTITION_COLUMNS)).group_by(list(PARTITION_COLUMNS)).aggregate([])
+    for run_date, market in sorted(zip(*(keys[c].to_pylist() for c in PARTITION_COLUMNS))):
+        if not _RUN_DATE.match(run_date):
+            raise SynthcatError(f"run_date {run_date!r} is not YYYY-MM-DD")
+        _check_name("market", market)
+        mask = pc.and_(pc.equal(table["run_date"], run_date), pc.equal(table["market"], market))
+        yield (run_date, market), table.filter(mask)
+
+
+def _write_file(root: Path, relative: Path, rows: pa.Table) -> dict:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")  # dot: ignored by pyarrow/pandas if left behind
+    pq.write_table(rows.cast(FILE_SCHEMA), tmp, row_group_size=ROW_GROUP_SIZE,
+                   compression="zstd")
+    os.replace(tmp, path)
+    return {"path": relative.as_posix(), "rows": rows.num_rows, "bytes": path.stat().st_size,
+            "sha256": _sha256(path)}
+
+
+def _staged_records(staging_dir: Path, run_id: str, run_dates: list[str]) -> list[dict]:
+    marker_path = staging_dir / STAGED_MARKER
+    if not marker_path.is_file():
+        raise SynthcatError(f"nothing staged for run {run_id}: {marker_path} does not exist")
+    marker = json.loads(marker_path.read_text())
+    if marker.get("run_id") != run_id:
+        raise SynthcatError(f"{marker_path} was staged by run {marker.get('run_id')!r}, "
+                            f"not {run_id!r}")
+    owned = {f"run_date={d}" for d in run_dates}
+    stray = sorted({r["path"].split("/")[1] for r in marker["files"]} - owned)
+    if stray:
+        raise SynthcatError(f"run {run_id} staged rows for {stray}, which are not in its "
+                            f"run dates {sorted(run_dates)}: they would never be published")
+    return marker["files"]
+
+
+# --- swapping partitions -------------------------------------------------------------------------
+
+def _swap_partition(*, staged: Path, live: Path, aside: Path, run_id: str) -> None:
+    """Make `live` hold what `staged` holds (or nothing), in one atomic step where possible."""
+    if _holds_run(live, run_id):  # a re-run after a failure: this partition is already done
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    if staged.exists() and live.exists() and _exchange(staged, live):
+        shutil.rmtree(staged)  # now the old partition
+        return
+    if live.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(live, aside)  # readers briefly see no rows for this date, never a mix
+    if staged.exists():
+        live.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staged, live)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _holds_run(partition: Path, run_id: str) -> bool:
+    return partition.is_dir() and any(partition.glob(f"market=*/part-{run_id}-*.parquet"))
+
+
+@functools.cache
+def _renameat2():
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    function = getattr(libc, "renameat2", None)  # glibc >= 2.28
+    if function is not None:
+        function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                             ctypes.c_uint]
+        function.restype = ctypes.c_int
+    return function
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths; False where the OS or filesystem cannot."""
+    function = _renameat2()
+    if function is None:
+        return False
+    if function(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, os.strerror(error), str(a), None, str(b))
+
+
+# --- small helpers -------------------------------------------------------------------------------
+
+def _check_name(what: str, value) -> None:
+    if not isinstance(value, str) or not _SAFE_NAME.match(value):
+        raise SynthcatError(f"{what} {value!r} cannot name a file or folder "
+                            "(letters, digits and . _ - only)")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        json.dump(value, handle, indent=2, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,142 @@
+"""Column names and Arrow schemas: the one place every stage takes them from."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+# --- ingest: one row per catalog product --------------------------------------------------------
+PRODUCT_SCHEMA = pa.schema([
+    ("line", pa.int64()),            # 1-based line (CSV: physical line of the row's start; JSONL/Parquet: row + 1)
+    ("sku", pa.string()),
+    ("title", pa.string()),
+    ("category", pa.string()),
+    ("attributes", pa.string()),     # JSON object text, keys sorted
+    ("description", pa.string()),
+    ("image", pa.string()),
+    ("markets", pa.list_(pa.string())),  # canonical locale tags; empty = the job's markets
+    ("brand", pa.string()),
+    ("price", pa.float64()),
+    ("currency", pa.string()),
+])
+
+INPUT_REJECT_SCHEMA = pa.schema([
+    ("source", pa.string()),
+    ("line", pa.int64()),
+    ("sku", pa.string()),
+    ("field", pa.string()),
+    ("reason", pa.string()),
+    ("raw", pa.string()),            # the row as JSON text, for the operator to fix it
+])
+
+# --- plan: one row per item (sku x market x kind x variant x format) ----------------------------
+ITEM_SCHEMA = pa.schema([
+    ("item_id", pa.string()),
+    ("shard_id", pa.string()),
+    ("dataset", pa.string()),
+    ("run_id", pa.string()),
+    ("run_date", pa.string()),
+    ("sku", pa.string()),
+    ("market", pa.string()),
+    ("locale", pa.string()),
+    ("kind", pa.string()),
+    ("variant", pa.int32()),
+    ("format", pa.string()),
+    ("attempt", pa.int32()),
+    ("seed", pa.int64()),
+    ("prompt", pa.string()),
+    ("negative_prompt", pa.string()),
+    ("title", pa.string()),
+    ("category", pa.string()),
+    ("attributes", pa.string()),
+    ("brand", pa.string()),
+    ("price", pa.float64()),
+    ("currency", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+])
+
+# --- generate: adds raw pixels (HWC uint8, never published) and generation lineage ---------------
+GENERATION_FIELDS = [
+    pa.field("pixels", pa.binary()),
+    pa.field("model_id", pa.string()),
+    pa.field("model_sha256", pa.string()),
+    pa.field("scheduler", pa.string()),
+    pa.field("steps", pa.int32()),
+    pa.field("guidance_scale", pa.float32()),
+    pa.field("torch_version", pa.string()),
+    pa.field("device", pa.string()),
+]
+
+# --- score --------------------------------------------------------------------------------------
+SCORE_FIELDS = [
+    pa.field("clip_model", pa.string()),
+    pa.field("clip_score", pa.float32()),            # cosine(image, prompt) in [-1, 1]
+    pa.field("clip_embedding", pa.list_(pa.float32())),  # L2-normalised image embedding
+]
+
+# --- encode: Hugging Face `Image` layout --------------------------------------------------------
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+ENCODE_FIELDS = [
+    pa.field("image", IMAGE_TYPE),
+    pa.field("image_sha256", pa.string()),
+]
+
+# --- gate ---------------------------------------------------------------------------------------
+GATE_FIELDS = [
+    pa.field("dup_group", pa.string()),      # item_id of the group's kept image; null when unique
+    pa.field("dup_reason", pa.string()),     # e.g. "exact"; null when unique
+    pa.field("gate_status", pa.string()),    # "accepted" | "rejected"
+    pa.field("gate_reasons", pa.list_(pa.string())),
+    pa.field("created_at", pa.timestamp("us", tz="UTC")),
+]
+
+ACCEPTED, REJECTED = "accepted", "rejected"
+
+# Columns dropped before publishing: raw pixels are re-derivable from the encoded image,
+# and `shard_id` / `dataset` describe the run layout, not the row.
+_UNPUBLISHED = {"pixels", "shard_id", "dataset"}
+
+OUTPUT_SCHEMA = pa.schema(
+    [f for f in ITEM_SCHEMA if f.name not in _UNPUBLISHED]
+    + [f for f in GENERATION_FIELDS if f.name not in _UNPUBLISHED]
+    + SCORE_FIELDS + ENCODE_FIELDS + GATE_FIELDS
+)
+SHARD_SCHEMA = pa.schema(list(ITEM_SCHEMA) + [f for f in GENERATION_FIELDS if f.name != "pixels"]
+                         + SCORE_FIELDS + ENCODE_FIELDS)
+
+PARTITION_COLUMNS = ("run_date", "market")
+
+
+def _hf_feature(arrow_type: pa.DataType) -> dict:
+    """The `datasets` feature dict of a plain Arrow type (only the types our schemas use)."""
+    if pa.types.is_list(arrow_type):
+        return {"feature": _hf_feature(arrow_type.value_type), "_type": "List"}
+    if pa.types.is_timestamp(arrow_type):
+        return {"dtype": f"timestamp[{arrow_type.unit}, tz={arrow_type.tz}]", "_type": "Value"}
+    names = {pa.string(): "string", pa.int32(): "int32", pa.int64(): "int64",
+             pa.float32(): "float32", pa.float64(): "float64", pa.bool_(): "bool",
+             pa.binary(): "binary"}
+    return {"dtype": names[arrow_type], "_type": "Value"}
+
+
+def with_hf_metadata(schema: pa.Schema) -> pa.Schema:
+    """Attach the `huggingface` schema metadata so `datasets` decodes `image` as an Image."""
+    features = {
+        f.name: {"_type": "Image"} if f.name == "image" else _hf_feature(f.type) for f in schema
+    }
+    metadata = dict(schema.metadata or {})
+    metadata[b"huggingface"] = json.dumps({"info": {"features": features}}).encode()
+    return schema.with_metadata(metadata)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Select and cast `table` to `schema`, adding missing nullable columns as nulls."""
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            columns.append(table.column(field.name).cast(field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
