@@ -1,0 +1,111 @@
+"""CLI contracts: exit codes and one-line messages for bad input, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLE_CATALOG, EXAMPLE_JOB
+from pipeline.cli import main
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_validate_accepts_the_example_catalog(capsys):
+    code, out, _ = _run(capsys, "validate", str(EXAMPLE_CATALOG), "--config", str(EXAMPLE_JOB))
+    assert code == 0 and "all good" in out
+
+
+def test_validate_lists_every_bad_row(tmp_path, capsys):
+    manifest = tmp_path / "bad.csv"
+    manifest.write_text("sku,title,category,markets,attributes\n"
+                        "A,Mug,mug,en-US,\n"
+                        ",No sku,mug,,\n"
+                        "B,Tee,t-shirt,xx-QQ,\n"
+                        "C,Lamp,lamp,,{not json\n"
+                        " A ,Again,mug,,\n")
+    code, _, err = _run(capsys, "validate", str(manifest))
+    assert code == 2
+    assert "line 3, field 'sku'" in err
+    assert "line 4, field 'markets'" in err and "xx-QQ" in err
+    assert "line 5, field 'attributes'" in err
+    assert "line 6, field 'sku'" in err and "line 2" in err
+    assert "4 of 5 rows are bad" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "manifest not found"),
+    ("title,category\nMug,mug\n", "sku"),
+    ("sku,title,category\n", "no data rows"),
+])
+def test_run_refuses_bad_files_with_exit_2_before_any_work(tmp_path, capsys, content, expected):
+    manifest = tmp_path / "catalog.csv"
+    if content is not None:
+        manifest.write_text(content)
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "run", "--manifest", str(manifest), "--out", str(out))
+    assert code == 2
+    assert expected in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_run_refuses_a_manifest_over_the_bad_row_limit(tmp_path, capsys):
+    manifest = tmp_path / "catalog.csv"
+    manifest.write_text("sku,title,category\nA,Mug,mug\nB,,mug\nC,,lamp\n")
+    code, _, err = _run(capsys, "run", "--manifest", str(manifest), "--out", str(tmp_path / "out"))
+    assert code == 2 and "over the job's limit max_bad_row_share" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_config_names_the_key_and_allowed_values(tmp_path, capsys):
+    config = tmp_path / "job.yaml"
+    config.write_text(json.dumps({"kinds": ["poster"], "image_format": "gif", "colour": 1}))
+    code, _, err = _run(capsys, "run", "--manifest", str(EXAMPLE_CATALOG), "--config", str(config))
+    assert code == 2
+    assert "key 'kinds.0'" in err and "'campaign'" in err
+    assert "key 'image_format'" in err and "'png' or 'webp'" in err
+    assert "key 'colour': unknown key" in err
+
+
+def test_bad_market_in_config_and_unknown_model(tmp_path, capsys):
+    config = tmp_path / "job.yaml"
+    config.write_text("markets: [en-US, zz-ZZ]\n")
+    code, _, err = _run(capsys, "validate", str(EXAMPLE_CATALOG), "--config", str(config))
+    assert code == 2 and "key 'markets'" in err and "zz-ZZ" in err
+    config.write_text("model: sd99\n")
+    code, _, err = _run(capsys, "run", "--manifest", str(EXAMPLE_CATALOG), "--config", str(config),
+                        "--out", str(tmp_path / "out"))
+    assert code == 2 and "unknown model preset 'sd99'" in err
+
+
+def test_usage_errors_exit_2(capsys):
+    code, _, err = _run(capsys, "run", "--manifest", "x.csv", "--run-date", "26/11/2026")
+    assert code == 2 and "not a date" in err
+    code, _, _ = _run(capsys, "frobnicate")
+    assert code == 2
+
+
+def test_models_lists_presets_as_json(capsys, models_dir):
+    code, out, _ = _run(capsys, "models", "--json")
+    presets = {p["name"]: p for p in json.loads(out)}
+    assert code == 0 and {"tiny", "sd15", "sd-turbo", "sdxl"} <= set(presets)
+    assert presets["tiny"]["available"] and Path(presets["tiny"]["path"]).is_dir()
+    assert Path(presets["tiny"]["clip_path"], "open_clip_config.json").is_file()
+
+
+def test_console_script_help_runs_in_a_fresh_process():
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--run-id" in result.stdout

@@ -1,0 +1,117 @@
+"""End to end: the CLI on a slice of the example catalog, read back by every downstream reader."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import EXAMPLE_CATALOG, EXAMPLE_JOB
+from pipeline.cli import main
+
+RUN_DATE = "2026-11-26"
+
+
+def _job(tmp_path: Path, **overrides) -> Path:
+    config = yaml.safe_load(EXAMPLE_JOB.read_text())
+    config.update(overrides)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, models_dir, ray_session):
+    """One real run: 4 SKUs of the example catalog, published under a temporary root."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    catalog = tmp / "catalog.csv"
+    catalog.write_text("".join(EXAMPLE_CATALOG.read_text().splitlines(keepends=True)[:5]))
+    job = _job(tmp, variants=1, shard_size=4)
+    out = tmp / "out"
+    args = ["run", "--manifest", str(catalog), "--config", str(job), "--out", str(out),
+            "--run-date", RUN_DATE, "--run-id", "run-a", "--no-progress"]
+    assert main(args) == 0
+    return {"out": out, "root": out / "catalog_images", "args": args, "catalog": catalog, "job": job}
+
+
+def test_layout_and_manifest_written_last(published):
+    root = published["root"]
+    files = sorted(p.relative_to(root).as_posix() for p in (root / "data").rglob("*.parquet"))
+    assert files and all(f.startswith(f"data/run_date={RUN_DATE}/market=") for f in files)
+    manifest = json.loads((root / "_runs" / "run-a" / "manifest.json").read_text())
+    assert manifest["validation"]["success"] is True
+    assert manifest["models"]["generator"]["sha256"]
+    for record in manifest["files"]:
+        assert hashlib.sha256((root / record["path"]).read_bytes()).hexdigest() == record["sha256"]
+    assert (root / "_runs" / "run-a" / "report.html").stat().st_size > 1000
+    assert not (root / "_staging" / "run-a").exists()
+    for path in (root / "data").rglob("*.parquet"):
+        metadata = pq.ParquetFile(path).metadata
+        assert all(metadata.row_group(i).num_rows <= 100 for i in range(metadata.num_row_groups))
+
+
+def test_pyarrow_and_pandas_read_lineage_and_images(published):
+    import pandas as pd
+
+    table = pq.read_table(published["root"] / "data")
+    # 4 SKUs: three take the job's 3 markets, MUG-002 overrides to de-DE alone
+    assert table.num_rows == 3 + 1 + 3 + 3
+    for column in ["item_id", "run_id", "run_date", "sku", "market", "locale", "kind", "variant",
+                   "format", "attempt", "prompt", "negative_prompt", "seed", "model_id", "model_sha256",
+                   "scheduler", "steps", "guidance_scale", "width", "height", "image_sha256",
+                   "clip_model", "clip_score", "dup_group", "gate_status", "created_at"]:
+        assert column in table.column_names
+    assert len(table.column("item_id").unique()) == table.num_rows
+    frame = pd.read_parquet(published["root"] / "data")
+    image = Image.open(io.BytesIO(frame["image"].iloc[0]["bytes"]))
+    assert image.size == (64, 64)
+    assert hashlib.sha256(frame["image"].iloc[0]["bytes"]).hexdigest() == frame["image_sha256"].iloc[0]
+
+
+def test_duckdb_reads_the_dataset(published):
+    import duckdb
+
+    pattern = str(published["root"] / "data" / "**" / "*.parquet")
+    rows = duckdb.sql(f"select market, count(*) n from read_parquet('{pattern}', hive_partitioning=true) "
+                      "group by market order by market").fetchall()
+    assert rows == [("de-DE", 4), ("en-US", 3), ("ja-JP", 3)]
+
+
+def test_hugging_face_datasets_decodes_images(published, tmp_path):
+    import datasets
+
+    files = [str(p) for p in sorted((published["root"] / "data").rglob("*.parquet"))]
+    ds = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "hf"))
+    assert isinstance(ds.features["image"], datasets.Image)
+    assert ds[0]["image"].size == (64, 64)
+    assert ds.num_rows == 10
+
+
+def test_rerun_of_the_same_run_date_replaces_rows_and_reproduces_images(published):
+    before = pq.read_table(published["root"] / "data").sort_by("item_id")
+    args = [a if a != "run-a" else "run-b" for a in published["args"]]
+    assert main(args) == 0
+    after = pq.read_table(published["root"] / "data").sort_by("item_id")
+    assert after.num_rows == before.num_rows
+    assert after.column("item_id").to_pylist() == before.column("item_id").to_pylist()
+    assert after.column("image_sha256").to_pylist() == before.column("image_sha256").to_pylist()
+    assert set(after.column("run_id").to_pylist()) == {"run-b"}
+
+
+def test_failed_gate_exits_3_and_keeps_published_data(published, tmp_path, capsys):
+    before = pq.read_table(published["root"] / "data").sort_by("item_id")
+    job = _job(tmp_path, variants=1, shard_size=4, gates={"min_clip_score": 0.99})
+    args = ["run", "--manifest", str(published["catalog"]), "--config", str(job), "--out",
+            str(published["out"]), "--run-date", RUN_DATE, "--run-id", "run-strict", "--no-progress"]
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    assert "validation failed, nothing published" in err and "Traceback" not in err
+    after = pq.read_table(published["root"] / "data").sort_by("item_id")
+    assert after.equals(before)
+    assert not (published["root"] / "_runs" / "run-strict" / "manifest.json").exists()
