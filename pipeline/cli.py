@@ -68,6 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     request = RunRequest(
         manifest=Path(args.manifest), config=config, out=Path(args.out or config.out),
         run_date=run_date, run_id=run_id, models_dir=_models_dir(config.models_dir),
+        skus=tuple(s.strip() for s in args.skus.split(",") if s.strip()) if args.skus else (),
         ray_address=os.environ.get("RAY_ADDRESS") or None, show_progress=not args.no_progress,
     )
     summary = run_job(request)
@@ -81,6 +82,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(f"  dataset  {summary.dataset_root}")
     console.print(f"  manifest {summary.manifest_path}")
     console.print(f"  report   {summary.report_path}")
+    return 0
+
+
+def cmd_shards(args: argparse.Namespace) -> int:
+    """Generate shards of a prepared run (what a Ray job runs on the cluster)."""
+    from pipeline.run import generate_shards
+
+    address = os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith(("http://", "https://")):
+        address = None  # inside a Ray job: never submit again, connect to this cluster instead
+    shards = [s for s in args.shards.split(",") if s] if args.shards else None
+    result = generate_shards(Path(args.staging), shards, ray_address=address, show_progress=False)
+    print(json.dumps(result))
     return 0
 
 
@@ -123,8 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output root (default: the config's `out`)")
     run.add_argument("--run-date", type=_run_date, help="partition date YYYY-MM-DD (default: today, UTC)")
     run.add_argument("--run-id", type=_run_id, help="run id; pass an earlier one to resume that run")
+    run.add_argument("--skus", help="comma-separated SKUs to run (default: every SKU)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
+
+    shards = sub.add_parser("shards", help="(internal) generate shards of a prepared run; used by Ray jobs")
+    shards.add_argument("staging", help="the run's staging folder (<out>/<dataset>/_staging/<run_id>)")
+    shards.add_argument("--shards", help="comma-separated shard ids (default: all not yet done)")
+    shards.set_defaults(func=cmd_shards)
 
     validate = sub.add_parser("validate", help="check a manifest, write nothing, list every bad row")
     validate.add_argument("path", help="catalog manifest (CSV, JSONL or Parquet)")

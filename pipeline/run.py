@@ -1,16 +1,19 @@
-"""One synthcat run: ingest -> plan -> generate/score/encode (sharded) -> gate -> validate -> publish.
+"""One synthcat run as five steps: prepare -> generate shards -> consolidate -> validate -> publish.
 
-`run_job` is the single entry point the CLI (and the Airflow DAGs) call. Everything it
-needs arrives as arguments; it reads no environment variables.
+Every step reads what it needs from the run's staging folder and writes its result there
+(`_staging/<run_id>/`), so each can run in its own process: all in one `synthcat run`, as
+separate Airflow tasks, or (the shard step) as a Ray job on a cluster. XCom and job
+arguments carry paths and counts only. Nothing here reads environment variables.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
+import json
+import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,20 +22,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import pipeline
-from pipeline.config import JobConfig
-from pipeline.errors import GateFailedError
-from pipeline.executor import make_batches, run_stages
-from pipeline.ingest import IngestResult, check_bad_row_share, read_manifest
-from pipeline.models.presets import resolve_model, resolve_scorer, weights_sha256
-from pipeline.plan import plan_items
-from pipeline.progress import Progress
-from pipeline.shards import ShardStore
-from pipeline.stages.encode import EncodeStage
-from pipeline.stages.gate import apply_gates
-from pipeline.stages.generate import GenerateStage
-from pipeline.stages.score import ScoreStage
+from pipeline.config import JobConfig, parse_job_config
+from pipeline.errors import BadInputError, GateFailedError
+from pipeline.schema import OUTPUT_SCHEMA
 
-log = logging.getLogger(__name__)
+STATE = "run.json"  # the staging folder's record of the run: request, models, step results
 
 
 @dataclass(frozen=True)
@@ -45,9 +39,18 @@ class RunRequest:
     run_date: str
     run_id: str
     models_dir: Path
+    skus: tuple[str, ...] = ()          # on-demand subset; empty = every SKU
     ray_address: str | None = None
     ray_num_cpus: int | None = None
     show_progress: bool = True
+
+    @property
+    def dataset_root(self) -> Path:
+        return self.out / self.config.dataset
+
+    @property
+    def staging(self) -> Path:
+        return self.dataset_root / "_staging" / self.run_id
 
 
 @dataclass
@@ -69,6 +72,24 @@ class RunSummary:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+# --- the staging record -------------------------------------------------------------------------
+def read_state(staging: Path) -> dict:
+    path = staging / STATE
+    if not path.is_file():
+        raise BadInputError(f"{staging}: no {STATE}; run the prepare step first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _update_state(staging: Path, **values) -> dict:
+    path = staging / STATE
+    state = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    state.update(values)
+    tmp = path.with_name(f".{STATE}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+    return state
+
+
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -77,111 +98,55 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _build_stages(request: RunRequest):
-    config = request.config
-    model = resolve_model(config.model, request.models_dir)
-    scorer = resolve_scorer(config.scorer or model.scorer, request.models_dir)
-    steps = config.generation.steps or model.steps
-    guidance = model.guidance_scale if config.generation.guidance_scale is None else config.generation.guidance_scale
-    stages = [
-        GenerateStage(model.path, model.name, weights_sha256(model.path), model.pipeline_class,
-                      steps, guidance, resources=config.resources.generate),
-        ScoreStage(scorer.path, scorer.name, resources=config.resources.score),
-        EncodeStage(config.image_format, resources=config.resources.encode),
-    ]
-    return model, scorer, stages
+# --- 1. prepare ---------------------------------------------------------------------------------
+def prepare(request: RunRequest) -> dict:
+    """Ingest and check the manifest, resolve the models, plan items and shards into staging.
 
+    A bad file or too many bad rows raise BadInputError here, before any work. Preparing
+    again (a resume, a task retry) rewrites the same plan: ids and seeds are deterministic.
+    """
+    from pipeline.ingest import check_bad_row_share, read_manifest
+    from pipeline.models.presets import resolve_model, resolve_scorer, weights_sha256
+    from pipeline.plan import plan_items
 
-def run_job(request: RunRequest) -> RunSummary:
-    """Run one job end to end and publish it; raises SynthcatError subclasses for users' errors."""
-    config, started = request.config, time.perf_counter()
-    timings: dict[str, float] = {}
-    dataset_root = request.out / config.dataset
-    staging = dataset_root / "_staging" / request.run_id
-
-    # 1. Ingest and check the manifest: a bad file or too many bad rows stop here, before any work
-    tick = time.perf_counter()
+    tick, config = time.perf_counter(), request.config
     ingest = read_manifest(request.manifest, config)
     check_bad_row_share(ingest, config.max_bad_row_share)
-    timings["ingest"] = time.perf_counter() - tick
+    products = ingest.products
+    if request.skus:
+        unknown = sorted(set(request.skus) - set(products.column("sku").to_pylist()))
+        if unknown:
+            raise BadInputError(f"{request.manifest}: skus not in the manifest: {', '.join(unknown)}")
+        products = products.filter(pc.is_in(products.column("sku"), pa.array(list(request.skus))))
+    model = resolve_model(config.model, request.models_dir)
+    scorer = resolve_scorer(config.scorer or model.scorer, request.models_dir)
+    generation = config.generation
+    items = plan_items(products, config, run_id=request.run_id, run_date=request.run_date,
+                       width=generation.width or model.width, height=generation.height or model.height)
 
-    # 2. Resolve models and plan items (deterministic ids, seeds and shards)
-    model, scorer, stages = _build_stages(request)
-    width, height = config.generation.width or model.width, config.generation.height or model.height
-    items = plan_items(ingest.products, config, run_id=request.run_id, run_date=request.run_date,
-                       width=width, height=height)
-
-    # 3. Generate, score and encode every shard not already done (resume = skip finished shards)
-    store = ShardStore(staging / "shards")
-    done = store.done()
-    todo = items.filter(pc.invert(pc.is_in(items.column("shard_id"), pa.array(sorted(done), pa.string()))))
-    expected = {s: c for s, c in zip(*_value_counts(todo.column("shard_id")))}
-    tick = time.perf_counter()
-    with Progress("generate", total=todo.num_rows, enabled=request.show_progress) as bar:
-        batches = make_batches(todo, config.resources.generate.batch_size)
-        results = run_stages(stages, batches, executor=config.executor, ray_address=request.ray_address,
-                             num_cpus=request.ray_num_cpus)
-        for _, rows in store.collect(results, expected):
-            bar.advance(rows)
-    timings["generate"] = time.perf_counter() - tick
-
-    # 4. Gate the whole run at once (duplicates are a global property)
-    tick = time.perf_counter()
-    produced = store.read_all()
-    if produced.num_rows != items.num_rows:
-        raise RuntimeError(f"staging holds {produced.num_rows} rows for {items.num_rows} planned items")
-    min_score = scorer.min_clip_score if config.gates.min_clip_score is None else config.gates.min_clip_score
-    gated = apply_gates(produced, min_clip_score=min_score, exact_duplicates=config.gates.exact_duplicates,
-                        created_at=datetime.now(timezone.utc))
-    timings["gate"] = time.perf_counter() - tick
-
-    # 5. Validate the accepted table; a failure publishes nothing
-    from validators import validate_accepted
-
-    tick = time.perf_counter()
-    report = validate_accepted(gated.accepted, min_clip_score=min_score)
-    timings["validate"] = time.perf_counter() - tick
-    if not report.success:
-        failed = [r for r in report.results if not r["success"]]
-        names = "; ".join(f"{r['expectation']}({r.get('column') or ''}): {r.get('observed')}" for r in failed[:5])
-        raise GateFailedError(f"validation failed, nothing published ({len(failed)} expectations): {names}")
-
-    # 6. Stage, then publish atomically; the run's manifest.json is written last
-    from pipeline.publish import publish_run, stage_run
-    from pipeline.report import write_report
-
-    tick = time.perf_counter()
-    run_dir = dataset_root / "_runs" / request.run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_input_rejects(ingest, run_dir)
-    seconds = time.perf_counter() - started
-    images_per_s = todo.num_rows / timings["generate"] if todo.num_rows and timings["generate"] else 0.0
-    summary = RunSummary(
-        run_id=request.run_id, run_date=request.run_date, dataset_root=dataset_root,
-        items=items.num_rows, generated=todo.num_rows, resumed_shards=len(done),
-        accepted=gated.accepted.num_rows, rejected=gated.rejected.num_rows, reasons=gated.reasons(),
-        bad_rows=ingest.bad_rows, images_per_s=images_per_s, seconds=seconds,
-        manifest_path=run_dir / "manifest.json", report_path=run_dir / "report.html", timings=timings,
+    staging = request.staging
+    staging.mkdir(parents=True, exist_ok=True)
+    pq.write_table(items, staging / "plan.parquet")
+    if ingest.rejects.num_rows:
+        pq.write_table(ingest.rejects, staging / "input_rejects.parquet")
+    names, counts = _value_counts(items.column("shard_id"))
+    state = _update_state(
+        staging, run_id=request.run_id, run_date=request.run_date, dataset=config.dataset,
+        dataset_root=str(request.dataset_root), config=config.model_dump(mode="json"),
+        input={"path": str(request.manifest), "sha256": _sha256_file(request.manifest),
+               "rows": ingest.total_rows, "bad_rows": ingest.bad_rows},
+        generator={"id": model.name, "path": str(model.path), "class": model.pipeline_class,
+                   "sha256": weights_sha256(model.path), "steps": generation.steps or model.steps,
+                   "guidance_scale": model.guidance_scale if generation.guidance_scale is None
+                   else generation.guidance_scale},
+        scorer={"id": scorer.name, "path": str(scorer.path),
+                "min_clip_score": scorer.min_clip_score if config.gates.min_clip_score is None
+                else config.gates.min_clip_score},
+        items=items.num_rows, shards=dict(zip(names, counts)),
+        timings={"prepare": time.perf_counter() - tick},
     )
-    write_report(summary.report_path, gated.accepted, gated.rejected, summary, report.to_dict())
-    stage_run(staging / "publish", gated.accepted, gated.rejected, request.run_id)
-    manifest = {
-        "run_id": request.run_id, "run_date": request.run_date, "dataset": config.dataset,
-        "synthcat_version": pipeline.__version__,
-        "input": {"path": str(request.manifest), "sha256": _sha256_file(request.manifest),
-                  "rows": ingest.total_rows, "bad_rows": ingest.bad_rows},
-        "config": config.model_dump(mode="json"),
-        "models": {"generator": {"id": model.name, "path": str(model.path),
-                                 "sha256": stages[0].model_sha256, "class": model.pipeline_class},
-                   "scorer": {"id": scorer.name, "path": str(scorer.path), "min_clip_score": min_score}},
-        "items": items.num_rows, "reasons": summary.reasons, "validation": report.to_dict(),
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-    }
-    publish_run(dataset_root, staging / "publish", request.run_id, [request.run_date], manifest)
-    timings["publish"] = time.perf_counter() - tick
-    summary.seconds = time.perf_counter() - started
-    shutil.rmtree(staging, ignore_errors=True)
-    return summary
+    return {"staging": str(staging), "items": state["items"], "shards": sorted(state["shards"]),
+            "bad_rows": ingest.bad_rows}
 
 
 def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:
@@ -189,7 +154,174 @@ def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:
     return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
 
 
-def _write_input_rejects(ingest: IngestResult, run_dir: Path) -> None:
-    """Bad manifest rows (line, field, reason, raw row) go into the run's record for the operator."""
-    if ingest.rejects.num_rows:
-        pq.write_table(ingest.rejects, run_dir / "input_rejects.parquet")
+# --- 2. generate, score and encode shards -------------------------------------------------------
+def build_stages(state: dict) -> list:
+    """The stage chain of a prepared run (models as resolved by `prepare`)."""
+    from pipeline.stages.encode import EncodeStage
+    from pipeline.stages.generate import GenerateStage
+    from pipeline.stages.score import ScoreStage
+
+    config, gen, scorer = parse_job_config(state["config"]), state["generator"], state["scorer"]
+    return [
+        GenerateStage(Path(gen["path"]), gen["id"], gen["sha256"], gen["class"], gen["steps"],
+                      gen["guidance_scale"], resources=config.resources.generate),
+        ScoreStage(Path(scorer["path"]), scorer["id"], resources=config.resources.score),
+        EncodeStage(config.image_format, resources=config.resources.encode),
+    ]
+
+
+def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_address: str | None = None,
+                    ray_num_cpus: int | None = None, show_progress: bool = False) -> dict:
+    """Generate every listed shard (default: all) whose file is not already there.
+
+    With an `http(s)://` Ray address the work is submitted to that cluster through the Ray
+    Jobs API (see `pipeline.jobs`); otherwise it runs on a local or connected Ray (or in
+    process, `executor: local`). A shard file appears only when the shard is complete.
+    """
+    from pipeline.executor import make_batches, run_stages
+    from pipeline.progress import Progress
+    from pipeline.shards import ShardStore
+
+    state = read_state(staging)
+    wanted = sorted(state["shards"]) if shards is None else list(shards)
+    unknown = set(wanted) - set(state["shards"])
+    if unknown:
+        raise BadInputError(f"{staging}: unknown shards {sorted(unknown)}")
+    store = ShardStore(staging / "shards")
+    todo_shards = [s for s in wanted if s not in store.done()]
+    if ray_address and ray_address.startswith(("http://", "https://")) and todo_shards:
+        from pipeline.jobs import submit_shards
+
+        submit_shards(ray_address, staging, todo_shards, state)
+        return {"shards": len(wanted), "generated": sum(state["shards"][s] for s in todo_shards),
+                "skipped": len(wanted) - len(todo_shards)}
+
+    config = parse_job_config(state["config"])
+    plan = pq.read_table(staging / "plan.parquet")
+    todo = plan.filter(pc.is_in(plan.column("shard_id"), pa.array(todo_shards, pa.string())))
+    tick = time.perf_counter()
+    with Progress("generate", total=todo.num_rows, enabled=show_progress) as bar:
+        batches = make_batches(todo, config.resources.generate.batch_size)
+        results = run_stages(build_stages(state), batches, executor=config.executor,
+                             ray_address=ray_address, num_cpus=ray_num_cpus)
+        for _, rows in store.collect(results, {s: state["shards"][s] for s in todo_shards}):
+            bar.advance(rows)
+    seconds = time.perf_counter() - tick
+    return {"shards": len(wanted), "generated": todo.num_rows, "skipped": len(wanted) - len(todo_shards),
+            "seconds": seconds}
+
+
+# --- 3. consolidate: the global gates -----------------------------------------------------------
+def consolidate(staging: Path) -> dict:
+    """Gate the whole run at once (duplicates are a global property) into accepted/rejected."""
+    from pipeline.shards import ShardStore
+    from pipeline.stages.gate import apply_gates
+
+    state, tick = read_state(staging), time.perf_counter()
+    store = ShardStore(staging / "shards")
+    missing = sorted(set(state["shards"]) - store.done())
+    if missing:
+        raise RuntimeError(f"{staging}: shards not generated yet: {', '.join(missing[:5])}")
+    produced = store.read_all()
+    if produced.num_rows != state["items"]:
+        raise RuntimeError(f"staging holds {produced.num_rows} rows for {state['items']} planned items")
+    config = parse_job_config(state["config"])
+    gated = apply_gates(produced, min_clip_score=state["scorer"]["min_clip_score"],
+                        exact_duplicates=config.gates.exact_duplicates, created_at=datetime.now(timezone.utc))
+    (staging / "gated").mkdir(exist_ok=True)
+    pq.write_table(gated.accepted, staging / "gated" / "accepted.parquet")
+    pq.write_table(gated.rejected, staging / "gated" / "rejected.parquet")
+    result = {"accepted": gated.accepted.num_rows, "rejected": gated.rejected.num_rows,
+              "reasons": gated.reasons()}
+    _update_state(staging, gate=result, timings={**state["timings"], "gate": time.perf_counter() - tick})
+    return result
+
+
+def _gated(staging: Path) -> tuple[pa.Table, pa.Table]:
+    read = lambda name: pq.read_table(staging / "gated" / f"{name}.parquet", schema=OUTPUT_SCHEMA)  # noqa: E731
+    return read("accepted"), read("rejected")
+
+
+# --- 4. validate --------------------------------------------------------------------------------
+def validate(staging: Path) -> dict:
+    """Run the Great Expectations suite over the accepted rows; a failure raises GateFailedError."""
+    from validators import validate_accepted
+
+    state, tick = read_state(staging), time.perf_counter()
+    accepted, _ = _gated(staging)
+    report = validate_accepted(accepted, min_clip_score=state["scorer"]["min_clip_score"]).to_dict()
+    _update_state(staging, validation=report,
+                  timings={**state["timings"], "validate": time.perf_counter() - tick})
+    if not report["success"]:
+        failed = [r for r in report["results"] if not r["success"]]
+        names = "; ".join(f"{r['expectation']}({r.get('column') or ''}): observed {r.get('observed')}"
+                          for r in failed[:5])
+        raise GateFailedError(f"validation failed, nothing published ({len(failed)} expectations "
+                              f"failed; details in {staging / STATE}): {names}")
+    return {"success": True, "expectations": len(report["results"])}
+
+
+# --- 5. publish ---------------------------------------------------------------------------------
+def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
+    """Write the report, stage the Parquet files, swap partitions in, write manifest.json last."""
+    from pipeline.publish import publish_run, stage_run
+    from pipeline.report import write_report
+
+    state, tick = read_state(staging), time.perf_counter()
+    if not state.get("validation", {}).get("success"):
+        raise GateFailedError(f"{staging}: the run has not passed validation; nothing published")
+    accepted, rejected = _gated(staging)
+    root, run_id = Path(state["dataset_root"]), state["run_id"]
+    run_dir = root / "_runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (staging / "input_rejects.parquet").is_file():
+        shutil.copyfile(staging / "input_rejects.parquet", run_dir / "input_rejects.parquet")
+    extra = summary_extra or {}
+    summary = RunSummary(
+        run_id=run_id, run_date=state["run_date"], dataset_root=root, items=state["items"],
+        generated=extra.get("generated", state["items"]), resumed_shards=extra.get("skipped", 0),
+        accepted=accepted.num_rows, rejected=rejected.num_rows, reasons=state["gate"]["reasons"],
+        bad_rows=state["input"]["bad_rows"], images_per_s=extra.get("images_per_s", 0.0),
+        seconds=extra.get("seconds", 0.0), manifest_path=run_dir / "manifest.json",
+        report_path=run_dir / "report.html", timings=dict(state["timings"]),
+    )
+    write_report(summary.report_path, accepted, rejected, summary, state["validation"])
+    stage_run(staging / "publish", accepted, rejected, run_id)
+    manifest = {
+        "run_id": run_id, "run_date": state["run_date"], "dataset": state["dataset"],
+        "synthcat_version": pipeline.__version__, "input": state["input"], "config": state["config"],
+        "models": {"generator": state["generator"], "scorer": state["scorer"]},
+        "items": state["items"], "reasons": state["gate"]["reasons"], "validation": state["validation"],
+        "timings_s": {k: round(v, 3) for k, v in state["timings"].items()},
+    }
+    publish_run(root, staging / "publish", run_id, [state["run_date"]], manifest)
+    shutil.rmtree(staging, ignore_errors=True)
+    summary.timings["publish"] = time.perf_counter() - tick
+    return summary
+
+
+# --- all five, in one process -------------------------------------------------------------------
+def run_job(request: RunRequest) -> RunSummary:
+    """Run one job end to end and publish it; raises SynthcatError subclasses for users' errors."""
+    started = time.perf_counter()
+    prepared = prepare(request)
+    staging = Path(prepared["staging"])
+    generated = generate_shards(staging, ray_address=request.ray_address, ray_num_cpus=request.ray_num_cpus,
+                                show_progress=request.show_progress)
+    _update_state(staging, timings={**read_state(staging)["timings"], "generate": generated.get("seconds", 0.0)})
+    consolidate(staging)
+    validate(staging)
+    seconds = generated.get("seconds") or 0.0
+    rate = generated["generated"] / seconds if generated["generated"] and seconds else 0.0
+    summary = publish(staging, {**generated, "images_per_s": rate})
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def summary_dict(summary: RunSummary) -> dict:
+    """A JSON-able view of a summary (for XCom and `--json` output)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(summary).items()}
+
+
+__all__ = ["RunRequest", "RunSummary", "prepare", "generate_shards", "consolidate",
+           "validate", "publish", "run_job", "read_state", "summary_dict"]
