@@ -86,12 +86,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False,
-                  runtime_env={"env_vars": HF_OFFLINE_ENV})
+    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     if address:
+        # A cluster (or the Ray job we run inside) brings its own runtime env and settings.
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        ray.init(num_cpus=num_cpus, runtime_env={"env_vars": HF_OFFLINE_ENV}, **kwargs)
     return True
 
 
