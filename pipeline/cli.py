@@ -127,6 +127,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from pipeline.models.presets import resolve_scorer
+    from pipeline.reference import build_reference_index
+
+    scorer = resolve_scorer(args.scorer, _models_dir(None))
+    description = build_reference_index(Path(args.source), Path(args.out), scorer.path)
+    print(json.dumps(description, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthcat", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -150,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("path", help="catalog manifest (CSV, JSONL or Parquet)")
     validate.add_argument("--config", help="job config YAML (column mapping, default markets)")
     validate.set_defaults(func=cmd_validate)
+
+    index = sub.add_parser("index", help="the memorization reference index")
+    index_sub = index.add_subparsers(dest="index_command", required=True)
+    build = index_sub.add_parser("build", help="embed a folder or Parquet of reference images")
+    build.add_argument("source", help="folder of images, or a Parquet file with an `image` column")
+    build.add_argument("--out", required=True, help="index folder (index.parquet + index.json)")
+    build.add_argument("--scorer", default="tiny", help="open_clip scorer preset (default: tiny)")
+    build.set_defaults(func=cmd_index_build)
 
     models = sub.add_parser("models", help="list model presets and their local folders")
     models.add_argument("--json", action="store_true", help="print a JSON list")

@@ -1,0 +1,160 @@
+"""The one entry module the Airflow DAGs call: plain dicts in, plain dicts out (XCom-sized).
+
+A *spec* is everything a task needs to rebuild the run: absolute paths, run id and date,
+overrides. Every task function is one call into `pipeline.run`; this module never imports
+Airflow, and the DAG files only wire these functions together. It is an edge like the CLI,
+so it may read the environment (RAY_ADDRESS, SYNTHCAT_MODELS_DIR).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import yaml
+
+from pipeline.config import JobConfig, parse_job_config
+from pipeline.errors import BadInputError
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SETTINGS = REPO / "dags" / "synthcat.yaml"
+OVERRIDES = ("markets", "kinds", "variants", "model")
+
+
+def load_settings(path: str | Path | None = None) -> dict:
+    """The DAGs' settings file (manifest, config, out, schedule, ...); relative paths are
+    resolved against the file's folder's parent (the project root)."""
+    path = Path(path or os.environ.get("SYNTHCAT_DAGS_SETTINGS") or DEFAULT_SETTINGS)
+    settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    base = path.resolve().parent.parent
+    for key in ("manifest", "config", "out", "reference_images"):
+        if settings.get(key):
+            settings[key] = str((base / settings[key]).resolve())
+    return settings
+
+
+def dataset_uri(settings: dict) -> str:
+    """The Asset URI of the dataset the settings' job publishes (`file:///<out>/<dataset>`)."""
+    data = yaml.safe_load(Path(settings["config"]).read_text(encoding="utf-8")) or {}
+    dataset = data.get("dataset", JobConfig.model_fields["dataset"].default)
+    return Path(settings["out"], dataset).resolve().as_uri()
+
+
+def airflow_run_id(dag_run_id: str) -> str:
+    """A folder-safe run id from Airflow's (`manual__2026-11-26T01:00:00+00:00`); stable per DAG run,
+    so a retried task resumes the same staging folder."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", dag_run_id).strip("-.")[:128]
+
+
+def _resolve(path: str, base: Path = REPO) -> str:
+    return str((base / path).resolve()) if not Path(path).is_absolute() else path
+
+
+def _job_config(spec: dict) -> JobConfig:
+    config_path = Path(spec["config"])
+    try:
+        data = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise BadInputError(f"{config_path}: cannot read the job config ({exc})") from None
+    data.update({k: spec[k] for k in OVERRIDES if spec.get(k) not in (None, [], "")})
+    return parse_job_config(data, str(config_path))
+
+
+def make_spec(params: dict, *, dag_run_id: str, run_date: str) -> dict:
+    """Check a trigger's params and turn them into a spec; bad params raise BadInputError
+    naming the field, before any work."""
+    spec = {
+        "manifest": _resolve(params["manifest"]), "config": _resolve(params["config"]),
+        "out": _resolve(params["out"]), "skus": list(params.get("skus") or []),
+        "dry_run": bool(params.get("dry_run", False)), "run_id": airflow_run_id(dag_run_id),
+        "run_date": run_date,
+        "ray_address": os.environ.get("RAY_ADDRESS") or None,
+        "models_dir": os.environ.get("SYNTHCAT_MODELS_DIR") or None,
+    }
+    spec.update({k: params.get(k) for k in OVERRIDES})
+    for field in ("manifest", "config"):
+        if not Path(spec[field]).is_file():
+            raise BadInputError(f"param '{field}': file {spec[field]} not found")
+    _job_config(spec)  # raises with the key at fault
+    return spec
+
+
+def request_from_spec(spec: dict):
+    """The RunRequest a spec stands for."""
+    from pipeline.models.presets import DEFAULT_MODELS_DIR
+    from pipeline.run import RunRequest
+
+    config = _job_config(spec)
+    return RunRequest(
+        manifest=Path(spec["manifest"]), config=config, out=Path(spec["out"]),
+        run_date=spec["run_date"], run_id=spec["run_id"],
+        models_dir=Path(spec["models_dir"] or config.models_dir or DEFAULT_MODELS_DIR),
+        skus=tuple(spec["skus"]), ray_address=spec["ray_address"], show_progress=False,
+    )
+
+
+def check_manifest(spec: dict) -> dict:
+    """Validate the manifest (row problems counted; a bad file or too many bad rows raise)."""
+    from pipeline.ingest import check_bad_row_share, read_manifest
+
+    request = request_from_spec(spec)
+    result = read_manifest(request.manifest, request.config)
+    check_bad_row_share(result, request.config.max_bad_row_share)
+    return {"rows": result.total_rows, "bad_rows": result.bad_rows, "problems": result.problems()[:20]}
+
+
+def plan_shards(spec: dict, max_groups: int = 8) -> list[list[str]]:
+    """Prepare the run; return its shards cut into at most `max_groups` groups (one mapped task each)."""
+    from pipeline.run import prepare
+
+    shards = prepare(request_from_spec(spec))["shards"]
+    size = max(1, -(-len(shards) // max_groups))
+    return [shards[i:i + size] for i in range(0, len(shards), size)]
+
+
+def _staging(spec: dict) -> Path:
+    return request_from_spec(spec).staging
+
+
+def generate_shards(spec: dict, shards: list[str]) -> dict:
+    """Generate, score and encode one group of shards (skipping finished ones) on Ray."""
+    from pipeline.run import generate_shards as run_shards
+
+    return run_shards(_staging(spec), shards, ray_address=spec["ray_address"])
+
+
+def consolidate(spec: dict) -> dict:
+    from pipeline.run import consolidate as run_consolidate
+
+    return run_consolidate(_staging(spec))
+
+
+def validate_run(spec: dict) -> dict:
+    from pipeline.run import validate
+
+    return validate(_staging(spec))
+
+
+def publish(spec: dict) -> dict:
+    """Publish atomically; returns what the Asset event's metadata carries."""
+    from pipeline.run import publish as run_publish
+
+    summary = run_publish(_staging(spec))
+    return {"run_id": summary.run_id, "run_date": summary.run_date, "rows": summary.accepted,
+            "rejected": summary.rejected, "path": str(summary.dataset_root),
+            "manifest": str(summary.manifest_path), "report": str(summary.report_path)}
+
+
+def build_reference_index(settings: dict, scorer: str = "tiny") -> dict:
+    """Build or refresh the memorization reference index named in the DAG settings."""
+    from pipeline.models.presets import DEFAULT_MODELS_DIR, resolve_scorer
+    from pipeline.reference import build_reference_index as build
+
+    source = settings.get("reference_images")
+    if not source:
+        raise BadInputError("dags settings: 'reference_images' names no folder or Parquet file")
+    models_dir = Path(os.environ.get("SYNTHCAT_MODELS_DIR") or DEFAULT_MODELS_DIR)
+    clip = resolve_scorer(settings.get("reference_scorer", scorer), models_dir)
+    index_dir = Path(settings["out"]) / "_reference" / clip.name
+    return {**build(Path(source), index_dir, clip.path), "index": str(index_dir)}
