@@ -125,20 +125,24 @@ def prepare(request: RunRequest) -> dict:
                        width=generation.width or model.width, height=generation.height or model.height)
 
     staging = request.staging
+    model_sha256 = weights_sha256(model.path)
+    steps = generation.steps or model.steps
+    guidance = model.guidance_scale if generation.guidance_scale is None else generation.guidance_scale
+    fingerprint = _plan_fingerprint(items, f"{model_sha256}|{steps}|{guidance}|{config.image_format}")
+    _check_resumable(staging, fingerprint)
     staging.mkdir(parents=True, exist_ok=True)
     pq.write_table(items, staging / "plan.parquet")
     if ingest.rejects.num_rows:
         pq.write_table(ingest.rejects, staging / "input_rejects.parquet")
     names, counts = _value_counts(items.column("shard_id"))
+    (staging / STATE).unlink(missing_ok=True)  # later steps' results belong to the earlier attempt
     state = _update_state(
-        staging, run_id=request.run_id, run_date=request.run_date, dataset=config.dataset,
+        staging, plan_sha256=fingerprint, run_id=request.run_id, run_date=request.run_date, dataset=config.dataset,
         dataset_root=str(request.dataset_root), config=config.model_dump(mode="json"),
         input={"path": str(request.manifest), "sha256": _sha256_file(request.manifest),
                "rows": ingest.total_rows, "bad_rows": ingest.bad_rows},
         generator={"id": model.name, "path": str(model.path), "class": model.pipeline_class,
-                   "sha256": weights_sha256(model.path), "steps": generation.steps or model.steps,
-                   "guidance_scale": model.guidance_scale if generation.guidance_scale is None
-                   else generation.guidance_scale},
+                   "sha256": model_sha256, "steps": steps, "guidance_scale": guidance},
         scorer={"id": scorer.name, "path": str(scorer.path),
                 "min_clip_score": scorer.min_clip_score if config.gates.min_clip_score is None
                 else config.gates.min_clip_score},
@@ -147,6 +151,26 @@ def prepare(request: RunRequest) -> dict:
     )
     return {"staging": str(staging), "items": state["items"], "shards": sorted(state["shards"]),
             "bad_rows": ingest.bad_rows}
+
+
+def _plan_fingerprint(items: pa.Table, generator: str) -> str:
+    """A hash of what decides every image: ids, shards, seeds, prompts, sizes and the generator."""
+    digest = hashlib.sha256(generator.encode())
+    for name in ("item_id", "shard_id", "seed", "prompt", "negative_prompt", "width", "height"):
+        digest.update("\x1f".join(map(str, items.column(name).to_pylist())).encode())
+    return digest.hexdigest()
+
+
+def _check_resumable(staging: Path, fingerprint: str) -> None:
+    """Resuming is only sound when the plan is the one the finished shards were made from."""
+    path = staging / STATE
+    if not path.is_file():
+        return
+    previous = json.loads(path.read_text(encoding="utf-8")).get("plan_sha256")
+    if previous and previous != fingerprint and any((staging / "shards").glob("shard-*.parquet")):
+        raise BadInputError(
+            f"run id {staging.name!r} was started with a different manifest, config or model; "
+            f"resume it with the same inputs, or use a new --run-id (staging: {staging})")
 
 
 def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:

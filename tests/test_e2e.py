@@ -115,3 +115,37 @@ def test_failed_gate_exits_3_and_keeps_published_data(published, tmp_path, capsy
     after = pq.read_table(published["root"] / "data").sort_by("item_id")
     assert after.equals(before)
     assert not (published["root"] / "_runs" / "run-strict" / "manifest.json").exists()
+
+
+def test_a_crashed_run_resumes_with_its_run_id_and_gives_the_same_images(published, tmp_path, monkeypatch, capsys):
+    from pipeline.shards import ShardStore
+
+    out = tmp_path / "out"
+    args = ["run", "--manifest", str(published["catalog"]), "--config", str(published["job"]), "--out",
+            str(out), "--run-date", RUN_DATE, "--run-id", "run-crash", "--no-progress"]
+    real_write, calls = ShardStore.write, []
+
+    def crash_on_second_shard(self, shard, table):
+        calls.append(shard)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash mid-generation")
+        return real_write(self, shard, table)
+
+    monkeypatch.setattr(ShardStore, "write", crash_on_second_shard)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(args)
+    monkeypatch.setattr(ShardStore, "write", real_write)
+    assert not (out / "catalog_images" / "data").exists()  # nothing published by the crashed run
+
+    # resuming with other inputs under the same run id is refused, not mixed
+    other_job = _job(tmp_path, variants=2, shard_size=4)
+    changed = [str(other_job) if a == str(published["job"]) else a for a in args]
+    assert main(changed) == 2
+    assert "different manifest, config or model" in capsys.readouterr().err
+
+    assert main(args) == 0
+    assert "resumed shards 1" in capsys.readouterr().out
+    resumed = pq.read_table(out / "catalog_images" / "data").sort_by("item_id")
+    clean = pq.read_table(published["root"] / "data").sort_by("item_id")
+    assert resumed.column("item_id").to_pylist() == clean.column("item_id").to_pylist()
+    assert resumed.column("image_sha256").to_pylist() == clean.column("image_sha256").to_pylist()
