@@ -189,3 +189,12 @@ def test_ray_and_local_executors_give_the_same_images(items, models_dir, ray_ses
     local = local.sort_by("item_id")
     assert on_ray.column("image_sha256").to_pylist() == local.column("image_sha256").to_pylist()
     assert np.allclose(on_ray.column("clip_score").to_pylist(), local.column("clip_score").to_pylist(), atol=1e-5)
+
+
+def test_encode_and_gate_accept_empty_input(generated, score):
+    empty = EncodeStage()(score(generated.slice(0, 0)))
+    assert empty.num_rows == 0 and "image" in empty.column_names
+    result = apply_gates(empty, min_clip_score=0.0, exact_duplicates=True,
+                         created_at=datetime(2026, 11, 26, tzinfo=timezone.utc))
+    assert result.accepted.num_rows == result.rejected.num_rows == 0
+    assert result.accepted.schema == OUTPUT_SCHEMA and result.reasons() == {}

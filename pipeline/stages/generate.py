@@ -45,7 +45,7 @@ class GenerateStage:
         dtype = torch.float16 if self._device == "cuda" else torch.float32
         pipeline_cls = getattr(diffusers, self.pipeline_class)
         pipe = pipeline_cls.from_pretrained(
-            str(self.model_path), local_files_only=True, use_safetensors=True, torch_dtype=dtype,
+            str(self.model_path), local_files_only=True, use_safetensors=True, dtype=dtype,
         )
         pipe.set_progress_bar_config(disable=True)
         self._pipe = pipe.to(self._device)
