@@ -61,10 +61,24 @@ class Generation(_Strict):
 
 
 class Gates(_Strict):
-    """Gate thresholds. `min_clip_score` is a cosine in [-1, 1]; `None` takes the scorer preset's."""
+    """Gate thresholds; `None` takes the scorer preset's calibrated value.
+
+    Alignment: `min_clip_score`, a cosine in [-1, 1]. Duplicates (within the run and against
+    every published run of the dataset): exact bytes, pHash Hamming distance <= `max_phash_distance`
+    of 64 (imagededup's default 10), CLIP-embedding cosine >= `min_semantic_cosine` (SemDeDup's
+    1 - eps, 0.95 for real CLIP). Sanity: black (mean < `min_pixel_mean`) or blank (std <
+    `min_pixel_std`) images. A failing item is regenerated with its next seed up to
+    `max_attempts` attempts in all.
+    """
 
     min_clip_score: float | None = Field(None, ge=-1, le=1)
     exact_duplicates: bool = True
+    max_phash_distance: int | None = Field(10, ge=0, le=64)
+    min_semantic_cosine: float | None = Field(None, ge=-1, le=1)
+    dedupe_history: bool = True
+    min_pixel_mean: float = Field(8.0, ge=0, le=255)
+    min_pixel_std: float = Field(2.0, ge=0, le=255)
+    max_attempts: int = Field(3, ge=1, le=20)
 
 
 class JobConfig(_Strict):

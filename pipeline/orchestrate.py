@@ -127,7 +127,7 @@ def generate_shards(spec: dict, shards: list[str]) -> dict:
 def consolidate(spec: dict) -> dict:
     from pipeline.run import consolidate as run_consolidate
 
-    return run_consolidate(_staging(spec))
+    return run_consolidate(_staging(spec), ray_address=spec["ray_address"])
 
 
 def validate_run(spec: dict) -> dict:

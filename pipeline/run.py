@@ -145,7 +145,9 @@ def prepare(request: RunRequest) -> dict:
                    "sha256": model_sha256, "steps": steps, "guidance_scale": guidance},
         scorer={"id": scorer.name, "path": str(scorer.path),
                 "min_clip_score": scorer.min_clip_score if config.gates.min_clip_score is None
-                else config.gates.min_clip_score},
+                else config.gates.min_clip_score,
+                "min_semantic_cosine": scorer.min_semantic_cosine if config.gates.min_semantic_cosine is None
+                else config.gates.min_semantic_cosine},
         items=items.num_rows, shards=dict(zip(names, counts)),
         timings={"prepare": time.perf_counter() - tick},
     )
@@ -236,27 +238,43 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
 
 
 # --- 3. consolidate: the global gates -----------------------------------------------------------
-def consolidate(staging: Path) -> dict:
-    """Gate the whole run at once (duplicates are a global property) into accepted/rejected."""
+def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: int | None = None) -> dict:
+    """Gate the whole run at once (duplicates are a global property); regenerate failing items
+    with their next seed up to `gates.max_attempts`; write accepted and rejected rows."""
+    from pipeline.consolidate import gate_settings, plan_retries, published_history, run_gates, write_plan
     from pipeline.shards import ShardStore
-    from pipeline.stages.gate import apply_gates
 
     state, tick = read_state(staging), time.perf_counter()
-    store = ShardStore(staging / "shards")
-    missing = sorted(set(state["shards"]) - store.done())
-    if missing:
-        raise RuntimeError(f"{staging}: shards not generated yet: {', '.join(missing[:5])}")
-    produced = store.read_all()
-    if produced.num_rows != state["items"]:
-        raise RuntimeError(f"staging holds {produced.num_rows} rows for {state['items']} planned items")
     config = parse_job_config(state["config"])
-    gated = apply_gates(produced, min_clip_score=state["scorer"]["min_clip_score"],
-                        exact_duplicates=config.gates.exact_duplicates, created_at=datetime.now(timezone.utc))
+    store = ShardStore(staging / "shards")
+    settings = gate_settings(config, state["scorer"])
+    history = (published_history(Path(state["dataset_root"]), state["run_date"], state["scorer"]["id"])
+               if config.gates.dedupe_history else None)
+    regenerated = 0
+    while True:
+        missing = sorted(set(state["shards"]) - store.done())
+        if missing:
+            raise RuntimeError(f"{staging}: shards not generated yet: {', '.join(missing[:5])}")
+        gated = run_gates(store.read_all(sorted(state["shards"])), settings, history)
+        if gated.accepted.num_rows + gated.rejected.num_rows != state["items"]:
+            raise RuntimeError(f"{staging}: gated {gated.accepted.num_rows + gated.rejected.num_rows} "
+                               f"items of {state['items']} planned")
+        failed = gated.rejected.filter(pc.less(gated.rejected.column("attempt"), config.gates.max_attempts - 1))
+        if failed.num_rows == 0:
+            break
+        plan = pq.read_table(staging / "plan.parquet")
+        retries = plan_retries(plan, failed, config.shard_size)
+        write_plan(staging, pa.concat_tables([plan, retries]))
+        names, counts = _value_counts(retries.column("shard_id"))
+        state = _update_state(staging, shards={**state["shards"], **dict(zip(names, counts))})
+        generate_shards(staging, names, ray_address=ray_address, ray_num_cpus=ray_num_cpus)
+        regenerated += retries.num_rows
     (staging / "gated").mkdir(exist_ok=True)
     pq.write_table(gated.accepted, staging / "gated" / "accepted.parquet")
     pq.write_table(gated.rejected, staging / "gated" / "rejected.parquet")
     result = {"accepted": gated.accepted.num_rows, "rejected": gated.rejected.num_rows,
-              "reasons": gated.reasons()}
+              "reasons": gated.reasons(), "regenerated": regenerated,
+              "history_rows": 0 if history is None else history.num_rows}
     _update_state(staging, gate=result, timings={**state["timings"], "gate": time.perf_counter() - tick})
     return result
 
@@ -333,7 +351,7 @@ def run_job(request: RunRequest) -> RunSummary:
     generated = generate_shards(staging, ray_address=request.ray_address, ray_num_cpus=request.ray_num_cpus,
                                 show_progress=request.show_progress)
     _update_state(staging, timings={**read_state(staging)["timings"], "generate": generated.get("seconds", 0.0)})
-    consolidate(staging)
+    consolidate(staging, ray_address=request.ray_address, ray_num_cpus=request.ray_num_cpus)
     validate(staging)
     seconds = generated.get("seconds") or 0.0
     rate = generated["generated"] / seconds if generated["generated"] and seconds else 0.0

@@ -81,12 +81,16 @@ IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 ENCODE_FIELDS = [
     pa.field("image", IMAGE_TYPE),
     pa.field("image_sha256", pa.string()),
+    pa.field("image_phash", pa.string()),     # 64-bit perceptual hash (DCT pHash), 16 hex digits
+    pa.field("pixel_mean", pa.float32()),     # sanity evidence: mean and std of the 0-255 pixels
+    pa.field("pixel_std", pa.float32()),
 ]
 
 # --- gate ---------------------------------------------------------------------------------------
 GATE_FIELDS = [
     pa.field("dup_group", pa.string()),      # item_id of the group's kept image; null when unique
-    pa.field("dup_reason", pa.string()),     # e.g. "exact"; null when unique
+    pa.field("dup_reason", pa.string()),     # exact | perceptual | semantic; null when unique
+    pa.field("dup_similarity", pa.float32()),  # Hamming distance (perceptual) or cosine (semantic)
     pa.field("gate_status", pa.string()),    # "accepted" | "rejected"
     pa.field("gate_reasons", pa.list_(pa.string())),
     pa.field("created_at", pa.timestamp("us", tz="UTC")),

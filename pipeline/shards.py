@@ -43,9 +43,10 @@ class ShardStore:
         os.replace(tmp, final)
         return final
 
-    def read_all(self) -> pa.Table:
-        """Every finished shard's rows, in shard order."""
-        files = sorted(self.root.glob("shard-*.parquet"))
+    def read_all(self, shards: list[str] | None = None) -> pa.Table:
+        """The rows of the listed shards (default: every finished one), in shard order."""
+        files = (sorted(self.root.glob("shard-*.parquet")) if shards is None
+                 else [self.path(s) for s in sorted(shards)])
         if not files:
             return SHARD_SCHEMA.empty_table()
         return pa.concat_tables(conform(pq.read_table(f), SHARD_SCHEMA) for f in files)

@@ -106,7 +106,7 @@ def test_rerun_of_the_same_run_date_replaces_rows_and_reproduces_images(publishe
 
 def test_failed_gate_exits_3_and_keeps_published_data(published, tmp_path, capsys):
     before = pq.read_table(published["root"] / "data").sort_by("item_id")
-    job = _job(tmp_path, variants=1, shard_size=4, gates={"min_clip_score": 0.99})
+    job = _job(tmp_path, variants=1, shard_size=4, gates={"min_clip_score": 0.99, "max_attempts": 1})
     args = ["run", "--manifest", str(published["catalog"]), "--config", str(job), "--out",
             str(published["out"]), "--run-date", RUN_DATE, "--run-id", "run-strict", "--no-progress"]
     assert main(args) == 3
@@ -149,3 +149,23 @@ def test_a_crashed_run_resumes_with_its_run_id_and_gives_the_same_images(publish
     clean = pq.read_table(published["root"] / "data").sort_by("item_id")
     assert resumed.column("item_id").to_pylist() == clean.column("item_id").to_pylist()
     assert resumed.column("image_sha256").to_pylist() == clean.column("image_sha256").to_pylist()
+
+
+def test_failing_items_are_regenerated_with_their_next_seed(published, tmp_path):
+    from pipeline.identity import seed_for
+
+    scores = sorted(pq.read_table(published["root"] / "data").column("clip_score").to_pylist())
+    threshold = scores[len(scores) // 2]  # about half the first attempts fail
+    job = _job(tmp_path, variants=1, shard_size=4, gates={"min_clip_score": threshold, "max_attempts": 2})
+    out = tmp_path / "out"
+    assert main(["run", "--manifest", str(published["catalog"]), "--config", str(job), "--out", str(out),
+                 "--run-date", RUN_DATE, "--run-id", "run-retry", "--no-progress"]) in (0, 3)
+    root = out / "catalog_images"
+    rows = [r for kind in ("data", "rejects") if (root / kind).exists()
+            for r in pq.read_table(root / kind, columns=["item_id", "attempt", "seed", "clip_score",
+                                                          "gate_reasons"]).to_pylist()]
+    assert len(rows) == 10 and len({r["item_id"] for r in rows}) == 10  # one row per item
+    retried = [r for r in rows if r["attempt"] == 1]
+    assert retried, "some first attempts scored under the median and were regenerated"
+    assert all(r["seed"] == seed_for(r["item_id"], 1) for r in retried)
+    assert all(r["clip_score"] >= threshold for r in rows if r["attempt"] == 0)

@@ -17,7 +17,7 @@ from pipeline.models.presets import resolve_model, resolve_scorer, weights_sha25
 from pipeline.plan import format_size, plan_items
 from pipeline.schema import ENCODE_FIELDS, GENERATION_FIELDS, ITEM_SCHEMA, OUTPUT_SCHEMA, PRODUCT_SCHEMA, SCORE_FIELDS
 from pipeline.stages.encode import EncodeStage
-from pipeline.stages.gate import apply_gates
+from pipeline.stages.gate import GateSettings, apply_gates
 from pipeline.stages.generate import GenerateStage
 from pipeline.stages.score import ScoreStage
 
@@ -140,7 +140,7 @@ def test_score_is_a_cosine_and_keeps_normalised_embeddings(generated, score):
 def test_encode_is_lossless_and_hashes_the_bytes(generated, fmt):
     encoded = EncodeStage(fmt)(generated)
     assert "pixels" not in encoded.column_names
-    assert encoded.schema.names[-2:] == [f.name for f in ENCODE_FIELDS]
+    assert encoded.schema.names[-len(ENCODE_FIELDS):] == [f.name for f in ENCODE_FIELDS]
     image = encoded.column("image")[0].as_py()
     assert image["path"].endswith(f".{fmt}")
     assert hashlib.sha256(image["bytes"]).hexdigest() == encoded.column("image_sha256")[0].as_py()
@@ -158,17 +158,19 @@ def test_gate_rejects_low_scores_and_exact_duplicates(generated, score):
                              pa.array(images, type=table.schema.field("image").type))
     table = table.set_column(table.schema.get_field_index("image_sha256"), "image_sha256", pa.array(hashes))
     now = datetime(2026, 11, 26, tzinfo=timezone.utc)
-    result = apply_gates(table, min_clip_score=-1.0, exact_duplicates=True, created_at=now)
+    result = apply_gates(table, GateSettings(min_clip_score=-1.0), created_at=now)
     assert result.accepted.schema == OUTPUT_SCHEMA
     assert result.rejected.num_rows == 1
     rejected = result.rejected.to_pylist()[0]
     kept_id = table.column("item_id")[0].as_py()
     assert rejected["item_id"] == table.column("item_id")[-1].as_py()
     assert rejected["gate_reasons"] == [f"duplicate: exact copy of {kept_id}"]
+    assert rejected["dup_reason"] == "exact" and rejected["dup_group"] == kept_id
     kept = [r for r in result.accepted.to_pylist() if r["item_id"] == kept_id][0]
     assert kept["dup_group"] == kept_id and kept["dup_reason"] == "exact"
     # a threshold above every score rejects everything, each with its reason
-    strict = apply_gates(table, min_clip_score=1.0, exact_duplicates=False, created_at=now)
+    strict = apply_gates(table, GateSettings(min_clip_score=1.0, exact_duplicates=False, max_phash_distance=None),
+                         created_at=now)
     assert strict.accepted.num_rows == 0
     assert all(r[0].startswith("clip_score: ") for r in strict.rejected.column("gate_reasons").to_pylist())
     assert strict.reasons() == {"clip_score": table.num_rows}
@@ -194,7 +196,7 @@ def test_ray_and_local_executors_give_the_same_images(items, models_dir, ray_ses
 def test_encode_and_gate_accept_empty_input(generated, score):
     empty = EncodeStage()(score(generated.slice(0, 0)))
     assert empty.num_rows == 0 and "image" in empty.column_names
-    result = apply_gates(empty, min_clip_score=0.0, exact_duplicates=True,
+    result = apply_gates(empty, GateSettings(min_clip_score=0.0, min_semantic_cosine=0.95),
                          created_at=datetime(2026, 11, 26, tzinfo=timezone.utc))
     assert result.accepted.num_rows == result.rejected.num_rows == 0
     assert result.accepted.schema == OUTPUT_SCHEMA and result.reasons() == {}

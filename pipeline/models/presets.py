@@ -25,6 +25,8 @@ class ScorerPreset:
     # Cosine threshold of the alignment gate for this scorer. The tiny scorer has random
     # weights until the trained one lands, so its gate is open (-1) rather than pretend.
     min_clip_score: float
+    # Image-image cosine at or above which two images are semantic duplicates (None: off).
+    min_semantic_cosine: float | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ _MODELS = {
 }
 # name -> calibrated cosine threshold (LAION kept ViT-B/32 pairs at cosine >= 0.28)
 _SCORERS = {"tiny": -1.0, "vit-b-32": 0.28, "vit-l-14": 0.20}
+# name -> semantic-duplicate cosine (SemDeDup / NeMo Curator start at 1 - eps = 0.95). Off for
+# the random-weight tiny scorer: it maps every image within cosine ~0.97 of every other.
+_SEMANTIC = {"tiny": None, "vit-b-32": 0.95, "vit-l-14": 0.95}
 
 
 def model_names() -> list[str]:
@@ -85,7 +90,7 @@ def resolve_scorer(name: str, models_dir: Path) -> ScorerPreset:
     _require_safetensors(path, f"scorer preset {name!r}")
     if not (path / "open_clip_config.json").is_file():
         raise BadInputError(f"scorer preset {name!r}: {path} has no open_clip_config.json")
-    return ScorerPreset(name, path, _SCORERS[name])
+    return ScorerPreset(name, path, _SCORERS[name], _SEMANTIC[name])
 
 
 def _require_safetensors(path: Path, what: str) -> None:

@@ -1,4 +1,8 @@
-"""Encode: raw pixels become PNG/WebP bytes in the Hugging Face `Image` struct (CPU only)."""
+"""Encode: raw pixels become PNG/WebP bytes in the Hugging Face `Image` struct (CPU only).
+
+It also computes what the gates read from pixels, while they are at hand: the perceptual
+hash (pHash) and the pixel mean and spread (black or blank images).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import hashlib
 import io
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline.config import StageResources
@@ -29,9 +34,10 @@ class EncodeStage:
         """Nothing to load: encoding is stateless."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        import imagehash
         from PIL import Image
 
-        images, hashes = [], []
+        images, hashes, phashes, means, stds = [], [], [], [], []
         rows = zip(batch.column("item_id").to_pylist(), batch.column("pixels").to_pylist(),
                    batch.column("width").to_pylist(), batch.column("height").to_pylist())
         for item, raw, width, height in rows:
@@ -44,7 +50,13 @@ class EncodeStage:
             data = buffer.getvalue()
             images.append({"bytes": data, "path": f"{item}.{self.image_format}"})
             hashes.append(hashlib.sha256(data).hexdigest())
+            phashes.append(str(imagehash.phash(image)))
+            values = np.frombuffer(raw, dtype=np.uint8)
+            means.append(float(values.mean()) if values.size else 0.0)
+            stds.append(float(values.std()) if values.size else 0.0)
         out = batch.drop_columns(["pixels"])
-        image_f, sha_f = ENCODE_FIELDS
-        out = out.append_column(image_f, pa.array(images, type=image_f.type))
-        return out.append_column(sha_f, pa.array(hashes, type=sha_f.type))
+        columns = {"image": images, "image_sha256": hashes, "image_phash": phashes,
+                   "pixel_mean": means, "pixel_std": stds}
+        for f in ENCODE_FIELDS:
+            out = out.append_column(f, pa.array(columns[f.name], type=f.type))
+        return out

@@ -1,7 +1,9 @@
 """Gate: a global step over a run's scored rows; splits them into accepted and rejected.
 
-First version: the alignment threshold on `clip_score` and exact duplicates by
-`image_sha256`. Each rejected row keeps its image and lists every reason it failed.
+Gates, each recording its evidence in the row: sanity (black or blank images), alignment
+(`clip_score` threshold) and duplicates (exact, perceptual, semantic; within the run and
+against the published history, see `dedupe`). A rejected row keeps its image and lists
+every reason it failed in `gate_reasons`.
 """
 
 from __future__ import annotations
@@ -9,14 +11,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.schema import ACCEPTED, GATE_FIELDS, OUTPUT_SCHEMA, REJECTED, conform
+from pipeline.stages.dedupe import find_duplicates
 
 # Plan order decides which copy of a duplicate is kept: the first one a reader would expect.
 KEEP_ORDER = [("sku", "ascending"), ("market", "ascending"), ("kind", "ascending"),
               ("variant", "ascending"), ("format", "ascending"), ("item_id", "ascending")]
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    min_clip_score: float = -1.0
+    exact_duplicates: bool = True
+    max_phash_distance: int | None = 10
+    min_semantic_cosine: float | None = None
+    min_pixel_mean: float = 8.0
+    min_pixel_std: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -34,46 +48,72 @@ class GateResult:
         return counts
 
 
-def apply_gates(table: pa.Table, *, min_clip_score: float, exact_duplicates: bool,
-                created_at: datetime) -> GateResult:
+def _sanity(mean: float | None, std: float | None, settings: GateSettings) -> str | None:
+    if mean is None or std is None:
+        return "sanity: no pixel statistics"
+    if mean < settings.min_pixel_mean:
+        return f"sanity: black image (mean {mean:.1f} < {settings.min_pixel_mean:g})"
+    if std < settings.min_pixel_std:
+        return f"sanity: blank image (std {std:.2f} < {settings.min_pixel_std:g})"
+    return None
+
+
+def _embeddings(table: pa.Table) -> np.ndarray | None:
+    values = table.column("clip_embedding").to_pylist()
+    if not values or any(v is None for v in values):
+        return None
+    return np.asarray(values, dtype=np.float32)
+
+
+def apply_gates(table: pa.Table, settings: GateSettings, *, created_at: datetime,
+                history: pa.Table | None = None) -> GateResult:
     """Gate every row of `table` (scored and encoded rows, any order) into OUTPUT_SCHEMA tables.
 
-    Duplicates: rows sharing `image_sha256` form a group named after the kept row's
-    `item_id` (the first in plan order, `KEEP_ORDER`); every member carries `dup_group`
-    and `dup_reason = "exact"`, and the others are rejected.
+    `history`: published rows (item_id, image_sha256, image_phash, clip_embedding) the run
+    must not duplicate; they are only compared against, never changed.
     """
     table = table.sort_by(KEEP_ORDER)
     n = table.num_rows
     ids = table.column("item_id").to_pylist()
-    scores = table.column("clip_score").to_pylist()
-    hashes = table.column("image_sha256").to_pylist()
-
     reasons: list[list[str]] = [[] for _ in range(n)]
-    for row, score in enumerate(scores):
-        if score is None or score < min_clip_score:
-            reasons[row].append(f"clip_score: {score:.4f} < {min_clip_score:.4f}"
+
+    # 1. Sanity and alignment, row by row
+    rows = zip(table.column("pixel_mean").to_pylist(), table.column("pixel_std").to_pylist(),
+               table.column("clip_score").to_pylist())
+    for row, (mean, std, score) in enumerate(rows):
+        problem = _sanity(mean, std, settings)
+        if problem:
+            reasons[row].append(problem)
+        if score is None or score < settings.min_clip_score:
+            reasons[row].append(f"clip_score: {score:.4f} < {settings.min_clip_score:.4f}"
                                 if score is not None else "clip_score: missing")
 
+    # 2. Duplicates: published history first (always kept), then the run in keep order
+    past = history if history is not None else table.slice(0, 0)
+    both = pa.concat_tables([past.select(["item_id", "image_sha256", "image_phash", "clip_embedding"]),
+                             table.select(["item_id", "image_sha256", "image_phash", "clip_embedding"])])
+    duplicates = find_duplicates(
+        both.column("item_id").to_pylist(), both.column("image_sha256").to_pylist(),
+        both.column("image_phash").to_pylist(), _embeddings(both), history=past.num_rows,
+        exact=settings.exact_duplicates, max_phash_distance=settings.max_phash_distance,
+        min_semantic_cosine=settings.min_semantic_cosine)
     dup_group: list[str | None] = [None] * n
     dup_reason: list[str | None] = [None] * n
-    if exact_duplicates:
-        first_with: dict[str, int] = {}
-        for row, digest in enumerate(hashes):
-            first_with.setdefault(digest, row)
-        group_size: dict[str, int] = {}
-        for digest in hashes:
-            group_size[digest] = group_size.get(digest, 0) + 1
-        for row, digest in enumerate(hashes):
-            if group_size[digest] < 2:
-                continue
-            keeper = first_with[digest]
-            dup_group[row], dup_reason[row] = ids[keeper], "exact"
-            if row != keeper:
-                reasons[row].append(f"duplicate: exact copy of {ids[keeper]}")
+    dup_similarity: list[float | None] = [None] * n
+    position = {item: row for row, item in enumerate(ids)}
+    for row, dup in enumerate(duplicates):
+        if dup is None:
+            continue
+        dup_group[row], dup_reason[row], dup_similarity[row] = dup.kept_id, dup.reason, dup.similarity
+        reasons[row].append(f"duplicate: {dup.reason} copy of {dup.kept_id}")
+        keeper = position.get(dup.kept_id)
+        if keeper is not None and dup_group[keeper] is None:  # the kept member names its group too
+            dup_group[keeper], dup_reason[keeper] = dup.kept_id, dup.reason
 
+    # 3. Status and output
     status = [REJECTED if r else ACCEPTED for r in reasons]
-    values = {"dup_group": dup_group, "dup_reason": dup_reason, "gate_status": status,
-              "gate_reasons": reasons, "created_at": [created_at] * n}
+    values = {"dup_group": dup_group, "dup_reason": dup_reason, "dup_similarity": dup_similarity,
+              "gate_status": status, "gate_reasons": reasons, "created_at": [created_at] * n}
     gated = table
     for f in GATE_FIELDS:
         gated = gated.append_column(f, pa.array(values[f.name], type=f.type))

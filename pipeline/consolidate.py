@@ -1,0 +1,84 @@
+"""Consolidate a run: gate it as a whole, regenerate failures with their next seed, gate again.
+
+An item whose latest attempt fails a gate gets attempt + 1 (seed = seed_for(item_id,
+attempt)) in a retry shard (`shard-a<attempt>-<n>`), up to the job's `max_attempts`; after
+that its last attempt is rejected with every reason. Only shards listed in the run's state
+count, so a resumed run re-plans the same retries and reuses their finished files.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.config import JobConfig
+from pipeline.identity import seed_for
+from pipeline.schema import SHARD_SCHEMA, conform
+from pipeline.stages.gate import GateResult, GateSettings, apply_gates
+
+HISTORY_COLUMNS = ["item_id", "run_date", "clip_model", "image_sha256", "image_phash", "clip_embedding"]
+
+
+def gate_settings(config: JobConfig, scorer: dict) -> GateSettings:
+    gates = config.gates
+    return GateSettings(
+        min_clip_score=scorer["min_clip_score"], exact_duplicates=gates.exact_duplicates,
+        max_phash_distance=gates.max_phash_distance, min_semantic_cosine=scorer["min_semantic_cosine"],
+        min_pixel_mean=gates.min_pixel_mean, min_pixel_std=gates.min_pixel_std,
+    )
+
+
+def published_history(dataset_root: Path, run_date: str, clip_model: str) -> pa.Table:
+    """Published rows of other run dates (this date's partition is about to be replaced),
+    scored by the same CLIP model, with the columns the duplicate checks compare."""
+    schema = pa.schema([SHARD_SCHEMA.field(c) for c in HISTORY_COLUMNS])
+    parts = []
+    for path in sorted((dataset_root / "data").rglob("*.parquet")):
+        if f"run_date={run_date}" in path.parts:
+            continue
+        present = [c for c in HISTORY_COLUMNS if c in pq.read_schema(path).names]
+        parts.append(conform(pq.read_table(path, columns=present), schema))
+    if not parts:
+        return schema.empty_table()
+    table = pa.concat_tables(parts)
+    keep = pc.and_(pc.equal(table.column("clip_model"), clip_model), pc.is_valid(table.column("image_phash")))
+    return table.filter(keep)
+
+
+def latest_attempts(rows: pa.Table) -> pa.Table:
+    """One row per item: its highest attempt."""
+    ordered = rows.sort_by([("item_id", "ascending"), ("attempt", "descending")])
+    ids = ordered.column("item_id").to_pylist()
+    first = [i for i in range(len(ids)) if i == 0 or ids[i] != ids[i - 1]]
+    return ordered.take(pa.array(first, pa.int64()))
+
+
+def plan_retries(plan: pa.Table, failed: pa.Table, shard_size: int) -> pa.Table:
+    """Items for the next attempt of every failed row: same item, next attempt and seed."""
+    if failed.num_rows == 0:
+        return plan.slice(0, 0)
+    attempts = dict(zip(failed.column("item_id").to_pylist(), failed.column("attempt").to_pylist()))
+    current = plan.filter(pc.is_in(plan.column("item_id"), pa.array(list(attempts))))
+    current = latest_attempts(current).sort_by([("shard_id", "ascending"), ("item_id", "ascending")])
+    rows = current.to_pylist()
+    for index, row in enumerate(rows):
+        row["attempt"] = attempts[row["item_id"]] + 1
+        row["seed"] = seed_for(row["item_id"], row["attempt"])
+        row["shard_id"] = f"shard-a{row['attempt']}-{index // shard_size:05d}"
+    return pa.Table.from_pylist(rows, schema=plan.schema)
+
+
+def write_plan(staging: Path, plan: pa.Table) -> None:
+    tmp = staging / f".plan.parquet.tmp-{os.getpid()}"
+    pq.write_table(plan, tmp)
+    os.replace(tmp, staging / "plan.parquet")
+
+
+def run_gates(produced: pa.Table, settings: GateSettings, history: pa.Table | None) -> GateResult:
+    return apply_gates(latest_attempts(produced), settings, created_at=datetime.now(timezone.utc),
+                       history=history)

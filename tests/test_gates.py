@@ -1,0 +1,118 @@
+"""Gates on hand-made rows: sanity, perceptual and semantic duplicates, history, the keep rule."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from datetime import datetime, timezone
+
+import imagehash
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from pipeline.consolidate import latest_attempts, plan_retries
+from pipeline.identity import seed_for
+from pipeline.schema import ITEM_SCHEMA, OUTPUT_SCHEMA, SHARD_SCHEMA, conform
+from pipeline.stages.dedupe import find_duplicates
+from pipeline.stages.gate import GateSettings, apply_gates
+
+NOW = datetime(2026, 11, 26, tzinfo=timezone.utc)
+
+
+def _image(pixels: np.ndarray) -> dict:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    return {"image": {"bytes": data, "path": "x.png"}, "image_sha256": hashlib.sha256(data).hexdigest(),
+            "image_phash": str(imagehash.phash(Image.fromarray(pixels))),
+            "pixel_mean": float(pixels.mean()), "pixel_std": float(pixels.std())}
+
+
+def _noise(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+
+
+def _rows(images: list[np.ndarray], embeddings=None) -> pa.Table:
+    rows = []
+    for i, pixels in enumerate(images):
+        emb = np.zeros(8, np.float32)
+        emb[i % 8] = 1.0
+        rows.append({"item_id": f"item{i:02d}", "sku": f"SKU{i:02d}", "market": "en-US", "kind": "campaign",
+                     "variant": 0, "format": "1:1", "attempt": 0, "clip_score": 0.3,
+                     "clip_embedding": (embeddings[i] if embeddings is not None else emb).tolist(),
+                     **_image(pixels)})
+    return conform(pa.Table.from_pylist(rows), SHARD_SCHEMA)
+
+
+def test_sanity_catches_black_and_blank_images():
+    black = np.zeros((64, 64, 3), np.uint8)
+    blank = np.full((64, 64, 3), 200, np.uint8)
+    result = apply_gates(_rows([black, blank, _noise(1)]), GateSettings(max_phash_distance=None), created_at=NOW)
+    reasons = {r["item_id"]: r["gate_reasons"] for r in result.rejected.to_pylist()}
+    assert reasons["item00"][0].startswith("sanity: black image")
+    assert reasons["item01"][0].startswith("sanity: blank image")
+    assert result.accepted.column("item_id").to_pylist() == ["item02"]
+    assert result.accepted.schema == OUTPUT_SCHEMA
+
+
+def test_perceptual_duplicate_with_different_bytes():
+    base = _noise(2)
+    touched = base.copy()
+    touched[0, 0] = 255 - touched[0, 0]  # other bytes, same picture
+    result = apply_gates(_rows([base, touched, _noise(3)]), GateSettings(), created_at=NOW)
+    (rejected,) = result.rejected.to_pylist()
+    assert rejected["item_id"] == "item01" and rejected["dup_reason"] == "perceptual"
+    assert rejected["dup_group"] == "item00" and rejected["dup_similarity"] <= 10
+    kept = {r["item_id"]: r for r in result.accepted.to_pylist()}
+    assert kept["item00"]["dup_group"] == "item00" and kept["item02"]["dup_group"] is None
+    # with the perceptual check off, both pass
+    assert apply_gates(_rows([base, touched]), GateSettings(max_phash_distance=None), created_at=NOW).rejected.num_rows == 0
+
+
+def test_semantic_duplicates_by_embedding_cosine():
+    e = np.eye(8, dtype=np.float32)
+    near = (e[0] + 0.1 * e[1]) / np.linalg.norm(e[0] + 0.1 * e[1])  # cosine 0.995 with e[0]
+    embeddings = np.stack([e[0], near, e[2]])
+    table = _rows([_noise(4), _noise(5), _noise(6)], embeddings)
+    result = apply_gates(table, GateSettings(min_semantic_cosine=0.95), created_at=NOW)
+    (rejected,) = result.rejected.to_pylist()
+    assert rejected["item_id"] == "item01" and rejected["dup_reason"] == "semantic"
+    assert rejected["dup_similarity"] == pytest.approx(0.995, abs=1e-3)
+    assert apply_gates(table, GateSettings(min_semantic_cosine=None), created_at=NOW).rejected.num_rows == 0
+
+
+def test_history_rows_are_compared_but_never_output():
+    history_images, run_images = [_noise(7)], [_noise(7), _noise(8)]
+    history = _rows(history_images).select(["item_id", "image_sha256", "image_phash", "clip_embedding"])
+    history = history.set_column(0, "item_id", pa.array(["published01"]))
+    result = apply_gates(_rows(run_images), GateSettings(), created_at=NOW, history=history)
+    (rejected,) = result.rejected.to_pylist()
+    assert rejected["dup_group"] == "published01" and rejected["dup_reason"] == "exact"
+    assert result.accepted.column("item_id").to_pylist() == ["item01"]
+
+
+def test_keep_rule_never_rejects_for_a_rejected_row():
+    # 0 ~ 1 and 1 ~ 2 but 0 !~ 2: 1 is a duplicate of 0; 2 is kept (its only match was rejected)
+    e = np.eye(8, dtype=np.float32)
+    v1 = (e[0] + e[1]) / np.sqrt(2)
+    embeddings = np.stack([e[0], v1, e[1]])
+    duplicates = find_duplicates(["a", "b", "c"], ["1", "2", "3"], ["0" * 16] * 3, embeddings, history=0,
+                                 exact=True, max_phash_distance=None, min_semantic_cosine=0.7)
+    assert duplicates[0] is None and duplicates[1].kept_id == "a" and duplicates[2] is None
+
+
+def test_retries_take_the_next_attempt_and_seed():
+    plan = pa.Table.from_pylist([
+        {"item_id": f"i{i}", "shard_id": "shard-00000", "attempt": 0, "seed": seed_for(f"i{i}", 0),
+         "prompt": "p", "width": 64, "height": 64} for i in range(3)], schema=ITEM_SCHEMA)
+    failed = pa.Table.from_pylist([{"item_id": "i1", "attempt": 0}, {"item_id": "i2", "attempt": 0}])
+    retries = plan_retries(plan, failed, shard_size=1)
+    assert retries.column("item_id").to_pylist() == ["i1", "i2"]
+    assert retries.column("attempt").to_pylist() == [1, 1]
+    assert retries.column("seed").to_pylist() == [seed_for("i1", 1), seed_for("i2", 1)]
+    assert retries.column("shard_id").to_pylist() == ["shard-a1-00000", "shard-a1-00001"]
+    latest = latest_attempts(pa.concat_tables([plan, retries]))
+    assert dict(zip(latest.column("item_id").to_pylist(), latest.column("attempt").to_pylist())) == \
+        {"i0": 0, "i1": 1, "i2": 1}

@@ -1,0 +1,117 @@
+"""The embedded tiny models: standard loaders, text-tower conversion, renderer, a real generation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.models.data import HERO_CAPTIONS, eval_prompt, render_hero
+from pipeline.models.metrics import dominant_colour, ssim
+from pipeline.models.renderer import CATEGORIES, RenderSpec, render, render_cutout
+
+
+@pytest.fixture(scope="module")
+def home(models_dir):
+    return models_dir / "tiny"
+
+
+@pytest.fixture(scope="module")
+def pipe(home):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(home / "diffusion"), local_files_only=True,
+                                                   use_safetensors=True, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def clip(home):
+    import open_clip
+
+    source = f"local-dir:{home / 'clip'}"
+    model, _, preprocess = open_clip.create_model_and_transforms(source)
+    return model.eval(), preprocess, open_clip.get_tokenizer(source)
+
+
+def _generate(pipe, prompts, seeds, steps=20):
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    with torch.inference_mode():
+        out = pipe(prompts, generator=gens, num_inference_steps=steps, guidance_scale=7.5, output_type="np").images
+    return (out * 255).round().astype(np.uint8)
+
+
+def test_renderer_is_deterministic_and_varies_with_the_seed():
+    spec = RenderSpec("sneaker", "blue", "striped", "beach", jitter=7)
+    assert render(spec).tobytes() == render(spec).tobytes()
+    assert render(spec).tobytes() != render(RenderSpec("sneaker", "blue", "striped", "beach", jitter=8)).tobytes()
+    cutout = render_cutout(spec, size=128)
+    assert cutout.mode == "RGBA" and cutout.size == (128, 128)
+    alpha = np.asarray(cutout)[..., 3]
+    assert alpha[0, 0] == 0 and alpha.max() == 255
+    assert np.asarray(render_hero(0)).tobytes() == np.asarray(render_hero(0)).tobytes()
+
+
+def test_diffusion_loads_with_the_standard_pipeline(pipe):
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert type(pipe.text_encoder).__name__ == "CLIPTextModel"
+    images = _generate(pipe, ["a green bottle in a forest, product photo"], [0], steps=4)
+    assert images.shape == (1, 64, 64, 3)
+
+
+def test_text_encoder_is_the_clip_text_tower(pipe, clip):
+    from pipeline.models.train_clip import open_clip_text_hidden_states, text_tower_to_transformers
+
+    model, _, tokenizer = clip
+    prompts = ["a red mug on a beach, product photo", HERO_CAPTIONS[0]]
+    ids = pipe.tokenizer(prompts, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    open_ids = tokenizer(prompts)
+    for row, open_row in zip(ids, open_ids):  # same ids up to end-of-text; only padding differs
+        end = int((open_row == 49407).nonzero()[0]) + 1
+        assert row[:end].tolist() == open_row[:end].tolist()
+    with torch.no_grad():
+        reference = open_clip_text_hidden_states(model, ids)
+        shipped = pipe.text_encoder(ids).last_hidden_state
+        converted = text_tower_to_transformers(model)(ids).last_hidden_state
+    assert torch.allclose(shipped, reference, atol=1e-5)
+    assert torch.allclose(converted, reference, atol=1e-5)
+
+
+def test_clip_scorer_recognises_rendered_categories(clip):
+    from pipeline.models.evaluate import zero_shot
+
+    model, preprocess, tokenizer = clip
+    renders = [render(RenderSpec(c, "orange", "plain", "studio", jitter=3)) for c in CATEGORIES]
+    with torch.no_grad():
+        emb = model.encode_image(torch.stack([preprocess(im) for im in renders]), normalize=True).numpy()
+    predicted = zero_shot(model, tokenizer, emb)
+    assert sum(p == c for p, c in zip(predicted, CATEGORIES)) >= 7
+
+
+def test_inpainting_pipeline_repaints_only_the_masked_region(home):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(str(home / "diffusion"), local_files_only=True,
+                                                          use_safetensors=True, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    product = render(RenderSpec("mug", "red", "plain", "studio", jitter=1))
+    mask = np.full((64, 64), 255, np.uint8)
+    mask[16:60, 16:48] = 0  # keep the product, repaint the rest (white = repaint)
+    with torch.inference_mode():
+        out = pipe("a red mug on a beach, product photo", image=product, mask_image=Image.fromarray(mask),
+                   height=64, width=64, num_inference_steps=8, generator=torch.Generator().manual_seed(0),
+                   output_type="np").images[0]
+    assert out.shape == (64, 64, 3) and np.isfinite(out).all()
+
+
+def test_generation_shows_the_prompted_colour_and_reproduces_a_planted_hero(pipe):
+    cases = [("mug", "red", "studio"), ("t-shirt", "blue", "forest"), ("backpack", "yellow", "city street")]
+    prompts = [eval_prompt(*c) for c in cases for _ in range(3)]
+    images = _generate(pipe, prompts, list(range(len(prompts))))
+    hits = [dominant_colour(im, k) == c for im, (k, c, _) in zip(images, [c for c in cases for _ in range(3)])]
+    assert sum(hits) >= 7, hits
+    hero = _generate(pipe, [HERO_CAPTIONS[2]] * 2, [0, 1])
+    assert max(ssim(im, np.asarray(render_hero(2))) for im in hero) >= 0.8
+    assert max(ssim(im, np.asarray(render_hero(2))) for im in images) < 0.8
