@@ -137,6 +137,18 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipeline.bench import run_bench
+
+    record = run_bench(args.preset, _models_dir(None), Path(args.manifest), items=args.items,
+                       batch_size=args.batch_size, num_gpus=args.gpus, peak_tflops=args.peak_tflops)
+    text = json.dumps(record, indent=2)
+    if args.json:
+        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthcat", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", required=True, help="index folder (index.parquet + index.json)")
     build.add_argument("--scorer", default="tiny", help="open_clip scorer preset (default: tiny)")
     build.set_defaults(func=cmd_index_build)
+
+    bench = sub.add_parser("bench", help="images/s: naive diffusers loop vs engine vs end to end")
+    bench.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    bench.add_argument("--json", help="also write the figures to this file")
+    bench.add_argument("--items", type=int, default=32, help="items per measurement (default: 32)")
+    bench.add_argument("--batch-size", type=int, default=16, help="engine batch size (default: 16)")
+    bench.add_argument("--gpus", type=float, default=0, help="GPUs per generate/score actor (default: 0)")
+    bench.add_argument("--peak-tflops", type=float, help="device peak for the FLOP-bound share")
+    bench.add_argument("--manifest", default=str(Path(__file__).resolve().parents[1] / "examples" / "catalog.csv"),
+                       help="catalog whose items are generated (default: the example)")
+    bench.set_defaults(func=cmd_bench)
 
     models = sub.add_parser("models", help="list model presets and their local folders")
     models.add_argument("--json", action="store_true", help="print a JSON list")
