@@ -52,6 +52,45 @@ def _card(row: dict) -> str:
     )
 
 
+def _histogram(values_by_label: dict[str, list[float]], lo: float, hi: float, bins: int = 24) -> str:
+    """An inline SVG histogram, one colour per label (accepted / rejected)."""
+    colours = {"accepted": "#2f9e44", "rejected": "#d9534f"}
+    width, height, pad = 520, 140, 20
+    counts = {}
+    for label, values in values_by_label.items():
+        row = [0] * bins
+        for v in values:
+            if v is not None:
+                row[min(bins - 1, max(0, int((v - lo) / (hi - lo) * bins)))] += 1
+        counts[label] = row
+    peak = max([max(r) for r in counts.values()] + [1])
+    bar = (width - 2 * pad) / bins
+    rects = []
+    for k, (label, row) in enumerate(counts.items()):
+        for i, c in enumerate(row):
+            if c:
+                h = (height - 2 * pad) * c / peak
+                x = pad + i * bar + k * bar / len(counts)
+                rects.append(f"<rect x='{x:.1f}' y='{height - pad - h:.1f}' width='{bar / len(counts) - 1:.1f}' "
+                             f"height='{h:.1f}' fill='{colours.get(label, '#888')}'><title>{html.escape(label)}: {c}"
+                             f"</title></rect>")
+    axis = (f"<text x='{pad}' y='{height - 4}' font-size='10'>{lo:g}</text>"
+            f"<text x='{width - pad - 20}' y='{height - 4}' font-size='10'>{hi:g}</text>")
+    legend = " ".join(f"<span style='color:{colours.get(k, '#888')}'>■ {html.escape(k)}</span>" for k in counts)
+    return (f"<svg width='{width}' height='{height}' style='background:#fff;border-radius:8px'>"
+            f"{''.join(rects)}{axis}</svg><div class=muted>{legend}</div>")
+
+
+def _duplicate_groups(rows: list[dict]) -> str:
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["dup_group"]:
+            groups.setdefault(row["dup_group"], []).append(row)
+    parts = [f"<div class=grid>{''.join(_card(r) for r in sorted(m, key=lambda r: r['gate_status']))}</div>"
+             for m in groups.values() if len(m) > 1]
+    return "".join(parts) or "<p class=muted>none within this run</p>"
+
+
 def _gallery(rows: list[dict]) -> str:
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
@@ -68,10 +107,12 @@ def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, va
     """Write `report.html` for a run (temporary name, then rename)."""
     e = html.escape
     columns = ["item_id", "sku", "market", "title", "kind", "variant", "format", "prompt", "seed",
-               "attempt", "clip_score", "gate_status", "gate_reasons", "image"]
+               "attempt", "clip_score", "dup_group", "gate_status", "gate_reasons", "image"]
     rows = accepted.select(columns).to_pylist() + rejected.select(columns).to_pylist()
     stats = [("items", summary.items), ("accepted", summary.accepted), ("rejected", summary.rejected),
              ("bad manifest rows", summary.bad_rows), ("images/s", f"{summary.images_per_s:.2f}")]
+    scores = {"accepted": accepted.column("clip_score").to_pylist(),
+              "rejected": rejected.column("clip_score").to_pylist()}
     stat_html = "".join(f"<div class=stat><b>{e(str(v))}</b>{e(k)}</div>" for k, v in stats)
     reasons = "".join(f"<tr><td>{e(k)}</td><td>{v}</td></tr>" for k, v in sorted(summary.reasons.items()))
     checks = "".join(
@@ -86,6 +127,8 @@ def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, va
         f"<div class=muted>run_date {e(summary.run_date)} · {e(str(summary.dataset_root))}</div>"
         f"<div class=stats>{stat_html}</div>"
         f"<h2>Rejections by reason</h2><table>{reasons or '<tr><td>none</td></tr>'}</table>"
+        f"<h2>clip_score</h2>{_histogram(scores, -1.0, 1.0)}"
+        f"<h2>Duplicate groups</h2>{_duplicate_groups(rows)}"
         f"<h2>Validation (Great Expectations)</h2><table>{checks}</table>"
         f"<h2>Stage timings</h2><table>{timings}</table>"
         f"<h2>Gallery</h2>{_gallery(rows)}</body></html>"

@@ -67,6 +67,9 @@ GENERATION_FIELDS = [
     pa.field("guidance_scale", pa.float32()),
     pa.field("torch_version", pa.string()),
     pa.field("device", pa.string()),
+    # ||eps(x_T, prompt) - eps(x_T, "")||_2 at the first denoising step (Wen et al., ICLR 2024):
+    # large for memorized prompts; free under classifier-free guidance, null without it
+    pa.field("mem_cfg_gap", pa.float32()),
 ]
 
 # --- score --------------------------------------------------------------------------------------

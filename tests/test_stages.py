@@ -200,3 +200,14 @@ def test_encode_and_gate_accept_empty_input(generated, score):
                          created_at=datetime(2026, 11, 26, tzinfo=timezone.utc))
     assert result.accepted.num_rows == result.rejected.num_rows == 0
     assert result.accepted.schema == OUTPUT_SCHEMA and result.reasons() == {}
+
+
+def test_cfg_gap_is_recorded_per_image_under_guidance_only(items, generate, generated, models_dir):
+    gaps = np.array(generated.column("mem_cfg_gap").to_pylist(), dtype=float)
+    assert np.all(gaps > 0)
+    split = pa.concat_tables([generate(items.slice(0, 2)), generate(items.slice(2))])
+    assert np.allclose(split.column("mem_cfg_gap").to_pylist(), gaps, rtol=1e-4)
+    model = resolve_model("tiny", models_dir)
+    unguided = GenerateStage(model.path, model.name, "x", model.pipeline_class, steps=2, guidance_scale=1.0)
+    unguided.setup()
+    assert unguided(items.slice(0, 2)).column("mem_cfg_gap").to_pylist() == [None, None]

@@ -62,12 +62,14 @@ class GenerateStage:
         sizes = list(zip(batch.column("width").to_pylist(), batch.column("height").to_pylist()))
         # 2. Generate each size group in one call; rows keep their input order
         pixels: list[bytes | None] = [None] * n
+        gaps: list[float | None] = [None] * n
         for size in sorted(set(sizes)):
             rows = [i for i in range(n) if sizes[i] == size]
-            images = self._generate([prompts[i] for i in rows], [negatives[i] for i in rows],
-                                    [seeds[i] for i in rows], *size)
-            for row, image in zip(rows, images):
+            images, gap = self._generate([prompts[i] for i in rows], [negatives[i] for i in rows],
+                                         [seeds[i] for i in rows], *size)
+            for k, (row, image) in enumerate(zip(rows, images)):
                 pixels[row] = image.tobytes()
+                gaps[row] = None if gap is None else float(gap[k])
         # 3. Attach lineage
         scheduler = type(self._pipe.scheduler).__name__
         values = {
@@ -79,22 +81,38 @@ class GenerateStage:
             "guidance_scale": [self.guidance_scale] * n,
             "torch_version": [self._torch_version] * n,
             "device": [self._device] * n,
+            "mem_cfg_gap": gaps,
         }
         out = batch
         for f in GENERATION_FIELDS:
             out = out.append_column(f, pa.array(values[f.name], type=f.type))
         return out
 
-    def _generate(self, prompts, negatives, seeds, width, height) -> np.ndarray:
+    def _generate(self, prompts, negatives, seeds, width, height) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
 
         generators = [torch.Generator(self._device).manual_seed(int(s)) for s in seeds]
-        with torch.inference_mode():
-            result = self._pipe(
-                prompt=prompts, negative_prompt=negatives, generator=generators,
-                num_inference_steps=self.steps, guidance_scale=self.guidance_scale,
-                width=width, height=height, output_type="np",
-            )
+        first_step: list[torch.Tensor] = []
+
+        def capture(module, args, output) -> None:
+            # The first UNet call sees [unconditional; conditional] halves under guidance.
+            if not first_step:
+                first_step.append(output[0] if isinstance(output, tuple) else output.sample)
+
+        hook = self._pipe.unet.register_forward_hook(capture)
+        try:
+            with torch.inference_mode():
+                result = self._pipe(
+                    prompt=prompts, negative_prompt=negatives, generator=generators,
+                    num_inference_steps=self.steps, guidance_scale=self.guidance_scale,
+                    width=width, height=height, output_type="np",
+                )
+        finally:
+            hook.remove()
+        gap = None
+        if self.guidance_scale > 1 and first_step and first_step[0].shape[0] == 2 * len(prompts):
+            uncond, cond = first_step[0].float().chunk(2)
+            gap = (cond - uncond).flatten(1).norm(dim=1).cpu().numpy()
         # NaN pixels (a diverged fp16 VAE) become black, which the sanity gate rejects.
         images = np.nan_to_num(result.images, nan=0.0)
-        return (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
+        return (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8), gap
