@@ -77,7 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(f"[bold green]published[/] run {summary.run_id} (run_date {summary.run_date})")
     console.print(f"  items {summary.items} · generated {summary.generated} "
                   f"(resumed shards {summary.resumed_shards}) · accepted {summary.accepted} · "
-                  f"rejected {summary.rejected} ({reasons}) · bad manifest rows {summary.bad_rows}")
+                  f"rejected {summary.rejected} ({reasons}) · regenerated {summary.regenerated} · "
+                  f"bad manifest rows {summary.bad_rows}")
     console.print(f"  {summary.images_per_s:.2f} images/s · {summary.seconds:.1f} s in all")
     console.print(f"  dataset  {summary.dataset_root}")
     console.print(f"  manifest {summary.manifest_path}")

@@ -20,7 +20,8 @@ body{font-family:system-ui,sans-serif;margin:24px;background:#f6f7f9;color:#1d24
 h1{margin:0 0 4px} .muted{color:#5c6578} .stats{display:flex;gap:12px;flex-wrap:wrap;margin:16px 0}
 .stat{background:#fff;border-radius:8px;padding:10px 16px;box-shadow:0 1px 2px #0001}
 .stat b{display:block;font-size:22px} h2{margin-top:28px} h3{margin:18px 0 6px;font-size:15px}
-.grid{display:flex;flex-wrap:wrap;gap:10px}
+.grid{display:flex;flex-wrap:wrap;gap:10px} .groups{display:flex;flex-wrap:wrap;gap:14px 22px}
+.group h3{margin:6px 0 0} .group .muted{font-size:12px;margin-bottom:6px;max-width:380px}
 .card{background:#fff;border-radius:8px;width:180px;padding:8px;box-shadow:0 1px 2px #0002;font-size:11px}
 .card img{width:160px;height:160px;object-fit:contain;background:#eee;border-radius:4px;image-rendering:pixelated}
 .card.rejected{outline:2px solid #d9534f} .reason{color:#b52b27} .ok{color:#23813a}
@@ -99,8 +100,9 @@ def _gallery(rows: list[dict]) -> str:
     for (sku, market), members in sorted(groups.items()):
         title = html.escape(members[0]["title"] or "")
         cards = "".join(_card(r) for r in sorted(members, key=lambda r: (r["gate_status"], r["variant"])))
-        parts.append(f"<h3>{html.escape(sku)} · {html.escape(market)} — {title}</h3><div class=grid>{cards}</div>")
-    return "".join(parts)
+        parts.append(f"<div class=group><h3>{html.escape(sku)} · {html.escape(market)}</h3>"
+                     f"<div class=muted>{title}</div><div class=grid>{cards}</div></div>")
+    return f"<div class=groups>{''.join(parts)}</div>"
 
 
 def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, validation: dict) -> Path:
@@ -110,7 +112,8 @@ def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, va
                "attempt", "clip_score", "dup_group", "gate_status", "gate_reasons", "image"]
     rows = accepted.select(columns).to_pylist() + rejected.select(columns).to_pylist()
     stats = [("items", summary.items), ("accepted", summary.accepted), ("rejected", summary.rejected),
-             ("bad manifest rows", summary.bad_rows), ("images/s", f"{summary.images_per_s:.2f}")]
+             ("regenerated", summary.regenerated), ("bad manifest rows", summary.bad_rows),
+             ("images/s", f"{summary.images_per_s:.2f}")]
     scores = {"accepted": accepted.column("clip_score").to_pylist(),
               "rejected": rejected.column("clip_score").to_pylist()}
     stat_html = "".join(f"<div class=stat><b>{e(str(v))}</b>{e(k)}</div>" for k, v in stats)
@@ -120,18 +123,22 @@ def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, va
         f"<td class={'ok' if r.get('success') else 'reason'}>{'pass' if r.get('success') else 'FAIL'}</td></tr>"
         for r in validation.get("results", [])
     )
+    total = len(validation.get("results", []))
+    passed = sum(1 for r in validation.get("results", []) if r.get("success"))
     timings = "".join(f"<tr><td>{e(k)}</td><td>{v:.2f} s</td></tr>" for k, v in summary.timings.items())
     page = (
         f"<!doctype html><html><head><meta charset=utf-8><title>synthcat run {e(summary.run_id)}</title>"
         f"<style>{_CSS}</style></head><body><h1>synthcat run {e(summary.run_id)}</h1>"
         f"<div class=muted>run_date {e(summary.run_date)} · {e(str(summary.dataset_root))}</div>"
         f"<div class=stats>{stat_html}</div>"
-        f"<h2>Rejections by reason</h2><table>{reasons or '<tr><td>none</td></tr>'}</table>"
+        f"<h2>Gallery</h2>{_gallery(rows)}"
         f"<h2>clip_score</h2>{_histogram(scores, -1.0, 1.0)}"
         f"<h2>Duplicate groups</h2>{_duplicate_groups(rows)}"
-        f"<h2>Validation (Great Expectations)</h2><table>{checks}</table>"
+        f"<h2>Rejections by reason</h2><table>{reasons or '<tr><td>none</td></tr>'}</table>"
+        f"<h2>Validation (Great Expectations)</h2><details><summary>{passed} of {total} expectations "
+        f"passed</summary><table>{checks}</table></details>"
         f"<h2>Stage timings</h2><table>{timings}</table>"
-        f"<h2>Gallery</h2>{_gallery(rows)}</body></html>"
+        "</body></html>"
     )
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(page, encoding="utf-8")

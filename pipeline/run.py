@@ -70,6 +70,7 @@ class RunSummary:
     manifest_path: Path
     report_path: Path
     timings: dict[str, float] = field(default_factory=dict)
+    regenerated: int = 0
 
 
 # --- the staging record -------------------------------------------------------------------------
@@ -326,6 +327,7 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
         bad_rows=state["input"]["bad_rows"], images_per_s=extra.get("images_per_s", 0.0),
         seconds=extra.get("seconds", 0.0), manifest_path=run_dir / "manifest.json",
         report_path=run_dir / "report.html", timings=dict(state["timings"]),
+        regenerated=state["gate"].get("regenerated", 0),
     )
     write_report(summary.report_path, accepted, rejected, summary, state["validation"])
     stage_run(staging / "publish", accepted, rejected, run_id)
