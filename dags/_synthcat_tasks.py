@@ -24,6 +24,14 @@ def _call(function, *args):
         raise
 
 
+def spec_for_this_run(params: dict) -> dict:
+    """Inside a task: params + the current DAG run (run_date = its logical date, else when it
+    was triggered) -> the run's spec. Bad params fail the task at once."""
+    dag_run = get_current_context()["dag_run"]
+    run_date = (dag_run.logical_date or dag_run.run_after).date().isoformat()
+    return _call(lambda: orchestrate.make_spec(params, dag_run_id=dag_run.run_id, run_date=run_date))
+
+
 @task
 def check_manifest(spec: dict) -> dict:
     """Validate the manifest first: a bad file stops the run before any work."""

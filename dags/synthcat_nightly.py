@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, dag, get_current_context, task
+from airflow.sdk import Asset, dag, task
 
-from _synthcat_tasks import wire_run
+from _synthcat_tasks import spec_for_this_run, wire_run
 from pipeline import orchestrate
 
 SETTINGS = orchestrate.load_settings()
@@ -31,11 +31,7 @@ def synthcat_nightly():
     @task
     def resolve_spec() -> dict:
         """The settings + this DAG run (run_date = its logical date) -> the run's spec."""
-        context = get_current_context()
-        dag_run = context["dag_run"]
-        run_date = (dag_run.logical_date or dag_run.run_after).date().isoformat()
-        params = {k: SETTINGS[k] for k in ("manifest", "config", "out")}
-        return orchestrate.make_spec(params, dag_run_id=dag_run.run_id, run_date=run_date)
+        return spec_for_this_run({k: SETTINGS[k] for k in ("manifest", "config", "out")})
 
     wire_run(resolve_spec(), DATASET_ASSET, SETTINGS.get("max_shard_groups", 8))
 

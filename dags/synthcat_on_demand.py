@@ -10,10 +10,10 @@ from datetime import timedelta
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from _synthcat_tasks import wire_run
-from pipeline import orchestrate
+from _synthcat_tasks import spec_for_this_run, wire_run
 
-ON_DEMAND_ASSET = Asset(name="synthcat_on_demand", uri="file:///synthcat/on_demand")
+# Each run publishes where its `out` param says; the event metadata carries that path.
+ON_DEMAND_ASSET = Asset(name="synthcat_on_demand")
 LOCALE = "^[A-Za-z]{2,3}([-_][A-Za-z]{4})?[-_]([A-Za-z]{2}|[0-9]{3})$"
 
 
@@ -46,16 +46,8 @@ LOCALE = "^[A-Za-z]{2,3}([-_][A-Za-z]{4})?[-_]([A-Za-z]{2}|[0-9]{3})$"
 def synthcat_on_demand():
     @task
     def resolve_spec() -> dict:
-        """Params + this DAG run -> the run's spec (paths and ids only)."""
-        context = get_current_context()
-        dag_run = context["dag_run"]
-        run_date = (dag_run.logical_date or dag_run.run_after).date().isoformat()
-        try:
-            return orchestrate.make_spec(dict(context["params"]), dag_run_id=dag_run.run_id, run_date=run_date)
-        except orchestrate.BadInputError as exc:
-            from airflow.sdk.exceptions import AirflowFailException
-
-            raise AirflowFailException(str(exc)) from None
+        """The trigger's params + this DAG run -> the run's spec (paths and ids only)."""
+        return spec_for_this_run(dict(get_current_context()["params"]))
 
     wire_run(resolve_spec(), ON_DEMAND_ASSET)
 
