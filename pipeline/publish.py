@@ -25,10 +25,12 @@ files (named after the run id) are recognised and left as they are.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import datetime as dt
 import errno
+import fcntl
 import functools
 import hashlib
 import json
@@ -36,6 +38,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -91,7 +94,7 @@ def stage_run(staging_dir: Path, accepted: pa.Table, rejected: pa.Table, run_id:
 
 
 def publish_run(dataset_root: Path, staging_dir: Path, run_id: str, run_dates: list[str],
-                manifest: dict) -> dict:
+                manifest: dict, *, lock_timeout_s: float = 600.0) -> dict:
     """Swap the staged partitions of `run_dates` into `dataset_root`, then commit the manifest.
 
     Each `data/run_date=<d>` and `rejects/run_date=<d>` is replaced by the staged one, or
@@ -120,23 +123,53 @@ def publish_run(dataset_root: Path, staging_dir: Path, run_id: str, run_dates: l
         raise SynthcatError(f"staging folder {staging_dir} is not on the filesystem of "
                             f"{dataset_root}: partitions cannot be renamed into place")
 
-    # 2. Swap every partition this run owns.
-    for kind in (DATA_DIR, REJECTS_DIR):
-        for run_date in sorted(set(run_dates)):
-            name = f"run_date={run_date}"
-            _swap_partition(staged=staging_dir / kind / name, live=dataset_root / kind / name,
-                            aside=staging_dir / f".replaced-{kind}-{name}", run_id=run_id)
+    with publish_lock(dataset_root, timeout_s=lock_timeout_s):
+        if manifest_path.exists():  # a concurrent publisher of the same run id got there first
+            raise SynthcatError(f"run {run_id} is already published ({manifest_path})")
+        # 2. Swap every partition this run owns.
+        for kind in (DATA_DIR, REJECTS_DIR):
+            for run_date in sorted(set(run_dates)):
+                name = f"run_date={run_date}"
+                _swap_partition(staged=staging_dir / kind / name, live=dataset_root / kind / name,
+                                aside=staging_dir / f".replaced-{kind}-{name}", run_id=run_id)
 
-    # 3. Commit: the manifest is written last.
-    missing = [r["path"] for r in records if not (dataset_root / r["path"]).is_file()
-               or (dataset_root / r["path"]).stat().st_size != r["bytes"]]
-    if missing:
-        raise SynthcatError(f"run {run_id}: published files missing or changed after the swap: "
-                            f"{missing[:5]}")
-    final["published_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
-    _write_json(manifest_path, final)
+        # 3. Commit: the manifest is written last.
+        missing = [r["path"] for r in records if not (dataset_root / r["path"]).is_file()
+                   or (dataset_root / r["path"]).stat().st_size != r["bytes"]]
+        if missing:
+            raise SynthcatError(f"run {run_id}: published files missing or changed after the swap: "
+                                f"{missing[:5]}")
+        final["published_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
+        _write_json(manifest_path, final)
     (staging_dir / STAGED_MARKER).unlink(missing_ok=True)
     return final
+
+
+@contextlib.contextmanager
+def publish_lock(dataset_root: Path, timeout_s: float = 600.0):
+    """One publisher at a time per dataset: an exclusive `flock` on `_runs/.publish.lock`.
+
+    Two runs publishing at once both succeed, one after the other; a publisher that cannot get
+    the lock within `timeout_s` fails cleanly before touching anything. The kernel releases the
+    lock if its holder dies, so a killed run never leaves the dataset locked.
+    """
+    path = Path(dataset_root) / RUNS_DIR / ".publish.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise SynthcatError(f"{dataset_root}: another run is publishing (lock {path} held "
+                                        f"for more than {timeout_s:.0f} s); nothing was changed") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_published(dataset_root: Path, run_date: str | None = None) -> pa.Table:

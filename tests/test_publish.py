@@ -331,3 +331,22 @@ def test_published_rows_round_trip_every_column(tmp_path):
     back = read_published(tmp_path)
     assert back.sort_by("item_id").equals(accepted.sort_by("item_id"))
     assert pc.all(pc.equal(back["gate_status"], "accepted")).as_py()
+
+
+def test_a_second_publisher_waits_for_the_lock_or_fails_cleanly(tmp_path):
+    import fcntl
+    import threading
+
+    first = make_output_table(4, run_date=D1, run_id="run-a", seed=1)
+    publish_tables(tmp_path, "run-a", [D1], first, make_output_table(0))
+    staging = tmp_path / "_staging" / "run-b"
+    stage_run(staging, make_output_table(3, run_date=D1, run_id="run-b", seed=5), make_output_table(0), "run-b")
+    lock = open(tmp_path / "_runs" / ".publish.lock", "a+")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # another publisher holds the dataset
+    with pytest.raises(SynthcatError, match="another run is publishing"):
+        publish_run(tmp_path, staging, "run-b", [D1], {}, lock_timeout_s=0.5)
+    assert item_ids(read_published(tmp_path, D1)) == item_ids(first)  # nothing changed
+    threading.Timer(0.5, lambda: fcntl.flock(lock, fcntl.LOCK_UN)).start()
+    manifest = publish_run(tmp_path, staging, "run-b", [D1], {}, lock_timeout_s=30)  # waits, then succeeds
+    assert manifest["rows"]["accepted"] == 3 and read_published(tmp_path, D1).num_rows == 3
+    lock.close()
