@@ -150,6 +150,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import report_from_run_dir
+
+    path = report_from_run_dir(Path(args.run_dir), Path(args.out) if args.out else None)
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthcat", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("path", help="catalog manifest (CSV, JSONL or Parquet)")
     validate.add_argument("--config", help="job config YAML (column mapping, default markets)")
     validate.set_defaults(func=cmd_validate)
+
+    report = sub.add_parser("report", help="rebuild the HTML report of a published run")
+    report.add_argument("run_dir", help="the run's folder: <out>/<dataset>/_runs/<run_id>")
+    report.add_argument("--out", help="where to write it (default: report.html in the run folder)")
+    report.set_defaults(func=cmd_report)
 
     index = sub.add_parser("index", help="the memorization reference index")
     index_sub = index.add_subparsers(dest="index_command", required=True)

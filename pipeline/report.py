@@ -144,3 +144,36 @@ def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, va
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def report_from_run_dir(run_dir: Path, target: Path | None = None) -> Path:
+    """Rebuild `report.html` of a published run from its manifest and its files."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from pipeline.errors import BadInputError
+    from pipeline.run import RunSummary
+    from pipeline.schema import OUTPUT_SCHEMA
+
+    manifest_path = Path(run_dir) / "manifest.json"
+    if not manifest_path.is_file():
+        raise BadInputError(f"{run_dir}: no manifest.json (not a published run folder)")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    root = manifest_path.parent.parent.parent
+    tables = {"data": [], "rejects": []}
+    for record in manifest["files"]:
+        path = root / record["path"]
+        if not path.is_file():
+            raise BadInputError(f"{run_dir}: {record['path']} is gone (a later run replaced that run_date)")
+        tables[record["path"].split("/", 1)[0]].append(pq.read_table(path).select(OUTPUT_SCHEMA.names))
+    accepted, rejected = (pa.concat_tables(t) if t else OUTPUT_SCHEMA.empty_table() for t in tables.values())
+    summary = RunSummary(
+        run_id=manifest["run_id"], run_date=manifest["run_date"], dataset_root=root, items=manifest["items"],
+        generated=manifest["items"], resumed_shards=0, accepted=accepted.num_rows, rejected=rejected.num_rows,
+        reasons=manifest["reasons"], bad_rows=manifest["input"]["bad_rows"],
+        images_per_s=manifest.get("images_per_s", 0.0), seconds=0.0, manifest_path=manifest_path,
+        report_path=target or manifest_path.with_name("report.html"), timings=manifest.get("timings_s", {}),
+        regenerated=manifest.get("regenerated", 0),
+    )
+    return write_report(summary.report_path, accepted, rejected, summary, manifest["validation"])

@@ -336,6 +336,7 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
         "synthcat_version": pipeline.__version__, "input": state["input"], "config": state["config"],
         "models": {"generator": state["generator"], "scorer": state["scorer"]},
         "items": state["items"], "reasons": state["gate"]["reasons"], "validation": state["validation"],
+        "regenerated": summary.regenerated, "images_per_s": summary.images_per_s,
         "timings_s": {k: round(v, 3) for k, v in state["timings"].items()},
     }
     publish_run(root, staging / "publish", run_id, [state["run_date"]], manifest)

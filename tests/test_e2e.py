@@ -169,3 +169,13 @@ def test_failing_items_are_regenerated_with_their_next_seed(published, tmp_path)
     assert retried, "some first attempts scored under the median and were regenerated"
     assert all(r["seed"] == seed_for(r["item_id"], 1) for r in retried)
     assert all(r["clip_score"] >= threshold for r in rows if r["attempt"] == 0)
+
+
+def test_report_command_rebuilds_the_report_of_a_published_run(published, tmp_path, capsys):
+    runs = sorted((published["root"] / "_runs").glob("*/manifest.json"))
+    run_dir = runs[-1].parent
+    target = tmp_path / "again.html"
+    assert main(["report", str(run_dir), "--out", str(target)]) == 0
+    page = target.read_text(encoding="utf-8")
+    assert page.count("data:image/png;base64,") >= 10 and run_dir.name in page
+    assert main(["report", str(tmp_path)]) == 2 and "no manifest.json" in capsys.readouterr().err
