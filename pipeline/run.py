@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -361,12 +361,3 @@ def run_job(request: RunRequest) -> RunSummary:
     summary = publish(staging, {**generated, "images_per_s": rate})
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def summary_dict(summary: RunSummary) -> dict:
-    """A JSON-able view of a summary (for XCom and `--json` output)."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(summary).items()}
-
-
-__all__ = ["RunRequest", "RunSummary", "prepare", "generate_shards", "consolidate",
-           "validate", "publish", "run_job", "read_state", "summary_dict"]

@@ -22,8 +22,8 @@ class ScorerPreset:
 
     name: str
     path: Path
-    # Cosine threshold of the alignment gate for this scorer. The tiny scorer has random
-    # weights until the trained one lands, so its gate is open (-1) rather than pretend.
+    # Cosine threshold of the alignment gate for this scorer, calibrated on generated images
+    # (the tiny one by `python -m pipeline.models.evaluate`, see MODEL_CARD.md).
     min_clip_score: float
     # Image-image cosine at or above which two images are semantic duplicates (None: off).
     min_semantic_cosine: float | None = None
@@ -47,7 +47,8 @@ class ModelPreset:
 # name -> (pipeline class, width, height, steps, guidance, scorer, description)
 _MODELS = {
     "tiny": ("StableDiffusionPipeline", 64, 64, 20, 7.5, "tiny",
-             "embedded tiny latent diffusion model (random weights until the trained one lands)"),
+             "embedded tiny latent diffusion model trained by the project on rendered products "
+             "(64 px; see pipeline/models/MODEL_CARD.md)"),
     "sd15": ("StableDiffusionPipeline", 512, 512, 30, 7.5, "vit-b-32", "Stable Diffusion 1.5"),
     "sd-turbo": ("StableDiffusionPipeline", 512, 512, 1, 0.0, "vit-b-32", "SD-Turbo (SD 2.1 architecture)"),
     "sdxl": ("StableDiffusionXLPipeline", 1024, 1024, 30, 5.0, "vit-l-14", "Stable Diffusion XL 1.0"),
@@ -58,10 +59,6 @@ _SCORERS = {"tiny": -1.0, "vit-b-32": 0.28, "vit-l-14": 0.20}
 # name -> semantic-duplicate cosine (SemDeDup / NeMo Curator start at 1 - eps = 0.95). Off for
 # the random-weight tiny scorer: it maps every image within cosine ~0.97 of every other.
 _SEMANTIC = {"tiny": None, "vit-b-32": 0.95, "vit-l-14": 0.95}
-
-
-def model_names() -> list[str]:
-    return list(_MODELS)
 
 
 def resolve_model(name: str, models_dir: Path) -> ModelPreset:
