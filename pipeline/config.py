@@ -79,6 +79,11 @@ class Gates(_Strict):
     min_pixel_mean: float = Field(8.0, ge=0, le=255)
     min_pixel_std: float = Field(2.0, ge=0, le=255)
     max_attempts: int = Field(3, ge=1, le=20)
+    # Memorization: a reference index (`synthcat index build`) of training or protected images,
+    # built with the run's scorer; images at or above `max_ref_similarity` cosine are rejected
+    # (None: the nearest reference and its similarity are recorded, nothing is rejected).
+    reference_index: str | None = None
+    max_ref_similarity: float | None = Field(None, ge=-1, le=1)
 
 
 class JobConfig(_Strict):

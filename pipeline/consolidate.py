@@ -30,7 +30,17 @@ def gate_settings(config: JobConfig, scorer: dict) -> GateSettings:
         min_clip_score=scorer["min_clip_score"], exact_duplicates=gates.exact_duplicates,
         max_phash_distance=gates.max_phash_distance, min_semantic_cosine=scorer["min_semantic_cosine"],
         min_pixel_mean=gates.min_pixel_mean, min_pixel_std=gates.min_pixel_std,
+        max_ref_similarity=gates.max_ref_similarity,
     )
+
+
+def reference_index(config: JobConfig, scorer: dict):
+    """The job's reference index, loaded, or None when the job names none."""
+    if not config.gates.reference_index:
+        return None
+    from pipeline.reference import ReferenceIndex
+
+    return ReferenceIndex(Path(config.gates.reference_index), Path(scorer["path"]))
 
 
 def published_history(dataset_root: Path, run_date: str, clip_model: str) -> pa.Table:
@@ -79,6 +89,6 @@ def write_plan(staging: Path, plan: pa.Table) -> None:
     os.replace(tmp, staging / "plan.parquet")
 
 
-def run_gates(produced: pa.Table, settings: GateSettings, history: pa.Table | None) -> GateResult:
+def run_gates(produced: pa.Table, settings: GateSettings, history: pa.Table | None, reference=None) -> GateResult:
     return apply_gates(latest_attempts(produced), settings, created_at=datetime.now(timezone.utc),
-                       history=history)
+                       history=history, reference=reference)

@@ -92,3 +92,35 @@ def build_reference_index(source: Path, index_dir: Path, clip_path: Path, *, bat
     tmp.write_text(json.dumps(description, indent=2), encoding="utf-8")
     os.replace(tmp, index_dir / "index.json")
     return description
+
+
+class ReferenceIndex:
+    """A built index loaded for search: exact inner product over L2-normalised embeddings (faiss)."""
+
+    def __init__(self, index_dir: Path, clip_path: Path | None = None) -> None:
+        import faiss
+        import numpy as np
+
+        description_path = Path(index_dir) / "index.json"
+        if not description_path.is_file():
+            raise BadInputError(f"{index_dir}: not a reference index (no index.json; run `synthcat index build`)")
+        self.description = json.loads(description_path.read_text(encoding="utf-8"))
+        built_with = Path(self.description["clip_path"])
+        # presets live at <models_dir>/<scorer>/clip: the scorer's name identifies the model
+        if clip_path is not None and built_with.parts[-2:] != Path(clip_path).parts[-2:]:
+            raise BadInputError(f"{index_dir}: built with {self.description['clip_path']}, "
+                                f"but this run scores with {clip_path}; rebuild the index")
+        table = pq.read_table(Path(index_dir) / "index.parquet")
+        self.ids = table.column("ref_id").to_pylist()
+        vectors = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
+        self._index = faiss.IndexFlatIP(vectors.shape[1])
+        self._index.add(np.ascontiguousarray(vectors))
+
+    def nearest(self, embeddings) -> tuple[list[str], list[float]]:
+        """The nearest reference image (id, cosine) of every row of `embeddings`."""
+        import numpy as np
+
+        if len(embeddings) == 0:
+            return [], []
+        scores, rows = self._index.search(np.ascontiguousarray(embeddings, dtype=np.float32), 1)
+        return [self.ids[r] for r in rows[:, 0]], [float(s) for s in scores[:, 0]]

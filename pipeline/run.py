@@ -242,7 +242,8 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
 def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: int | None = None) -> dict:
     """Gate the whole run at once (duplicates are a global property); regenerate failing items
     with their next seed up to `gates.max_attempts`; write accepted and rejected rows."""
-    from pipeline.consolidate import gate_settings, plan_retries, published_history, run_gates, write_plan
+    from pipeline.consolidate import (gate_settings, plan_retries, published_history, reference_index,
+                                      run_gates, write_plan)
     from pipeline.shards import ShardStore
 
     state, tick = read_state(staging), time.perf_counter()
@@ -251,12 +252,13 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
     settings = gate_settings(config, state["scorer"])
     history = (published_history(Path(state["dataset_root"]), state["run_date"], state["scorer"]["id"])
                if config.gates.dedupe_history else None)
+    reference = reference_index(config, state["scorer"])
     regenerated = 0
     while True:
         missing = sorted(set(state["shards"]) - store.done())
         if missing:
             raise RuntimeError(f"{staging}: shards not generated yet: {', '.join(missing[:5])}")
-        gated = run_gates(store.read_all(sorted(state["shards"])), settings, history)
+        gated = run_gates(store.read_all(sorted(state["shards"])), settings, history, reference)
         if gated.accepted.num_rows + gated.rejected.num_rows != state["items"]:
             raise RuntimeError(f"{staging}: gated {gated.accepted.num_rows + gated.rejected.num_rows} "
                                f"items of {state['items']} planned")

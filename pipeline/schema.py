@@ -94,6 +94,8 @@ GATE_FIELDS = [
     pa.field("dup_group", pa.string()),      # item_id of the group's kept image; null when unique
     pa.field("dup_reason", pa.string()),     # exact | perceptual | semantic; null when unique
     pa.field("dup_similarity", pa.float32()),  # Hamming distance (perceptual) or cosine (semantic)
+    pa.field("ref_nearest_id", pa.string()),   # nearest image of the reference index (memorization)
+    pa.field("ref_similarity", pa.float32()),  # its CLIP-embedding cosine; null without an index
     pa.field("gate_status", pa.string()),    # "accepted" | "rejected"
     pa.field("gate_reasons", pa.list_(pa.string())),
     pa.field("created_at", pa.timestamp("us", tz="UTC")),

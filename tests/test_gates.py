@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 import imagehash
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -116,3 +117,34 @@ def test_retries_take_the_next_attempt_and_seed():
     latest = latest_attempts(pa.concat_tables([plan, retries]))
     assert dict(zip(latest.column("item_id").to_pylist(), latest.column("attempt").to_pylist())) == \
         {"i0": 0, "i1": 1, "i2": 1}
+
+
+def test_memorization_gate_against_a_built_reference_index(tmp_path, models_dir, capsys):
+    from pipeline.cli import main
+    from pipeline.errors import BadInputError
+    from pipeline.reference import ReferenceIndex
+
+    folder = tmp_path / "protected"
+    folder.mkdir()
+    images = [_noise(20 + i) for i in range(3)]
+    for i, pixels in enumerate(images):
+        Image.fromarray(pixels).save(folder / f"ref{i}.png")
+    Image.fromarray(images[0]).save(folder / "copy-of-ref0.png")  # the same image twice: one entry
+    assert main(["index", "build", str(folder), "--out", str(tmp_path / "index")]) == 0
+    index = ReferenceIndex(tmp_path / "index", models_dir / "tiny" / "clip")
+    assert len(index.ids) == 3 and index.description["images"] == 3
+
+    stored = pq.read_table(tmp_path / "index" / "index.parquet")
+    first = np.asarray(stored.column("embedding")[0].as_py(), np.float32)
+    embeddings = np.stack([first, -first])  # a verbatim copy of a reference, and its opposite
+    table = _rows([_noise(30), _noise(31)], embeddings)
+    result = apply_gates(table, GateSettings(max_ref_similarity=0.99), created_at=NOW, reference=index)
+    (rejected,) = result.rejected.to_pylist()
+    assert rejected["gate_reasons"][0].startswith("memorization: cosine 1.000")
+    assert rejected["ref_nearest_id"] == stored.column("ref_id")[0].as_py()
+    (accepted,) = result.accepted.to_pylist()
+    assert accepted["ref_similarity"] < 0.99 and accepted["ref_nearest_id"] is not None
+    # without a threshold the evidence is recorded and nothing is rejected
+    assert apply_gates(table, GateSettings(), created_at=NOW, reference=index).rejected.num_rows == 0
+    with pytest.raises(BadInputError, match="rebuild the index"):
+        ReferenceIndex(tmp_path / "index", models_dir / "vit-b-32" / "clip")

@@ -1,8 +1,9 @@
 """Gate: a global step over a run's scored rows; splits them into accepted and rejected.
 
 Gates, each recording its evidence in the row: sanity (black or blank images), alignment
-(`clip_score` threshold) and duplicates (exact, perceptual, semantic; within the run and
-against the published history, see `dedupe`). A rejected row keeps its image and lists
+(`clip_score` threshold), memorization (nearest image of a reference index of training or
+protected images) and duplicates (exact, perceptual, semantic; within the run and against
+the published history, see `dedupe`). A rejected row keeps its image and lists
 every reason it failed in `gate_reasons`.
 """
 
@@ -31,6 +32,8 @@ class GateSettings:
     min_semantic_cosine: float | None = None
     min_pixel_mean: float = 8.0
     min_pixel_std: float = 2.0
+    max_ref_similarity: float | None = None   # memorization: reject at or above this cosine
+
 
 
 @dataclass(frozen=True)
@@ -66,11 +69,12 @@ def _embeddings(table: pa.Table) -> np.ndarray | None:
 
 
 def apply_gates(table: pa.Table, settings: GateSettings, *, created_at: datetime,
-                history: pa.Table | None = None) -> GateResult:
+                history: pa.Table | None = None, reference=None) -> GateResult:
     """Gate every row of `table` (scored and encoded rows, any order) into OUTPUT_SCHEMA tables.
 
     `history`: published rows (item_id, image_sha256, image_phash, clip_embedding) the run
-    must not duplicate; they are only compared against, never changed.
+    must not duplicate; they are only compared against, never changed. `reference`: a
+    `ReferenceIndex` of training / protected images (memorization evidence and gate).
     """
     table = table.sort_by(KEEP_ORDER)
     n = table.num_rows
@@ -88,7 +92,19 @@ def apply_gates(table: pa.Table, settings: GateSettings, *, created_at: datetime
             reasons[row].append(f"clip_score: {score:.4f} < {settings.min_clip_score:.4f}"
                                 if score is not None else "clip_score: missing")
 
-    # 2. Duplicates: published history first (always kept), then the run in keep order
+    # 2. Memorization: the nearest reference image by CLIP-embedding cosine
+    ref_ids: list[str | None] = [None] * n
+    ref_scores: list[float | None] = [None] * n
+    embeddings = _embeddings(table)
+    if reference is not None and embeddings is not None:
+        ref_ids, ref_scores = reference.nearest(embeddings)
+        if settings.max_ref_similarity is not None:
+            for row, (ref, score) in enumerate(zip(ref_ids, ref_scores)):
+                if score >= settings.max_ref_similarity:
+                    reasons[row].append(f"memorization: cosine {score:.3f} >= {settings.max_ref_similarity:g} "
+                                        f"to reference {ref[:12]}")
+
+    # 3. Duplicates: published history first (always kept), then the run in keep order
     past = history if history is not None else table.slice(0, 0)
     both = pa.concat_tables([past.select(["item_id", "image_sha256", "image_phash", "clip_embedding"]),
                              table.select(["item_id", "image_sha256", "image_phash", "clip_embedding"])])
@@ -110,9 +126,10 @@ def apply_gates(table: pa.Table, settings: GateSettings, *, created_at: datetime
         if keeper is not None and dup_group[keeper] is None:  # the kept member names its group too
             dup_group[keeper], dup_reason[keeper] = dup.kept_id, dup.reason
 
-    # 3. Status and output
+    # 4. Status and output
     status = [REJECTED if r else ACCEPTED for r in reasons]
     values = {"dup_group": dup_group, "dup_reason": dup_reason, "dup_similarity": dup_similarity,
+              "ref_nearest_id": ref_ids, "ref_similarity": ref_scores,
               "gate_status": status, "gate_reasons": reasons, "created_at": [created_at] * n}
     gated = table
     for f in GATE_FIELDS:
