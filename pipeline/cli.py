@@ -158,6 +158,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_memorization(args: argparse.Namespace) -> int:
+    from pipeline.memorization import evaluate_memorization
+
+    result = evaluate_memorization(_models_dir(None), seeds_per_planted=args.seeds, n_ordinary=args.ordinary)
+    text = json.dumps(result, indent=2)
+    if args.json:
+        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthcat", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", help="the run's folder: <out>/<dataset>/_runs/<run_id>")
     report.add_argument("--out", help="where to write it (default: report.html in the run folder)")
     report.set_defaults(func=cmd_report)
+
+    evaluation = sub.add_parser("eval", help="evaluations of the gates against ground truth")
+    eval_sub = evaluation.add_subparsers(dest="eval_command", required=True)
+    memorization = eval_sub.add_parser("memorization", help="planted vs ordinary prompts: AUC, TPR at 1%% FPR")
+    memorization.add_argument("--json", help="also write the figures to this file")
+    memorization.add_argument("--seeds", type=int, default=8, help="seeds per planted caption (default: 8)")
+    memorization.add_argument("--ordinary", type=int, default=200, help="ordinary prompts (default: 200)")
+    memorization.set_defaults(func=cmd_eval_memorization)
 
     index = sub.add_parser("index", help="the memorization reference index")
     index_sub = index.add_subparsers(dest="index_command", required=True)
