@@ -36,6 +36,20 @@ def _pick_submission(client, base: str) -> tuple[str, bool]:
     raise RuntimeError(f"Ray job {base}: 99 failed attempts, giving up")
 
 
+def _submit_when_ready(client, *, wait_s: float = 120.0, **job) -> None:
+    """Submit, waiting out a cluster whose job agents are still starting (HTTP 500, "No available
+    agent"): a freshly started or autoscaled head answers that for a while."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.submit_job(**job)
+            return
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
 def submit_shards(address: str, staging: Path, shards: list[str], state: dict, *,
                   poll_s: float = 2.0, timeout_s: float | None = None, out=sys.stderr) -> str:
     """Submit `synthcat shards` for these shards to the cluster at `address`; stream its logs.
@@ -49,9 +63,9 @@ def submit_shards(address: str, staging: Path, shards: list[str], state: dict, *
     if not existing:
         entrypoint = (f"python -m pipeline.cli shards {shlex.quote(str(staging))} "
                       f"--shards {','.join(shards)}")
-        client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
-                          runtime_env={"env_vars": HF_OFFLINE_ENV},
-                          metadata={"synthcat_run_id": state["run_id"], "dataset": state["dataset"]})
+        _submit_when_ready(client, entrypoint=entrypoint, submission_id=submission_id,
+                           runtime_env={"env_vars": HF_OFFLINE_ENV},
+                           metadata={"synthcat_run_id": state["run_id"], "dataset": state["dataset"]})
     print(f"[ray job {submission_id}] {'following' if existing else 'submitted'} at {address}", file=out)
     printed, started = 0, time.monotonic()
     while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -26,6 +27,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _own_ports() -> list[str]:
+    """Every fixed-default port of a node, freshly picked: the suite's local Ray (and the other
+    node) already hold the defaults, and a head whose agent cannot bind accepts no jobs."""
+    names = ["dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+             "runtime-env-agent-port", "node-manager-port", "object-manager-port"]
+    return [f"--{name}={_free_port()}" for name in names]
+
+
 def _start_node(args: list[str], env: dict) -> subprocess.Popen:
     # --block keeps each node in its own process group, so the test stops exactly these
     # nodes (not the suite's local Ray, which `ray stop` would also kill).
@@ -34,18 +43,25 @@ def _start_node(args: list[str], env: dict) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL)
 
 
-def _wait_for_jobs_api(address: str, timeout: float = 90) -> None:
-    from ray.job_submission import JobSubmissionClient
+def _list_jobs(address: str, env: dict) -> list[tuple[str, str]] | None:
+    """(submission id, status) of the cluster's jobs, or None while the Jobs API is not up.
 
+    Asked from a fresh process: a Ray client caches the auth token of the first cluster it
+    met, and this test process has already met the suite's local Ray.
+    """
+    code = ("import json, sys; from ray.job_submission import JobSubmissionClient as C; "
+            "print(json.dumps([(j.submission_id, j.status.value) for j in C(sys.argv[1]).list_jobs()]))")
+    result = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, env=env,
+                            timeout=60)
+    return [tuple(j) for j in json.loads(result.stdout)] if result.returncode == 0 else None
+
+
+def _wait_for_jobs_api(address: str, env: dict, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            JobSubmissionClient(address).list_jobs()
-            return
-        except Exception:  # noqa: BLE001 - any failure means "not up yet" until the deadline
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
+    while _list_jobs(address, env) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the Ray Jobs API at {address} did not come up in {timeout:.0f} s")
+        time.sleep(1)
 
 
 @pytest.fixture
@@ -60,12 +76,12 @@ def two_node_cluster(models_dir, monkeypatch):
     env.pop("RAY_ADDRESS", None)
     head = _start_node(["--head", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}",
                         "--dashboard-host=127.0.0.1", "--num-cpus=1", "--include-dashboard=true",
-                        f"--temp-dir={temp_dir}"], env)
+                        f"--temp-dir={temp_dir}", f"--ray-client-server-port={_free_port()}", *_own_ports()], env)
     nodes = [head]
     try:
         address = f"http://127.0.0.1:{dashboard_port}"
-        _wait_for_jobs_api(address)
-        nodes.append(_start_node([f"--address=127.0.0.1:{gcs_port}", "--num-cpus=1"], env))
+        _wait_for_jobs_api(address, env)
+        nodes.append(_start_node([f"--address=127.0.0.1:{gcs_port}", "--num-cpus=1", *_own_ports()], env))
         deadline = time.monotonic() + 60
         while True:  # wait until the worker node has joined
             out = subprocess.run([str(VENV_BIN / "ray"), "status", f"--address=127.0.0.1:{gcs_port}"],
@@ -109,10 +125,12 @@ def test_run_submitted_through_the_jobs_api_to_a_two_node_cluster(two_node_clust
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[ray job synthcat-cluster-run-shard-00000-00001] submitted" in result.stderr
-    table = pq.read_table(out / "catalog_images" / "data")
-    assert table.num_rows == 4 and set(table.column("run_id").to_pylist()) == {"cluster-run"}
+    root = out / "catalog_images"
+    tables = [pq.read_table(root / kind, columns=["item_id", "run_id"]) for kind in ("data", "rejects")
+              if (root / kind).exists()]
+    items = [i for t in tables for i in t.column("item_id").to_pylist()]
+    assert len(items) == len(set(items)) == 4  # every item once, accepted or rejected
+    assert {r for t in tables for r in t.column("run_id").to_pylist()} == {"cluster-run"}
 
-    from ray.job_submission import JobSubmissionClient
-
-    jobs = JobSubmissionClient(two_node_cluster["address"]).list_jobs()
-    assert [j.status.value for j in jobs if j.submission_id.startswith("synthcat-cluster-run")] == ["SUCCEEDED"]
+    jobs = _list_jobs(two_node_cluster["address"], env)
+    assert [status for job_id, status in jobs if job_id.startswith("synthcat-cluster-run")] == ["SUCCEEDED"]
