@@ -32,7 +32,7 @@ def published(tmp_path_factory, models_dir, ray_session):
     tmp = tmp_path_factory.mktemp("e2e")
     catalog = tmp / "catalog.csv"
     catalog.write_text("".join(EXAMPLE_CATALOG.read_text().splitlines(keepends=True)[:5]))
-    job = _job(tmp, variants=1, shard_size=4)
+    job = _job(tmp, variants=1, shard_size=4, gates={"min_clip_score": -1.0})  # layout, not gating
     out = tmp / "out"
     args = ["run", "--manifest", str(catalog), "--config", str(job), "--out", str(out),
             "--run-date", RUN_DATE, "--run-id", "run-a", "--no-progress"]
