@@ -169,6 +169,16 @@ def cmd_eval_memorization(args: argparse.Namespace) -> int:
     return 0
 
 
+def _forward(module: str):
+    """A subcommand that hands its remaining arguments to a module's own `main(argv)`."""
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return importlib.import_module(module).main(args.rest)
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthcat", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -228,11 +238,20 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list model presets and their local folders")
     models.add_argument("--json", action="store_true", help="print a JSON list")
     models.set_defaults(func=cmd_models)
+    models_sub = models.add_subparsers(dest="models_command")
+    train = models_sub.add_parser("train", add_help=False,
+                                  help="train the embedded tiny models from scratch (see MODEL_CARD.md)")
+    train.set_defaults(func=_forward("pipeline.models.train"))
+    evaluate = models_sub.add_parser("eval", add_help=False, help="measure the tiny models' quality")
+    evaluate.set_defaults(func=_forward("pipeline.models.evaluate"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
+    if rest and not getattr(args, "models_command", None):
+        build_parser().parse_args(argv)  # unknown arguments: argparse's usage error (exit 2)
+    args.rest = rest
     _quiet_libraries()
     try:
         return args.func(args)

@@ -24,7 +24,6 @@ import numpy as np
 
 SSIM_COPY = 0.8
 STEPS, GUIDANCE, BATCH = 20, 7.5, 16
-CATEGORY_TEMPLATES = ("a photo of a {}", "a {}, product photo", "a {} in a studio", "product photo of a {}")
 
 
 def load_models(home: Path, threads: int = 2):
@@ -34,7 +33,7 @@ def load_models(home: Path, threads: int = 2):
 
     torch.set_num_threads(threads)
     pipe = StableDiffusionPipeline.from_pretrained(str(home / "diffusion"), local_files_only=True,
-                                                   use_safetensors=True, torch_dtype=torch.float32)
+                                                   use_safetensors=True, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     source = f"local-dir:{home / 'clip'}"
     clip, _, preprocess = open_clip.create_model_and_transforms(source)
@@ -72,12 +71,17 @@ def embed_texts(clip, tokenizer, texts) -> np.ndarray:
 
 
 def zero_shot(clip, tokenizer, image_emb: np.ndarray) -> list[str]:
-    """The category whose template-averaged text embedding is closest to each image."""
-    from pipeline.models.renderer import CATEGORIES
+    """The category whose prompt-ensemble text embedding is closest to each image.
+
+    Each category's prototype averages the canonical prompt over every colour and scene
+    (prompt ensembling, as CLIP's zero-shot evaluation averages its templates)."""
+    from pipeline.models.data import eval_prompt
+    from pipeline.models.renderer import CATEGORIES, COLOURS, SCENES
 
     protos = []
     for c in CATEGORIES:
-        e = embed_texts(clip, tokenizer, [t.format(c) for t in CATEGORY_TEMPLATES]).mean(0)
+        texts = [eval_prompt(c, colour, scene) for colour in COLOURS for scene in SCENES]
+        e = embed_texts(clip, tokenizer, texts).mean(0)
         protos.append(e / np.linalg.norm(e))
     return [CATEGORIES[i] for i in (image_emb @ np.array(protos).T).argmax(1)]
 
@@ -143,6 +147,7 @@ def evaluate(home: Path, n_prompts: int = 200, hero_seeds: int = 10, threads: in
         "clip_score_own": {"mean": float(own.mean()), "p05": float(np.percentile(own, 5))},
         "clip_score_mismatched": {"mean": float(other.mean()), "p95": float(np.percentile(other, 95))},
         "proposed_min_clip_score": calibrate_threshold(own, other),
+        "share_own_below_proposed": float((own < calibrate_threshold(own, other)).mean()),
         "memorization": {
             "ssim_threshold": SSIM_COPY, "seeds_per_hero": hero_seeds,
             "hero_copy_rate": hero_rates, "hero_copy_rate_mean": float(np.mean(hero_rates)),

@@ -99,6 +99,7 @@ def _write_atomically(final: Path, write) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
+        staging.chmod(0o755)  # mkdtemp makes it private; the models are shared files
         write(staging)
         if final.exists():
             shutil.rmtree(final)

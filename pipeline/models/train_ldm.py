@@ -164,3 +164,4 @@ def save_pipeline(target: Path, vae, unet, text_encoder, tokenizer) -> None:
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(str(target), safe_serialization=True)
+
