@@ -41,6 +41,7 @@ class GenerateStage:
         from pipeline.stages._torch import limit_threads, pick_device
 
         limit_threads(self.resources.num_cpus)
+        diffusers.utils.logging.disable_progress_bar()  # one bar per load is noise in a batch job
         self._device = pick_device(self.resources.num_gpus)
         dtype = torch.float16 if self._device == "cuda" else torch.float32
         pipeline_cls = getattr(diffusers, self.pipeline_class)
