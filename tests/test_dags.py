@@ -148,3 +148,20 @@ def test_a_retried_shard_group_produces_no_duplicates(tmp_path, models_dir, ray_
     assert table.num_rows == result["rows"] and result["rows"] + result["rejected"] == 3 * 2
     assert first["generated"] > 0
     assert len(set(table.column("item_id").to_pylist())) == table.num_rows
+
+
+def test_reference_index_task_builds_the_index_named_in_the_settings(tmp_path, models_dir):
+    import numpy as np
+    from PIL import Image
+
+    from pipeline import orchestrate
+
+    images = tmp_path / "reference_images"
+    images.mkdir()
+    for i in range(3):
+        pixels = np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"protected-{i}.png")
+    result = orchestrate.build_reference_index({"reference_images": str(images), "out": str(tmp_path / "out")})
+    assert result["images"] == 3 and (Path(result["index"]) / "index.parquet").is_file()
+    with pytest.raises(orchestrate.BadInputError, match="reference_images"):
+        orchestrate.build_reference_index({"reference_images": None, "out": str(tmp_path / "out")})
