@@ -211,7 +211,7 @@ def _write_file(root: Path, relative: Path, rows: pa.Table) -> dict:
                    compression="zstd")
     os.replace(tmp, path)
     return {"path": relative.as_posix(), "rows": rows.num_rows, "bytes": path.stat().st_size,
-            "sha256": _sha256(path)}
+            "sha256": sha256_file(path)}
 
 
 def _staged_records(staging_dir: Path, run_id: str, run_dates: list[str]) -> list[dict]:
@@ -291,7 +291,8 @@ def _check_name(what: str, value) -> None:
                             "(letters, digits and . _ - only)")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

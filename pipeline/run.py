@@ -91,14 +91,6 @@ def _update_state(staging: Path, **values) -> dict:
     return state
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # --- 1. prepare ---------------------------------------------------------------------------------
 def prepare(request: RunRequest) -> dict:
     """Ingest and check the manifest, resolve the models, plan items and shards into staging.
@@ -109,6 +101,7 @@ def prepare(request: RunRequest) -> dict:
     from pipeline.ingest import check_bad_row_share, read_manifest
     from pipeline.models.presets import resolve_model, resolve_scorer, weights_sha256
     from pipeline.plan import plan_items
+    from pipeline.publish import sha256_file
 
     tick, config = time.perf_counter(), request.config
     ingest = read_manifest(request.manifest, config)
@@ -140,7 +133,7 @@ def prepare(request: RunRequest) -> dict:
     state = _update_state(
         staging, plan_sha256=fingerprint, run_id=request.run_id, run_date=request.run_date, dataset=config.dataset,
         dataset_root=str(request.dataset_root), config=config.model_dump(mode="json"),
-        input={"path": str(request.manifest), "sha256": _sha256_file(request.manifest),
+        input={"path": str(request.manifest), "sha256": sha256_file(request.manifest),
                "rows": ingest.total_rows, "bad_rows": ingest.bad_rows},
         generator={"id": model.name, "path": str(model.path), "class": model.pipeline_class,
                    "sha256": model_sha256, "steps": steps, "guidance_scale": guidance},
@@ -215,7 +208,8 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
     if unknown:
         raise BadInputError(f"{staging}: unknown shards {sorted(unknown)}")
     store = ShardStore(staging / "shards")
-    todo_shards = [s for s in wanted if s not in store.done()]
+    done = store.done()  # one listing of the shard folder, not one per shard
+    todo_shards = [s for s in wanted if s not in done]
     if ray_address and ray_address.startswith(("http://", "https://")) and todo_shards:
         from pipeline.jobs import submit_shards
 

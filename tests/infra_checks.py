@@ -4,13 +4,10 @@ Each check returns a list of problems, so tests can also feed it broken input.
 """
 from __future__ import annotations
 
-import copy
 import re
 import shlex
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]

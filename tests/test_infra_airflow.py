@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import shlex
 from urllib.parse import urlsplit
 
 import pytest
