@@ -1,0 +1,58 @@
+"""What a run cost: device-seconds held by generation, per accepted image and per 1,000.
+
+The generation step holds its devices from the moment its workers start (model loading
+included) until the last batch is out, so device-seconds = that step's wall time x the devices
+its model stages hold: GPUs when any stage asks for one, else the CPU cores they are granted.
+Regeneration rounds add their own time. Prices come from the job config (`cost:`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pipeline.config import Cost
+
+
+def devices_held(stages: Sequence) -> tuple[str, float]:
+    """(`gpu`, GPUs) when a model stage holds GPUs, else (`cpu`, CPU cores of the model stages).
+
+    Stateless stages (encoding) run as short tasks beside the model workers and hold nothing.
+    """
+    workers = [s for s in stages if not getattr(s, "stateless", False)]
+    gpus = sum(s.resources.num_gpus * s.resources.actors for s in workers)
+    if gpus > 0:
+        return "gpu", gpus
+    return "cpu", sum(s.resources.num_cpus * s.resources.actors for s in workers)
+
+
+def add_device_seconds(previous: dict | None, kind: str, count: float, seconds: float) -> dict:
+    """The run's device record after one more generation round of `seconds` on `count` devices."""
+    previous = previous or {}
+    return {"kind": kind, "count": count, "seconds": previous.get("seconds", 0.0) + seconds * count,
+            "rounds": previous.get("rounds", 0) + 1}
+
+
+def run_cost(device: dict | None, accepted: int, prices: Cost) -> dict:
+    """Device-seconds per accepted image and the cost per 1,000 accepted images at `prices`."""
+    if not device:  # nothing generated in this process (every shard was resumed or ran remotely)
+        return {}
+    kind, seconds = device["kind"], device["seconds"]
+    hour_usd = prices.gpu_hour_usd if kind == "gpu" else prices.cpu_hour_usd
+    usd = seconds / 3600 * hour_usd
+    return {
+        "device": kind, "devices": device["count"], "device_seconds": round(seconds, 3),
+        "device_s_per_accepted": round(seconds / accepted, 4) if accepted else None,
+        "hour_usd": hour_usd, "usd": round(usd, 6),
+        "usd_per_1000_accepted": round(usd / accepted * 1000, 4) if accepted else None,
+    }
+
+
+def describe_cost(cost: dict) -> str:
+    """One line for the run summary, e.g. `0.52 GPU-s per accepted image · $0.36 per 1,000 accepted
+    (at $2.50 per GPU-hour)`; empty when the run has no cost record."""
+    if not cost or cost.get("device_s_per_accepted") is None:
+        return ""
+    unit = "GPU-s" if cost["device"] == "gpu" else "CPU core-s"
+    per_hour = "GPU-hour" if cost["device"] == "gpu" else "CPU core-hour"
+    return (f"{cost['device_s_per_accepted']:.3g} {unit} per accepted image · "
+            f"${cost['usd_per_1000_accepted']:.4g} per 1,000 accepted (at ${cost['hour_usd']:.2f} per {per_hour})")

@@ -1,0 +1,116 @@
+"""The generation engine: how the generate stage drives a diffusers pipeline on its device.
+
+Everything here is chosen by the job's `engine:` config (pipeline/config.py `Engine`). The GPU
+options (bf16, channels_last, fused QKV projections, torch.compile) default to on for CUDA and
+off for CPU, where they do not pay or only move the images' last bits. What holds everywhere:
+images come back as uint8 tensors decoded by the VAE in fixed chunks (no PIL, and a batch of
+32 at 512² never holds 32 decoder activations at once), and with compiled models every call
+has the same shape (the last batch is padded and the padding dropped), so nothing recompiles.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pipeline.config import Engine, JobConfig
+
+log = logging.getLogger(__name__)
+
+def engine_for(config: JobConfig) -> Engine:
+    """The job's engine options, safe for its brand adapters.
+
+    Brand LoRA adapters are fused into copies of the base UNet when a worker first needs them
+    (pipeline/campaign/brand.py): fused QKV projections computed before would keep the weights
+    without the adapter, and the copies would be copies of a compiled wrapper, not of the
+    module the adapter loader expects. So a job whose brands have adapters for its model runs
+    without those two (bf16 and channels_last stay on).
+    """
+    engine = config.engine
+    if not any(config.model in brand.adapters for brand in config.campaign.brands.values()):
+        return engine
+    if engine.fuse_qkv or engine.compile:
+        log.warning("brand adapters: fused QKV projections and torch.compile are off for this job")
+    return engine.model_copy(update={"fuse_qkv": False, "compile": False})
+
+
+def wants(option: bool | None, device: str) -> bool:
+    """An engine switch: `None` means on for CUDA and off for CPU; True/False force it."""
+    return device == "cuda" if option is None else option
+
+
+def model_dtype(engine: Engine, device: str):
+    """The weights' dtype: `auto` is bf16 on CUDA (fp16's range overflows some VAEs) and fp32 on CPU."""
+    import torch
+
+    if engine.dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, engine.dtype)
+
+
+def optimise_pipeline(pipe, device: str, engine: Engine):
+    """Apply the engine's options to a loaded pipeline already on `device`; returns it.
+
+    Attention already runs through PyTorch's SDPA (diffusers' default processor on torch 2).
+    """
+    import torch
+
+    if wants(engine.fuse_qkv, device):
+        # One matmul for Q, K and V instead of three (UNet and VAE self-attention).
+        pipe.fuse_qkv_projections()
+    if wants(engine.channels_last, device):
+        # Convolutions in NHWC: the layout tensor cores' kernels want.
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if wants(engine.compile, device):
+        # Inductor caches compiled graphs on disk (FX graph cache), so a worker that
+        # compiled these shapes before starts from the cache. Hooks on the compiled
+        # wrapper (the CFG-gap capture) stay outside the graph.
+        options = dict(mode=engine.compile_mode, backend=engine.compile_backend, fullgraph=True)
+        pipe.unet = torch.compile(pipe.unet, **options)
+        pipe.vae.decoder = torch.compile(pipe.vae.decoder, **options)
+    return pipe
+
+
+def pad_size(engine: Engine, device: str, batch_size: int) -> int | None:
+    """The fixed number of images per call (the stage's batch size) when padding is on, else None."""
+    pad = wants(engine.compile, device) if engine.pad_batches is None else engine.pad_batches
+    return batch_size if pad else None
+
+
+def padded(rows: list[int], size: int | None) -> list[int]:
+    """`rows` followed by copies of its last row up to a multiple of `size` (None: unchanged).
+
+    The copies have their own generators seeded like the last row; their images are dropped.
+    """
+    if not size or not rows or len(rows) % size == 0:
+        return rows
+    return rows + [rows[-1]] * (size - len(rows) % size)
+
+
+def to_uint8(images):
+    """Decoded images in [-1, 1] (NCHW, any float dtype) -> NHWC uint8, exactly like diffusers'
+    `output_type="np"` then `round(clip(x, 0, 1) * 255)`: NaN (a diverged VAE) becomes black,
+    which the sanity gate rejects."""
+    import torch
+
+    scaled = torch.nan_to_num(images.float() / 2 + 0.5, nan=0.0).clamp(0.0, 1.0) * 255
+    return scaled.round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def decode(vae, latents, chunk: int, fixed: bool = False):
+    """VAE-decode `latents` `chunk` images at a time into NHWC uint8 on the same device.
+
+    Peak decoder memory follows `chunk`, not the batch (the decoder's activations at 512²
+    are about 1 GiB per image in bf16). With `fixed`, a short last chunk is padded with
+    copies so a compiled decoder always sees one shape.
+    """
+    import torch
+
+    out = []
+    for part in latents.split(chunk):
+        n = part.shape[0]
+        if fixed and n < chunk:
+            part = torch.cat([part, part[-1:].expand(chunk - n, *part.shape[1:])])
+        image = vae.decode(part / vae.config.scaling_factor, return_dict=False)[0]
+        out.append(to_uint8(image[:n]))
+    return torch.cat(out)
