@@ -1,0 +1,112 @@
+"""What the generate stage does for campaign rows: brand adapters and product-photo backgrounds.
+
+`GenerateStage` (pipeline/stages/generate.py) holds one of these when the job makes campaign
+creative. Rows are generated with their brand's fused LoRA pipeline (`pipe_for`); rows of a
+SKU with a product photo then get a new background by inpainting around the product
+(`composite`): the model's scene with the cut-out pasted in is the starting image, the mask
+repaints everything but the product (white = repaint), and the pipeline is
+`AutoPipelineForInpainting.from_pipe` of the same weights (a plain 4-channel UNet works: the
+pipeline blends the known region's noised latents back at each step). The product's exact
+pixels are pasted back later at the canvas size (`pipeline.stages.composite`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from pipeline.campaign.layout import canvas_size
+from pipeline.campaign.photo import load_cutout
+
+PHOTO_SEED_OFFSET = 0x5EED  # the inpainting noise differs from the scene's, and is just as fixed
+
+
+@dataclass
+class CampaignGeneration:
+    """Brand adapters (under `adapters_dir`) and product-photo inpainting for GenerateStage."""
+
+    adapters_dir: Path
+    canvas: int
+    strength: float
+    steps: int
+    guidance_scale: float
+    _pipes: dict = field(default_factory=dict, init=False, repr=False)
+    _inpaint: dict = field(default_factory=dict, init=False, repr=False)
+
+    def adapter_keys(self, batch: pa.Table) -> list[tuple[str, str, float] | None]:
+        """Per row: (adapter name, sha256, scale), or None for the base pipeline."""
+        if "brand_adapter" not in batch.column_names:
+            return [None] * batch.num_rows
+        rows = zip(batch.column("brand_adapter").to_pylist(), batch.column("brand_adapter_sha256").to_pylist(),
+                   batch.column("brand_adapter_scale").to_pylist())
+        return [(name, sha, float(scale)) if name else None for name, sha, scale in rows]
+
+    def pipe_for(self, base, key: tuple[str, str, float] | None):
+        """`base`, or the brand's fused copy of it (built once per worker)."""
+        if key is None:
+            return base
+        if key not in self._pipes:
+            from pipeline.campaign.brand import fused_pipeline
+
+            name, sha256, scale = key
+            self._pipes[key] = fused_pipeline(base, self.adapters_dir, name, scale, sha256)
+        return self._pipes[key]
+
+    def composite(self, pipe, batch: pa.Table, rows: list[int], images: np.ndarray) -> np.ndarray:
+        """`images` (one per row of `rows`, HWC uint8) with a new background around each product
+        photo; rows without a photo come back unchanged."""
+        if "product_image" not in batch.column_names:
+            return images
+        paths = batch.column("product_image").to_pylist()
+        todo = [k for k, row in enumerate(rows) if paths[row]]
+        if not todo:
+            return images
+        import torch
+        from diffusers import AutoPipelineForInpainting
+
+        col = {name: batch.column(name).to_pylist() for name in
+               ("product_image_sha256", "product_box", "prompt", "negative_prompt", "seed")}
+        height, width = images.shape[1:3]
+        starts, masks = [], []
+        for k in todo:
+            row = rows[k]
+            start, mask = _start_and_mask(images[k], paths[row], col["product_image_sha256"][row],
+                                          col["product_box"][row], canvas_size(width, height, self.canvas))
+            starts.append(start)
+            masks.append(mask)
+        if id(pipe) not in self._inpaint:  # the same weights, built once per pipeline
+            self._inpaint[id(pipe)] = AutoPipelineForInpainting.from_pipe(pipe)
+            self._inpaint[id(pipe)].set_progress_bar_config(disable=True)
+        inpaint = self._inpaint[id(pipe)]
+        device = pipe.device
+        generators = [torch.Generator(device).manual_seed(int(col["seed"][rows[k]]) ^ PHOTO_SEED_OFFSET) for k in todo]
+        with torch.inference_mode():
+            result = inpaint(prompt=[col["prompt"][rows[k]] for k in todo],
+                             negative_prompt=[col["negative_prompt"][rows[k]] or "" for k in todo],
+                             image=starts, mask_image=masks, height=height, width=width, strength=self.strength,
+                             num_inference_steps=self.steps, guidance_scale=self.guidance_scale,
+                             generator=generators, output_type="np")
+        out = images.copy()
+        done = (np.clip(np.nan_to_num(result.images, nan=0.0), 0, 1) * 255).round().astype(np.uint8)
+        for k, image in zip(todo, done):
+            out[k] = image
+        return out
+
+
+def _start_and_mask(scene: np.ndarray, path: str, sha256: str, box: list[int],
+                    canvas: tuple[int, int]) -> tuple[Image.Image, Image.Image]:
+    """At the model's size: the scene with the product pasted in, and the repaint mask."""
+    height, width = scene.shape[:2]
+    sx, sy = width / canvas[0], height / canvas[1]
+    small_box = (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))
+    size = (max(1, small_box[2] - small_box[0]), max(1, small_box[3] - small_box[1]))
+    product = load_cutout(path, sha256).resize(size, Image.Resampling.LANCZOS)
+    start = Image.fromarray(scene)
+    start.paste(product.convert("RGB"), small_box[:2], product.getchannel("A"))
+    keep = Image.new("L", (width, height), 0)
+    keep.paste(product.getchannel("A").point(lambda a: 255 if a > 0 else 0), small_box[:2])
+    return start, keep.point(lambda a: 0 if a else 255)  # white = repaint the background

@@ -1,0 +1,165 @@
+"""Product photos: cut-out from alpha, background inpainted by the tiny model, product pixels exact,
+the integrity gate; channel formats; the campaign CPU stages' contracts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image, ImageDraw
+
+from pipeline.campaign.chain import campaign_generation, campaign_stages
+from pipeline.campaign.gates import campaign_reasons
+from pipeline.campaign.photo import PhotoError, load_cutout, placed_cutout
+from pipeline.campaign.planner import campaign_problems
+from pipeline.config import parse_job_config
+from pipeline.ingest import read_manifest
+from pipeline.models.presets import resolve_model, weights_sha256
+from pipeline.models.renderer import RenderSpec, render_cutout
+from pipeline.plan import format_size, plan_items
+from pipeline.stages.generate import GenerateStage
+
+FORMATS = ["1:1", "1.91:1"]
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    render_cutout(RenderSpec("bottle", "purple", jitter=7), size=128).save(folder / "bottle.png")
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(folder / "flat.png")           # no alpha: not a cut-out
+    Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(folder / "empty.png")          # nothing opaque
+    path = folder / "catalog.csv"
+    path.write_text("sku,title,category,markets,image,price,currency\n"
+                    "BTL-1,Glass Bottle,bottle,th-TH;ar-AE,bottle.png,590,THB\n"
+                    "MUG-1,Mug,mug,th-TH,,9,USD\n"
+                    "BAD-1,Flat,mug,th-TH,flat.png,1,USD\n"
+                    "BAD-2,Empty,mug,th-TH,empty.png,1,USD\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def config():
+    return parse_job_config({"markets": ["th-TH"], "formats": FORMATS, "executor": "local",
+                             "campaign": {"canvas": 256, "background_strength": 0.9}})
+
+
+@pytest.fixture(scope="module")
+def ingested(catalog, config):
+    return read_manifest(catalog, config)
+
+
+@pytest.fixture(scope="module")
+def produced(ingested, config, models_dir):
+    """Generate (with inpainting around the photo) -> composite -> overlay -> integrity, 4 steps."""
+    model = resolve_model("tiny", models_dir)
+    items = plan_items(ingested.products, config, run_id="r", run_date="2026-11-26", width=64, height=64,
+                       models_dir=models_dir)
+    generator = {"path": str(model.path), "steps": 4, "guidance_scale": 7.5}
+    generate = GenerateStage(model.path, model.name, weights_sha256(model.path), model.pipeline_class, 4, 7.5,
+                             campaign=campaign_generation(config, generator))
+    plain = GenerateStage(model.path, model.name, "x", model.pipeline_class, 4, 7.5)  # text to image only
+    stages = campaign_stages(config)
+    for stage in (generate, plain, *stages):
+        stage.setup()
+    generated = generate(items)
+    out = generated
+    for stage in stages:
+        out = stage(out)
+    return {"items": items, "generated": generated, "plain": plain(items.slice(0, 1)), "out": out, "stages": stages}
+
+
+def test_unusable_product_photos_are_bad_rows(ingested, config):
+    assert ingested.products.column("sku").to_pylist() == ["BTL-1", "MUG-1"]
+    problems = "\n".join(ingested.problems())
+    assert "line 4, field 'image': the product photo has no alpha channel" in problems
+    assert "line 5, field 'image': the product photo is (almost) fully transparent" in problems
+    # an https photo that ingest allowed is still not fetched for compositing
+    remote = {"markets": ["th-TH"], "image": "https://cdn.example.com/a.png"}
+    (problem,) = campaign_problems(remote, {"image": "image", "markets": "markets"}, config)
+    assert problem == ("image", "background replacement reads local product photos only; "
+                                "image URLs are not fetched for campaign creative")
+
+
+def test_product_pixels_are_kept_exactly_and_the_background_is_generated(produced):
+    out, plain = produced["out"].to_pylist(), produced["plain"].to_pylist()
+    photo_rows = [i for i, r in enumerate(out) if r["product_image"]]
+    assert len(photo_rows) == 2 * len(FORMATS)  # BTL-1 in th-TH and ar-AE, every format
+    for i in photo_rows:
+        row = out[i]
+        image = Image.frombytes("RGB", (row["width"], row["height"]), row["pixels"])
+        box = tuple(row["product_box"])
+        placed = placed_cutout(row["product_image"], row["product_image_sha256"], box)
+        opaque = np.asarray(placed.getchannel("A")) == 255
+        shown = np.asarray(image.crop(box))
+        assert np.array_equal(shown[opaque], np.asarray(placed.convert("RGB"))[opaque])
+        assert row["product_diff"] == 0.0
+    # the background came from inpainting, not from the plain text-to-image scene: compare the
+    # copy's area (well away from the product) at the model's size
+    first = produced["generated"].slice(0, 1).to_pylist()[0]
+    assert first["product_image"] and first["format"] == "1:1"
+    scale = first["width"] / out[0]["width"]
+    x0, y0, x1, y1 = (round(v * scale) for v in first["text_box"])
+    inpainted = np.frombuffer(first["pixels"], np.uint8).reshape(64, 64, 3)[y0:y1, x0:x1]
+    scene = np.frombuffer(plain[0]["pixels"], np.uint8).reshape(64, 64, 3)[y0:y1, x0:x1]
+    assert np.abs(inpainted.astype(int) - scene).mean() > 5
+    assert campaign_reasons(produced["out"], None, 0.0) == [[] for _ in out]
+
+
+def test_copy_over_the_product_fails_the_integrity_gate(produced):
+    out = produced["out"]
+    row = next(i for i, r in enumerate(out.to_pylist()) if r["product_image"])
+    tampered = out.slice(row, 1).to_pylist()[0]
+    image = Image.frombytes("RGB", (tampered["width"], tampered["height"]), tampered["pixels"])
+    x0, y0, x1, y1 = tampered["product_box"]
+    ImageDraw.Draw(image).rectangle([x0, (y0 + y1) // 2, x1, (y0 + y1) // 2 + 12], fill=(255, 255, 255))
+    table = out.slice(row, 1).set_column(out.schema.get_field_index("pixels"), "pixels",
+                                         pa.array([image.tobytes()], pa.binary()))
+    checked = produced["stages"][-1](table)  # the integrity stage
+    diff = checked.column("product_diff")[0].as_py()
+    assert 0 < diff < 1
+    (reasons,) = campaign_reasons(checked, None, 0.0)
+    assert reasons and reasons[0].startswith("product: the product photo is not intact")
+    assert campaign_reasons(checked, None, 1.0) == [[]]  # a documented tolerance lets it through
+
+
+def test_one_row_per_format_at_the_canvas_size(produced):
+    out = produced["out"].to_pylist()
+    for fmt in FORMATS:
+        rows = [r for r in out if r["format"] == fmt]
+        assert len(rows) == 3  # BTL-1 x 2 markets + MUG-1
+        gen_w, gen_h = format_size(fmt, 64, 64)
+        for r in rows:
+            assert (r["generated_width"], r["generated_height"]) == (gen_w, gen_h)
+            assert max(r["width"], r["height"]) == 256 and abs(r["width"] / r["height"] - gen_w / gen_h) < 0.02
+            assert len(r["pixels"]) == r["width"] * r["height"] * 3
+            assert r["overlay_text"] and r["overlay_contrast"] >= 4.5
+
+
+def test_campaign_stages_pass_other_kinds_through_and_never_change_their_input(produced):
+    generated = produced["generated"]
+    other = generated.set_column(generated.schema.get_field_index("kind"), "kind",
+                                 pa.array(["training"] * generated.num_rows))
+    before = other.to_pylist()
+    out = other
+    for stage in produced["stages"]:
+        out = stage(out)
+        assert stage(out.slice(0, 0)).num_rows == 0
+    assert other.to_pylist() == before
+    assert out.column("pixels").to_pylist() == other.column("pixels").to_pylist()
+    assert out.column("overlay_text").null_count == out.num_rows
+    # deterministic: the same rows give the same pixels
+    again = produced["generated"]
+    for stage in produced["stages"]:
+        again = stage(again)
+    assert again.column("pixels").to_pylist() == produced["out"].column("pixels").to_pylist()
+
+
+def test_a_photo_that_changed_after_planning_is_refused(tmp_path):
+    path = tmp_path / "p.png"
+    render_cutout(RenderSpec("mug", "red"), size=64).save(path)
+    from pipeline.campaign.photo import check_cutout
+
+    sha, _ = check_cutout(path)
+    render_cutout(RenderSpec("mug", "blue"), size=64).save(path)
+    with pytest.raises(PhotoError, match="changed since the run was planned"):
+        load_cutout(str(path), sha)

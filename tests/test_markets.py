@@ -1,0 +1,139 @@
+"""Market profiles: data files, seasons and holidays by date, prompts and copy, bad rows."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from pipeline.campaign.prompt import campaign_text, format_price
+from pipeline.config import parse_job_config
+from pipeline.errors import BadInputError
+from pipeline.ingest import read_manifest
+from pipeline.markets import known_markets, load_profile, occasion_on
+from pipeline.markets.calendar import easter_sunday
+
+REQUIRED = ["en-US", "en-AU", "de-DE", "ja-JP", "vi-VN", "th-TH", "ar-AE", "pt-BR"]
+MUG = {"sku": "MUG-1", "title": "Diner Mug", "category": "mug", "price": 12.5, "currency": None,
+       "attributes": json.dumps({"color": "white", "material": "ceramic", "capacity_ml": 350})}
+
+
+def _script_of(text: str) -> set[str]:
+    return {unicodedata.name(c).split()[0] for c in text if c.isalpha()}
+
+
+def test_every_required_market_has_a_complete_profile():
+    assert set(REQUIRED) <= set(known_markets())
+    for market in REQUIRED:
+        profile = load_profile(market)
+        assert profile.market == market and profile.fonts and profile.seasons and profile.holidays
+        assert profile.hemisphere in ("northern", "southern")
+        assert profile.direction == ("rtl" if market == "ar-AE" else "ltr")
+        copy = " ".join([*profile.copy_templates.values(), *profile.products.values(),
+                         *(s.greeting for s in profile.seasons), *(h.greeting for h in profile.holidays)])
+        for term in profile.banned_terms:  # what the market bans never appears in its own copy
+            assert term.lower() not in copy.lower()
+
+
+@pytest.mark.parametrize("market, script", [("th-TH", {"THAI"}), ("ar-AE", {"ARABIC"}),
+                                            ("ja-JP", {"KATAKANA", "HIRAGANA", "KATAKANA-HIRAGANA", "CJK"})])
+def test_copy_is_written_in_the_markets_script(market, script):
+    profile = load_profile(market)
+    for text in [*profile.copy_templates.values(), *profile.products.values(), *(s.greeting for s in profile.seasons)]:
+        letters = _script_of(text.replace("{product}", ""))
+        assert letters and letters <= script | {"LATIN"} and letters & script, (market, text)
+
+
+def test_vietnamese_copy_keeps_its_diacritics():
+    profile = load_profile("vi-VN")
+    text = " ".join(profile.copy_templates.values()) + " ".join(profile.products.values())
+    assert any(unicodedata.decomposition(c) for c in text)  # ả, ặ, ồ ... not stripped to ASCII
+
+
+def test_december_is_summer_in_the_south_and_winter_in_the_north():
+    december, june = date(2026, 12, 15), date(2026, 6, 15)
+    for market in ("en-AU", "pt-BR"):
+        assert occasion_on(load_profile(market), december).season.name == "summer"
+        assert occasion_on(load_profile(market), june).season.name == "winter"
+    for market in ("en-US", "de-DE", "ja-JP"):
+        assert occasion_on(load_profile(market), december).season.name == "winter"
+    assert load_profile("en-AU").hemisphere == load_profile("pt-BR").hemisphere == "southern"
+
+
+@pytest.mark.parametrize("market, day, holiday", [
+    ("de-DE", "2026-12-15", "Christmas"), ("en-AU", "2026-12-24", "Christmas"),
+    ("vi-VN", "2026-02-10", "Tết"), ("vi-VN", "2027-02-01", "Tết"), ("ar-AE", "2026-03-01", "Ramadan"),
+    ("ar-AE", "2027-02-20", "Ramadan"), ("ar-AE", "2026-03-21", "Eid al-Fitr"),
+    ("ja-JP", "2026-05-03", "Golden Week"), ("ja-JP", "2027-01-03", "New Year"),
+    ("th-TH", "2026-04-13", "Songkran"), ("pt-BR", "2026-02-16", "Carnival"), ("pt-BR", "2027-02-08", "Carnival"),
+    ("en-US", "2026-11-27", "Black Friday"), ("de-DE", "2026-07-01", None), ("ar-AE", "2026-06-01", None),
+])
+def test_holidays_by_date(market, day, holiday):
+    found = occasion_on(load_profile(market), date.fromisoformat(day)).holiday
+    assert (found.name if found else None) == holiday
+
+
+def test_easter_is_computed_for_moveable_feasts():
+    assert [easter_sunday(y) for y in (2024, 2025, 2026, 2027)] == [
+        date(2024, 3, 31), date(2025, 4, 20), date(2026, 4, 5), date(2027, 3, 28)]
+
+
+def test_prompt_combines_product_theme_scene_and_season():
+    text = campaign_text(MUG, load_profile("en-AU"), date(2026, 12, 15), "gifts")
+    for part in ("Diner Mug", "white ceramic mug", "summer", "gift idea", "christmas"):
+        assert part in text.prompt.lower() or part in text.prompt
+    assert "beach" in text.prompt  # every en-AU summer scene is a beach
+    assert text.season == "summer" and text.holiday == "Christmas"
+    assert text.headline == "Merry Christmas\nGift ideas: Mugs"
+    winter = campaign_text(MUG, load_profile("de-DE"), date(2026, 12, 15), "sale")
+    assert "winter" in winter.prompt and winter.headline == "Frohe Weihnachten\nJetzt reduziert: Becher"
+
+
+def test_banned_terms_leave_the_prompt_for_the_negative_prompt():
+    wine_glass = {**MUG, "title": "Wine Tumbler", "attributes": "{}"}
+    text = campaign_text(wine_glass, load_profile("ar-AE"), date(2026, 6, 1), "sale", base_negative="blurry",
+                         brand_banned=("cheap",))
+    assert "wine" not in text.prompt.lower() and "Tumbler" in text.prompt
+    negative = text.negative_prompt.split(", ")
+    assert negative[0] == "blurry" and {"wine", "alcohol", "bikini", "cheap"} <= set(negative)
+
+
+@pytest.mark.parametrize("market, price, currency, expected", [
+    ("en-US", 12.5, None, "$12.50"), ("de-DE", 12.5, None, "12,50\xa0€"), ("pt-BR", 89.9, None, "R$\xa089,90"),
+    ("ja-JP", 12800, None, "￥12,800"), ("th-TH", 990, None, "฿990.00"), ("vi-VN", 650000, None, "650.000\xa0₫"),
+    ("ar-AE", 99, None, "\u200f99.00\xa0د.إ.\u200f"), ("th-TH", 29, "USD", "US$29.00"), ("en-US", None, None, None),
+])
+def test_prices_follow_cldr_for_the_market(market, price, currency, expected):
+    assert format_price(price, currency, load_profile(market)) == expected
+
+
+def test_a_market_without_a_profile_is_a_bad_row(tmp_path):
+    manifest = tmp_path / "catalog.csv"
+    manifest.write_text("sku,title,category,markets\nA,Mug,mug,de-DE\nB,Tee,t-shirt,fr-FR;de-DE\n", encoding="utf-8")
+    result = read_manifest(manifest, parse_job_config({"markets": ["en-US"]}))
+    assert result.products.column("sku").to_pylist() == ["A"]
+    (problem,) = result.problems()
+    assert "line 3, field 'markets'" in problem and "'fr-FR' has no market profile" in problem
+    # the same row is fine for a job that makes no campaign creative
+    training = parse_job_config({"markets": ["en-US"], "kinds": ["training"]})
+    assert read_manifest(manifest, training).products.num_rows == 2
+
+
+def test_job_markets_need_profiles_and_bad_profile_files_are_named(tmp_path):
+    with pytest.raises(BadInputError, match=r"'fr-FR'.*no market profile"):
+        parse_job_config({"markets": ["fr-FR"]})
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    good = (Path(__file__).resolve().parents[1] / "pipeline" / "markets" / "data" / "de-DE.yaml").read_text("utf-8")
+    (profiles / "fr-FR.yaml").write_text(good.replace("market: de-DE", "market: fr-FR"), encoding="utf-8")
+    config = parse_job_config({"markets": ["fr-FR"], "campaign": {"markets_dir": str(profiles)}})
+    assert load_profile("fr-FR", config.campaign.markets_dir).currency == "EUR"
+    (profiles / "fr-FR.yaml").write_text(good.replace("months: [12, 1, 2]", "months: [1, 2]")
+                                         .replace("market: de-DE", "market: fr-FR"), encoding="utf-8")
+    load_profile.__globals__["_profiles"].cache_clear()
+    with pytest.raises(BadInputError, match=r"fr-FR.yaml: bad market profile.*each month 1-12 exactly once"):
+        load_profile("fr-FR", profiles)
+    load_profile.__globals__["_profiles"].cache_clear()
