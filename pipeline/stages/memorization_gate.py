@@ -1,0 +1,89 @@
+"""The memorization gate: is a generated image a copy of a training or protected image?
+
+Three signals, each recorded in the row whether or not it is gated:
+
+a. **copy descriptor** — cosine between the image's scorer embedding and its nearest image in
+   the reference index (`ref_nearest_id`, `ref_similarity`). Somepalli et al. (CVPR 2023)
+   call a generation a replication at SSCD-descriptor similarity > 0.5; our descriptor is the
+   run's CLIP image embedding, whose cosines run much higher for unrelated images, so each
+   scorer preset carries its own calibrated threshold (`ScorerPreset.max_ref_similarity`).
+b. **pixel copy check** — the tiled L2 distance (Carlini et al. 2023, `copy_detection`) to
+   the `CANDIDATES` nearest references by descriptor; the smallest is `ref_tile_l2`. It catches
+   near-verbatim copies whatever the descriptor thinks of them.
+c. **in-generation signal** — `mem_cfg_gap` (Wen et al., ICLR 2024), measured by the generate
+   stage; its threshold is calibrated per model preset to 1% false positives on ordinary
+   prompts (`ModelPreset.max_mem_cfg_gap`, `synthcat eval memorization`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+CANDIDATES = 5  # references checked in pixels per image: the descriptor's top 5
+
+
+@dataclass(frozen=True)
+class MemorizationEvidence:
+    ref_nearest_id: list[str | None]
+    ref_similarity: list[float | None]
+    ref_tile_l2: list[float | None]
+    reasons: list[list[str]]
+
+
+def _pixel_copy_distance(images: list[dict | None], rows: np.ndarray, reference) -> tuple[list, list]:
+    """Per image: (smallest tiled L2 to its candidate references, that reference's row)."""
+    from pipeline.copy_detection import comparison_pixels, tiled_l2
+
+    thumbs = reference.thumbnails(rows.ravel())
+    decoded = {r: comparison_pixels(b) for r, b in thumbs.items() if b}
+    distances: list[float | None] = []
+    closest: list[int | None] = []
+    for image, candidates in zip(images, rows):
+        usable = [r for r in candidates if r in decoded]
+        if not image or not image.get("bytes") or not usable:
+            distances.append(None)
+            closest.append(None)
+            continue
+        d = tiled_l2(comparison_pixels(image["bytes"])[None], np.stack([decoded[r] for r in usable]))
+        best = int(np.argmin(d))
+        distances.append(float(d[best]))
+        closest.append(int(usable[best]))
+    return distances, closest
+
+
+def memorization_evidence(table: pa.Table, embeddings: np.ndarray | None, reference, *,
+                          max_ref_similarity: float | None, max_ref_tile_l2: float | None,
+                          max_mem_cfg_gap: float | None) -> MemorizationEvidence:
+    """The three signals for every row of `table` (in its order) and the reasons they fail.
+
+    `reference`: a loaded `ReferenceIndex` or None (then a. and b. stay null). A threshold of
+    None records the signal without gating on it.
+    """
+    n = table.num_rows
+    ids: list[str | None] = [None] * n
+    similarity: list[float | None] = [None] * n
+    tile_l2: list[float | None] = [None] * n
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    if reference is not None and embeddings is not None and n:
+        rows, scores = reference.neighbours(embeddings, CANDIDATES)
+        ids = [reference.ids[r] if r >= 0 else None for r in rows[:, 0]]
+        similarity = [float(s) if r >= 0 else None for r, s in zip(rows[:, 0], scores[:, 0])]
+        tile_l2, closest = _pixel_copy_distance(table.column("image").to_pylist(), rows, reference)
+        for row in range(n):
+            if max_ref_similarity is not None and similarity[row] is not None \
+                    and similarity[row] >= max_ref_similarity:
+                reasons[row].append(f"memorization: cosine {similarity[row]:.3f} >= {max_ref_similarity:g} "
+                                    f"to reference {ids[row][:12]}")
+            if max_ref_tile_l2 is not None and tile_l2[row] is not None and tile_l2[row] <= max_ref_tile_l2:
+                reasons[row].append(f"memorization: near-verbatim copy of reference "
+                                    f"{reference.ids[closest[row]][:12]} (tiled L2 {tile_l2[row]:.3f} "
+                                    f"<= {max_ref_tile_l2:g})")
+    if max_mem_cfg_gap is not None and "mem_cfg_gap" in table.column_names:
+        for row, gap in enumerate(table.column("mem_cfg_gap").to_pylist()):
+            if gap is not None and gap > max_mem_cfg_gap:
+                reasons[row].append(f"memorization: cfg gap {gap:.2f} > {max_mem_cfg_gap:g} "
+                                    "(in-generation signal)")
+    return MemorizationEvidence(ids, similarity, tile_l2, reasons)
