@@ -1,0 +1,205 @@
+"""The dataset card: `README.md` at the dataset root, in the Hugging Face dataset-card format.
+
+A YAML header (licence, task, size, tags, and a `configs` entry so `load_dataset(<root>)` reads
+the accepted rows under `data/` and never `rejects/`) and Markdown sections: class counts,
+generation settings, models and their hashes, gate statistics, licence, intended use, limits.
+Rebuilt from the live dataset (published files and the manifests of the runs that own them)
+at every publish, so it always describes what a reader gets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from pipeline.training import TRAINING_KIND
+from pipeline.training.splits import SPLITS
+
+CARD = "README.md"
+_LIGHT = ["kind", "label", "split", "sku", "run_date", "run_id", "scheduler", "model_sha256"]
+_LOADING = """import datasets
+ds = datasets.load_dataset("parquet", data_files="data/**/*.parquet", split="train")
+train = ds.filter(lambda kind, split: kind == "training" and split == "train", input_columns=["kind", "split"])
+"""
+DEFAULT_INTENDED_USE = (
+    "Training and evaluating image classifiers (and, where `bbox`/`mask` are set, detectors or "
+    "segmenters) for the product categories listed above, as a supplement to real images. Use the "
+    "`split` column: it is assigned per SKU, so no product appears in two splits.")
+DEFAULT_LIMITS = (
+    "Synthetic images from a text-to-image model: they inherit its biases, artefacts and "
+    "vocabulary (words it never learnt are ignored). Labels come from the catalog category of the "
+    "prompted product, not from looking at the image; the alignment gate (`clip_score`) removes "
+    "only the clearest misses. Evaluate on real images before relying on a model trained here.")
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                        (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if n < limit:
+            return name
+    return "n>10M"
+
+
+def _published_rows(root: Path) -> pa.Table:
+    parts = []
+    for path in sorted((root / "data").rglob("*.parquet")):
+        names = pq.read_schema(path).names
+        parts.append(pq.read_table(path, columns=[c for c in _LIGHT if c in names]))
+    if not parts:
+        return pa.table({c: pa.array([], pa.string()) for c in _LIGHT})
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _live_manifests(root: Path, run_ids: set[str]) -> list[dict]:
+    """Manifests of the runs whose rows are published now, oldest first."""
+    manifests = []
+    for run_id in sorted(run_ids):
+        path = root / "_runs" / run_id / "manifest.json"
+        if path.is_file():
+            manifests.append(json.loads(path.read_text(encoding="utf-8")))
+    return sorted(manifests, key=lambda m: m.get("published_at", ""))
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _class_counts(rows: list[dict]) -> str:
+    counts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        counts.setdefault(row["label"], {s: 0 for s in SPLITS})[row["split"]] += 1
+    if not counts:
+        return "No training rows are published."
+    body = [[label, *(c[s] for s in SPLITS), sum(c.values()),
+             len({r["sku"] for r in rows if r["label"] == label})] for label, c in sorted(counts.items())]
+    totals = [sum(c[s] for c in counts.values()) for s in SPLITS]
+    body.append(["**all**", *totals, sum(totals), len({r["sku"] for r in rows})])
+    return _table(["label", *SPLITS, "total", "SKUs"], body)
+
+
+def _settings(manifest: dict) -> str:
+    config, generator = manifest["config"], manifest["models"]["generator"]
+    training = config.get("training", {})
+    guidance = training.get("guidance_scale")
+    lines = [
+        f"- model preset `{generator['id']}` ({generator.get('class', '')}), {generator['steps']} steps, "
+        f"guidance {guidance if guidance is not None else generator['guidance_scale']} for training images "
+        f"({generator['guidance_scale']} otherwise)",
+        f"- negative prompt: `{config['generation']['negative_prompt']}`",
+        f"- images per class: {training.get('images_per_class')}; class quotas: "
+        f"{json.dumps(training.get('class_quotas') or {})}",
+        f"- split ratios (by SKU): {json.dumps(training.get('splits'))}",
+        f"- seeds: derived from `item_id` and `attempt` (see the `seed` column); up to "
+        f"{config['gates']['max_attempts']} attempts per image",
+        "- prompts: templates x scenes x viewpoints x lighting x materials, each cycling evenly within "
+        "a class, with paraphrases of the class name; the chosen values are in the `facets` column",
+    ]
+    if training:  # the vocabulary actually used, built-in lists included
+        from pipeline.config import Training
+        from pipeline.training.prompts import Vocabulary
+
+        vocabulary = Vocabulary.from_config(Training.model_validate(training))
+        used = {"templates": vocabulary.templates, "scenes": sorted(vocabulary.scenes),
+                "viewpoints": vocabulary.viewpoints, "lighting": vocabulary.lighting,
+                "materials": vocabulary.materials}
+        lines += [f"- {key}: `{json.dumps(list(values), ensure_ascii=False)}`" for key, values in used.items()]
+    return "\n".join(lines)
+
+
+def _models(manifests: list[dict]) -> str:
+    from pipeline.models.presets import weights_sha256
+
+    rows, seen = [], set()
+    for m in manifests:
+        generator, scorer = m["models"]["generator"], m["models"]["scorer"]
+        scorer_path = Path(scorer["path"]) if scorer.get("path") else None
+        scorer_sha = scorer.get("sha256") or (weights_sha256(scorer_path) if scorer_path and scorer_path.is_dir()
+                                              else "unknown")
+        for role, name, sha in (("generator", generator["id"], generator["sha256"]),
+                                ("scorer", scorer["id"], scorer_sha)):
+            if (role, name, sha) not in seen:
+                seen.add((role, name, sha))
+                rows.append([role, f"`{name}`", f"`{sha}`"])
+    return _table(["role", "preset", "sha256 of the safetensors weights"], rows)
+
+
+def _gates(manifests: list[dict]) -> str:
+    rows = []
+    for m in manifests:
+        t = m.get("training") or {}
+        rows.append([m["run_id"], m["run_date"], m["rows"]["accepted"], m["rows"]["rejected"],
+                     ", ".join(f"{k} {v}" for k, v in sorted(m.get("reasons", {}).items())) or "none",
+                     f"{100 * t['duplicate_rate']:.1f}%" if t else "–",
+                     f"{t['clip_score']['p50']:.3f}" if t.get("clip_score", {}).get("n") else "–"])
+    text = _table(["run", "run_date", "accepted", "rejected", "rejections by reason",
+                   "training duplicate rate", "training clip_score median"], rows)
+    latest = (manifests[-1].get("training") or {}) if manifests else {}
+    if latest.get("classes"):
+        text += "\n\nDiversity of the latest run (Vendi score over CLIP image embeddings, per class): " + ", ".join(
+            f"{label} {c['vendi']:.2f}" for label, c in latest["classes"].items())
+    return text
+
+
+def render_card(root: Path) -> str:
+    """The card's text for the dataset at `root`, as published now."""
+    root = Path(root)
+    published = _published_rows(root)
+    rows = [r for r in published.to_pylist() if r.get("kind") == TRAINING_KIND]
+    manifests = _live_manifests(root, set(published.column("run_id").to_pylist()) if published.num_rows else set())
+    latest = manifests[-1] if manifests else None
+    training = (latest or {}).get("config", {}).get("training", {})
+    header = {
+        "license": training.get("license") or "other",
+        "pretty_name": root.name,
+        "task_categories": ["image-classification"],
+        "tags": ["synthetic", "synthcat", "product-images"],
+        "size_categories": [_size_category(published.num_rows)],
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/**/*.parquet"}]}],
+    }
+    dates = sorted({r for r in published.column("run_date").to_pylist()}) if published.num_rows else []
+    sections = [
+        "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---",
+        f"# {root.name}",
+        f"Synthetic product images made by synthcat from a product catalog: {published.num_rows} published "
+        f"rows ({len(rows)} labelled `training` rows) over run dates {', '.join(dates) or 'none'}. "
+        "Every row carries its image (Hugging Face `Image`), its label and its full lineage.",
+        "## Dataset structure\nOne Parquet row per image under `data/run_date=<date>/market=<market>/`; "
+        "training rows are in `market=global` (they are not localized; `locale` is `und`). Columns for "
+        "training: `label` (the catalog category), `taxonomy` (root-to-leaf path), `attributes` (the "
+        "product's, JSON), `facets` (scene, viewpoint, lighting, material and template of the prompt, JSON), "
+        "`split` (train/val/test by SKU), `bbox` (COCO `[x, y, width, height]`) and `mask` (PNG) of a "
+        "composited product photo, null where unknown. The `train` split of the `default` config below "
+        "holds every published row: select on the `split` column.",
+        "## Class counts\n" + _class_counts(rows),
+        "## Generation settings\n" + (_settings(latest) if latest else "No published run."),
+        "## Models and hashes\n" + (_models(manifests) if manifests else "No published run."),
+        "## Gate statistics\n" + (_gates(manifests) if manifests else "No published run."),
+        "## Licence\n" + f"`{header['license']}`. " + (training.get("license_note") or
+            "The images were generated by the models above; their licences and the catalog owner's "
+            "terms apply."),
+        "## Intended use\n" + (training.get("intended_use") or DEFAULT_INTENDED_USE),
+        "## Limits\n" + (training.get("limitations") or DEFAULT_LIMITS),
+        "## Loading\n```python\n" + _LOADING + "```",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def wants_card(root: Path, config) -> bool:
+    """A card is kept for datasets that make training rows, and refreshed once it exists."""
+    return TRAINING_KIND in config.kinds or (Path(root) / CARD).is_file()
+
+
+def write_dataset_card(root: Path) -> Path:
+    """Write `<root>/README.md` atomically (temporary name, then rename) and return its path."""
+    path = Path(root) / CARD
+    tmp = path.with_name(f".{CARD}.tmp-{os.getpid()}")
+    tmp.write_text(render_card(root), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
