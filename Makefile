@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: run test setup models train-models eval-models clean
+.PHONY: run test setup system-deps models train-models train-lora eval-models clean
 
 # torch/torchvision are pinned to the wheels this machine keeps on disk (see README).
 $(STAMP): pyproject.toml
@@ -16,7 +16,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-setup: $(STAMP) models
+setup: system-deps $(STAMP) models
+
+# System packages (infra/apt-packages.txt: chromium, fonts): apt-get installs the missing ones as
+# root, or through sudo; when all are present apt is not called at all.
+system-deps:
+	@infra/apt-install.sh infra/apt-packages.txt
 
 models: $(STAMP)
 	$(BIN)/python -c "from pipeline.models.presets import DEFAULT_MODELS_DIR as d; from pipeline.models.tiny import ensure_tiny_models as e; print('tiny models in', e(d))"
@@ -24,6 +29,10 @@ models: $(STAMP)
 # Retrain the embedded tiny models from scratch (~25 min on 2 idle CPU cores) and measure them.
 train-models: $(STAMP)
 	$(BIN)/python -m pipeline.models.train --out models/tiny
+
+# Retrain the example brand's LoRA adapter (Northwind look) on the tiny model (~5 min on 2 CPU cores).
+train-lora: $(STAMP)
+	$(BIN)/python -m pipeline.models.train_lora --model models/tiny/diffusion --out models/tiny/lora/northwind-look
 
 eval-models: $(STAMP)
 	$(BIN)/python -m pipeline.models.evaluate --json models/tiny/evaluation.json

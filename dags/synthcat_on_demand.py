@@ -32,7 +32,7 @@ LOCALE = "^[A-Za-z]{2,3}([-_][A-Za-z]{4})?[-_]([A-Za-z]{2}|[0-9]{3})$"
                       description="SKUs to run; empty = all"),
         "markets": Param([], type="array", items={"type": "string", "pattern": LOCALE},
                          description="markets (e.g. de-DE); empty = the job's"),
-        "kinds": Param([], type="array", items={"type": "string", "enum": ["campaign"]},
+        "kinds": Param([], type="array", items={"type": "string", "enum": ["campaign", "training"]},
                        description="kinds; empty = the job's"),
         "variants": Param(None, type=["null", "integer"], minimum=1, maximum=100,
                           description="images per item; empty = the job's"),

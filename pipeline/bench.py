@@ -1,23 +1,26 @@
 """`synthcat bench`: naive diffusers loop vs synthcat's engine vs the whole pipeline, same items.
 
 All three run in one process on the same planned items (same prompts and seeds), so their
-ratios are meaningful on a shared, noisy machine. Model loading is outside every timing;
-the end-to-end figure includes everything a run does after that (Ray Data streaming,
-scoring, encoding, gates, validation, the atomic Parquet publish).
+ratios are meaningful on a shared, noisy machine. Model loading is outside the naive and engine
+timings (and so is torch.compile's first call, reported as `compile_warmup_s`); the end-to-end
+figure includes everything a run does once Ray is up: the actors importing their libraries and
+loading their models, Ray Data streaming, generation, scoring, encoding, gates, validation and
+the atomic Parquet publish.
 """
 
 from __future__ import annotations
 
-import json
+import gc
 import resource
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import JobConfig
+from pipeline.config import Engine, JobConfig
 
 # Dense bf16/fp16 tensor throughput used for the FLOP bound (NOTES.md: 790 TFLOP/s on H100).
 PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0, "A100": 312.0, "L4": 121.0}
@@ -34,7 +37,14 @@ def _bench_job(config: JobConfig, manifest: Path, count: int) -> tuple[JobConfig
     return config.model_copy(update={"variants": variants}), products
 
 
-def _flops_per_image(pipe, steps: int, guidance: float, width: int, height: int) -> float:
+def _unet_evaluations(pipe, steps: int) -> int:
+    """UNet calls per image: the scheduler's timesteps for `steps` (PNDM adds one, DPM-Solver none)."""
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(steps)
+    return len(scheduler.timesteps)
+
+
+def _flops_per_image(pipe, steps: int, guidance: float, width: int, height: int) -> tuple[float, int]:
     """UNet evaluations (x2 under guidance) plus one VAE decode, counted by torch's FlopCounterMode."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -50,7 +60,8 @@ def _flops_per_image(pipe, steps: int, guidance: float, width: int, height: int)
             pipe.unet(latents, 500, encoder_hidden_states=context)
         with FlopCounterMode(display=False) as vae_counter:
             pipe.vae.decode(latents[:1] / pipe.vae.config.scaling_factor)
-    return steps * unet_counter.get_total_flops() + vae_counter.get_total_flops()
+    evaluations = _unet_evaluations(pipe, steps)
+    return evaluations * unet_counter.get_total_flops() + vae_counter.get_total_flops(), evaluations
 
 
 def _peak_tflops(device: str, override: float | None) -> float | None:
@@ -64,53 +75,148 @@ def _peak_tflops(device: str, override: float | None) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
+class _DevicePeak:
+    """Peak device-wide GPU memory in use above the level at start, sampled every 50 ms: it sees
+    the Ray actors' allocations (and CUDA contexts), which `max_memory_allocated` of this
+    process cannot."""
+
+    def __init__(self, device: str) -> None:
+        self.enabled, self.peak_mb, self._stop = device == "cuda", 0.0, threading.Event()
+
+    def _used(self) -> float:
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        return (total - free) / 2**20
+
+    def __enter__(self) -> _DevicePeak:
+        if self.enabled:
+            self._base = self._used()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak_mb = max(self.peak_mb, self._used() - self._base)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self._stop.set()
+            self._thread.join()
+
+
+def _gpu_peak_mb(device: str) -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+
+
+def _reset_gpu_peak(device: str) -> None:
+    import torch
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
 def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32, batch_size: int = 16,
-              num_gpus: float = 0, peak_tflops: float | None = None) -> dict:
-    """Measure naive, engine and end-to-end images/s on the same items; returns the JSON record."""
+              num_gpus: float = 0, peak_tflops: float | None = None, naive_items: int | None = None,
+              compile: bool | None = None, on_partial=None) -> dict:
+    """Measure naive, engine and end-to-end images/s on the same items; returns the JSON record.
+
+    `on_partial`, if given, gets the record of the first two measurements before the end-to-end
+    run starts (its e2e fields None), so a run cut short still leaves those figures.
+    """
+    import diffusers
     import torch
 
     from pipeline.executor import init_ray, make_batches
-    from pipeline.models.presets import resolve_model, weights_sha256
+    from pipeline.models.presets import resolve_model, resolve_scorer, weights_sha256
+    from pipeline.plan import plan_items
     from pipeline.run import RunRequest, run_job
+    from pipeline.stages._torch import limit_threads, pick_device
     from pipeline.stages.generate import GenerateStage
 
-    model = resolve_model(preset, models_dir)
-    config = JobConfig(model=preset, markets=("en-US",), shard_size=batch_size * 4, resources={
-        "generate": {"num_gpus": num_gpus, "num_cpus": 1, "batch_size": batch_size},
-        "score": {"num_gpus": num_gpus, "num_cpus": 0.5, "batch_size": 32}})
-    from pipeline.plan import plan_items
-
+    model = resolve_model(preset, models_dir)  # random-weight presets are materialised here, untimed
+    resolve_scorer(model.scorer, models_dir)
+    config = JobConfig(model=preset, markets=("en-US",), shard_size=batch_size * 4, engine=Engine(compile=compile),
+                       resources={"generate": {"num_gpus": num_gpus, "num_cpus": 1, "batch_size": batch_size},
+                                  "score": {"num_gpus": num_gpus, "num_cpus": 0.5, "batch_size": 32}})
+    # The e2e run reads a copy of the products from a temporary folder: product photos stay
+    # where the manifest put them, so their folder becomes an image root.
+    config = config.model_copy(update={"images": config.images.model_copy(
+        update={"roots": (*config.images.roots, str(Path(manifest).resolve().parent))})})
     config, products = _bench_job(config, manifest, items)
     plan = plan_items(products, config, run_id="bench", run_date="2026-01-01", width=model.width,
                       height=model.height)
-    items = plan.num_rows
+    items, device = plan.num_rows, pick_device(num_gpus)
+    # Every measurement gets the same CPU threads as the generate actor of the e2e run.
+    limit_threads(config.engine.torch_threads or config.resources.generate.num_cpus)
 
-    # 1. The engine: synthcat's generate stage, batched, one generator per image
-    stage = GenerateStage(model.path, model.name, weights_sha256(model.path), model.pipeline_class,
-                          model.steps, model.guidance_scale, resources=config.resources.generate)
-    stage.setup()
-    pipe, device = stage._pipe, stage._device
-    batches = make_batches(plan, batch_size)
+    # 1. The naive baseline: a plain pipeline (fp16 on a GPU, as diffusers' docs load it),
+    #    called once per item at batch 1, PIL out
+    diffusers.utils.logging.disable_progress_bar()
+    pipe = getattr(diffusers, model.pipeline_class).from_pretrained(
+        str(model.path), local_files_only=True, use_safetensors=True,
+        dtype=torch.float16 if device == "cuda" else torch.float32).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    naive_rows = plan.slice(0, naive_items or items).to_pylist()
+    _reset_gpu_peak(device)
     tick = time.perf_counter()
-    for batch in batches:
-        stage(batch)
-    engine_s = time.perf_counter() - tick
-
-    # 2. The naive baseline: the same pipeline object called once per item (batch 1), PIL out
-    tick = time.perf_counter()
-    for row in plan.to_pylist():
+    for row in naive_rows:
         generator = torch.Generator(device).manual_seed(row["seed"])
         with torch.inference_mode():
             pipe(prompt=row["prompt"], negative_prompt=row["negative_prompt"], generator=generator,
                  num_inference_steps=model.steps, guidance_scale=model.guidance_scale,
                  width=row["width"], height=row["height"], output_type="pil")
-    naive_s = time.perf_counter() - tick
-    flops = _flops_per_image(pipe, model.steps, model.guidance_scale, model.width, model.height)
-    del stage, pipe
+    _sync(device)
+    naive_s, naive_peak = time.perf_counter() - tick, _gpu_peak_mb(device)
+    flops, evaluations = _flops_per_image(pipe, model.steps, model.guidance_scale, model.width, model.height)
+    del pipe
+
+    # 2. The engine: synthcat's generate stage (engine options of the job config), batched
+    stage = GenerateStage(model.path, model.name, weights_sha256(model.path), model.pipeline_class,
+                          model.steps, model.guidance_scale, resources=config.resources.generate,
+                          engine=config.engine)
+    stage.setup()
+    batches = make_batches(plan, batch_size)
+    warmup_s = None
+    if stage._pad_size:  # compiled: the first call of each shape compiles (cached on disk)
+        tick = time.perf_counter()
+        stage(batches[0])
+        warmup_s = time.perf_counter() - tick
+    _reset_gpu_peak(device)
+    tick = time.perf_counter()
+    for batch in batches:
+        stage(batch)
+    _sync(device)
+    engine_s, engine_peak = time.perf_counter() - tick, _gpu_peak_mb(device)
+    del stage
+    _reset_gpu_peak(device)
+    peak = _peak_tflops(device, peak_tflops)
+    bound = peak * 1e12 / flops if peak else None
+    engine_img_s, naive_img_s = items / engine_s, len(naive_rows) / naive_s
+    record = {
+        "preset": preset, "device": device, "device_name": _device_name(device), "items": items,
+        "naive_items": len(naive_rows), "batch_size": batch_size, "steps": model.steps,
+        "unet_evaluations": evaluations, "guidance_scale": model.guidance_scale, "width": model.width,
+        "height": model.height, "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "engine": config.engine.model_dump(), "compile_warmup_s": warmup_s,
+        "naive_img_s": naive_img_s, "engine_img_s": engine_img_s, "engine_vs_naive": engine_img_s / naive_img_s,
+        "e2e_img_s": None, "e2e_items": None, "e2e_accepted": None, "e2e_vs_engine": None,
+        "e2e_timings_s": None, "e2e_cost": None,
+        "flops_per_image": flops, "peak_tflops": peak, "flop_bound_img_s": bound,
+        "engine_flop_bound_share": engine_img_s / bound if bound else None, "flop_bound_share": None,
+        "peak_gpu_mb_naive": naive_peak, "peak_gpu_mb_engine": engine_peak, "peak_gpu_mb_e2e": None,
+    }
+    if on_partial:
+        on_partial(dict(record))
 
     # 3. End to end: a real run of the same items on Ray (Ray itself started before timing)
     init_ray(num_cpus=None)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _DevicePeak(device) as e2e_peak:
         catalog = Path(tmp) / "catalog.parquet"
         pq.write_table(products.drop_columns(["line"]), catalog)
         e2e_config = config.model_copy(update={"gates": config.gates.model_copy(update={"max_attempts": 1})})
@@ -119,21 +225,32 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
         tick = time.perf_counter()
         summary = run_job(request)
         e2e_s = time.perf_counter() - tick
-    e2e_items = summary.items
+    if summary.items != items:  # the ratios compare the same items, or nothing
+        raise RuntimeError(f"bench: the end-to-end run planned {summary.items} items, the engine ran {items}")
 
-    peak = _peak_tflops(device, peak_tflops)
-    bound = peak * 1e12 / flops if peak else None
-    e2e_img_s = e2e_items / e2e_s
-    record = {
-        "preset": preset, "device": device, "items": items, "batch_size": batch_size,
-        "steps": model.steps, "guidance_scale": model.guidance_scale, "width": model.width,
-        "height": model.height, "torch": torch.__version__,
-        "naive_img_s": items / naive_s, "engine_img_s": items / engine_s,
-        "e2e_img_s": e2e_img_s, "e2e_items": e2e_items,
-        "engine_vs_naive": naive_s / engine_s, "e2e_vs_engine": e2e_img_s / (items / engine_s),
-        "flops_per_image": flops, "peak_tflops": peak,
-        "flop_bound_img_s": bound, "flop_bound_share": e2e_img_s / bound if bound else None,
+    e2e_img_s = summary.items / e2e_s
+    record.update({
+        "e2e_img_s": e2e_img_s, "e2e_items": summary.items, "e2e_accepted": summary.accepted,
+        "e2e_vs_engine": e2e_img_s / engine_img_s,
+        "e2e_timings_s": {k: round(v, 3) for k, v in summary.timings.items()}, "e2e_cost": summary.cost,
+        "flop_bound_share": e2e_img_s / bound if bound else None,
         "peak_host_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
-    }
+        "peak_gpu_mb_e2e": e2e_peak.peak_mb if device == "cuda" else None,
+    })
     return record
+
+
+def _sync(device: str) -> None:
+    """Wait for queued GPU work, so a timing ends when the work does."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _device_name(device: str) -> str:
+    import platform
+
+    import torch
+
+    return torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()

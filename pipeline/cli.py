@@ -58,6 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from pipeline.config import load_job_config
+    from pipeline.cost import describe_cost
     from pipeline.run import RunRequest, run_job
 
     config = load_job_config(args.config)
@@ -71,7 +72,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         skus=tuple(s.strip() for s in args.skus.split(",") if s.strip()) if args.skus else (),
         ray_address=os.environ.get("RAY_ADDRESS") or None, show_progress=not args.no_progress,
     )
-    summary = run_job(request)
+    try:
+        summary = run_job(request)
+    except OSError as exc:
+        from pipeline.faults import is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+        raise SynthcatError(f"no space left on device{where}: nothing was published; free space under "
+                            f"{request.out} and resume with --run-id {run_id}") from None
     console = Console(stderr=False, highlight=False)
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.reasons.items())) or "none"
     console.print(f"[bold green]published[/] run {summary.run_id} (run_date {summary.run_date})")
@@ -80,6 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"rejected {summary.rejected} ({reasons}) · regenerated {summary.regenerated} · "
                   f"bad manifest rows {summary.bad_rows}")
     console.print(f"  {summary.images_per_s:.2f} images/s · {summary.seconds:.1f} s in all")
+    if describe_cost(summary.cost):
+        console.print(f"  {describe_cost(summary.cost)}")
     console.print(f"  dataset  {summary.dataset_root}")
     console.print(f"  manifest {summary.manifest_path}")
     console.print(f"  report   {summary.report_path}")
@@ -106,6 +118,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     config = load_job_config(args.config)
     result = read_manifest(args.path, config)
     problems = result.problems()
+    if args.rejects_csv:  # for the operator's spreadsheet: cells are escaped, never formulas
+        from pipeline.csvsafe import write_csv
+
+        write_csv(Path(args.rejects_csv), result.rejects.to_pylist(), result.rejects.column_names)
     if problems:
         for line in problems:
             print(line, file=sys.stderr)
@@ -123,8 +139,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(presets, indent=2))
     else:
         for p in presets:
-            state = "ready" if p["available"] else "missing"
-            print(f"{p['name']:<12} {state:<8} {p['path']}  (scorer {p['scorer']}: {p['clip_path']})")
+            state = "ready" if p["available"] else "on-demand" if p.get("on_demand") else "missing"
+            print(f"{p['name']:<14} {state:<9} {p['path']}  (scorer {p['scorer']}: {p['clip_path']})")
     return 0
 
 
@@ -138,15 +154,45 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from pipeline.bench import run_bench
+def cmd_bench_index(args: argparse.Namespace) -> int:
+    """`synthcat bench index`: build/query time and recall of the embedding index by size."""
+    from pipeline.bench_index import run_index_bench
 
-    record = run_bench(args.preset, _models_dir(None), Path(args.manifest), items=args.items,
-                       batch_size=args.batch_size, num_gpus=args.gpus, peak_tflops=args.peak_tflops)
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        raise BadInputError(f"--sizes {args.sizes!r}: give sizes like 100000,1000000") from None
+    if not sizes or min(sizes) < 2:
+        raise BadInputError(f"--sizes {args.sizes!r}: give sizes of at least 2 vectors")
+    record = run_index_bench(sizes, data=args.data, dim=args.dim, queries=args.queries,
+                             exact_queries=args.exact_queries, centres=args.centres)
     text = json.dumps(record, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n", encoding="utf-8")
     print(text)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.target == "index":
+        return cmd_bench_index(args)
+    from pipeline.bench import run_bench
+
+    def write(record: dict) -> str:
+        text = json.dumps(record, indent=2)
+        if args.json:
+            Path(args.json).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    def partial(record: dict) -> None:  # naive and engine figures survive an end-to-end run cut short
+        write(record)
+        print(f"bench: naive {record['naive_img_s']:.2f} img/s, engine {record['engine_img_s']:.2f} img/s; "
+              "end to end next", file=sys.stderr, flush=True)
+
+    record = run_bench(args.preset, _models_dir(None), Path(args.manifest), items=args.items,
+                       batch_size=args.batch_size, num_gpus=args.gpus, peak_tflops=args.peak_tflops,
+                       naive_items=args.naive_items, compile=args.compile, on_partial=partial)
+    print(write(record))
     return 0
 
 
@@ -161,7 +207,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_eval_memorization(args: argparse.Namespace) -> int:
     from pipeline.memorization import evaluate_memorization
 
-    result = evaluate_memorization(_models_dir(None), seeds_per_planted=args.seeds, n_ordinary=args.ordinary)
+    result = evaluate_memorization(_models_dir(None), seeds_per_planted=args.seeds, n_ordinary=args.ordinary,
+                                   n_calibration=args.calibration, steps=args.steps)
     text = json.dumps(result, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n", encoding="utf-8")
@@ -201,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a manifest, write nothing, list every bad row")
     validate.add_argument("path", help="catalog manifest (CSV, JSONL or Parquet)")
     validate.add_argument("--config", help="job config YAML (column mapping, default markets)")
+    validate.add_argument("--rejects-csv", metavar="FILE",
+                          help="also write every problem (line, field, reason, raw row) to this CSV")
     validate.set_defaults(func=cmd_validate)
 
     report = sub.add_parser("report", help="rebuild the HTML report of a published run")
@@ -214,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     memorization.add_argument("--json", help="also write the figures to this file")
     memorization.add_argument("--seeds", type=int, default=8, help="seeds per planted caption (default: 8)")
     memorization.add_argument("--ordinary", type=int, default=200, help="ordinary prompts (default: 200)")
+    memorization.add_argument("--calibration", type=int, default=200,
+                              help="ordinary prompts the thresholds and z-scores are calibrated on (default: 200)")
+    memorization.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
     memorization.set_defaults(func=cmd_eval_memorization)
 
     index = sub.add_parser("index", help="the memorization reference index")
@@ -224,13 +276,27 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--scorer", default="tiny", help="open_clip scorer preset (default: tiny)")
     build.set_defaults(func=cmd_index_build)
 
-    bench = sub.add_parser("bench", help="images/s: naive diffusers loop vs engine vs end to end")
+    bench = sub.add_parser("bench", help="images/s: naive diffusers loop vs engine vs end to end; "
+                                         "`bench index`: the embedding index by size")
+    bench.add_argument("target", nargs="?", choices=["images", "index"], default="images",
+                       help="images (default) or index (build/query/recall of the embedding index)")
+    bench.add_argument("--sizes", default="100000,1000000", help="index: reference sizes (default: 100000,1000000)")
+    bench.add_argument("--queries", type=int, default=100_000, help="index: queries per size (default: 100000)")
+    bench.add_argument("--exact-queries", type=int, default=1000,
+                       help="index: queries checked against exact search for recall (default: 1000)")
+    bench.add_argument("--dim", type=int, default=512, help="index: embedding dimension (default: 512)")
+    bench.add_argument("--data", choices=["clustered", "uniform"], default="clustered",
+                       help="index: synthetic embeddings (default: clustered, see bench/README.md)")
+    bench.add_argument("--centres", type=int, default=4096, help="index: clusters of the clustered data")
     bench.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
     bench.add_argument("--json", help="also write the figures to this file")
     bench.add_argument("--items", type=int, default=32, help="items per measurement (default: 32)")
     bench.add_argument("--batch-size", type=int, default=16, help="engine batch size (default: 16)")
     bench.add_argument("--gpus", type=float, default=0, help="GPUs per generate/score actor (default: 0)")
     bench.add_argument("--peak-tflops", type=float, help="device peak for the FLOP-bound share")
+    bench.add_argument("--naive-items", type=int, help="items of the naive batch-1 loop (default: all)")
+    bench.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="torch.compile the UNet and VAE decoder (default: on for CUDA, off for CPU)")
     bench.add_argument("--manifest", default=str(Path(__file__).resolve().parents[1] / "examples" / "catalog.csv"),
                        help="catalog whose items are generated (default: the example)")
     bench.set_defaults(func=cmd_bench)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import BadInputError
 
@@ -37,6 +37,7 @@ class Resources(_Strict):
     generate: StageResources = StageResources()
     score: StageResources = StageResources(num_cpus=0.5, batch_size=32)
     encode: StageResources = StageResources(num_cpus=0.5, batch_size=32)
+    campaign: StageResources = StageResources(num_cpus=0.5, batch_size=16)  # composite, overlay, integrity
 
 
 class Generation(_Strict):
@@ -79,18 +80,183 @@ class Gates(_Strict):
     min_pixel_mean: float = Field(8.0, ge=0, le=255)
     min_pixel_std: float = Field(2.0, ge=0, le=255)
     max_attempts: int = Field(3, ge=1, le=20)
-    # Memorization: a reference index (`synthcat index build`) of training or protected images,
-    # built with the run's scorer; images at or above `max_ref_similarity` cosine are rejected
-    # (None: the nearest reference and its similarity are recorded, nothing is rejected).
+    # Memorization (pipeline/stages/memorization_gate.py). With a reference index (`synthcat index
+    # build`) of training or protected images, built with the run's scorer, an image is rejected
+    # at or above `max_ref_similarity` descriptor cosine to a reference or at or below
+    # `max_ref_tile_l2` tiled pixel L2 (Carlini et al. 2023: a near-verbatim copy); without one,
+    # by its in-generation signal alone, `mem_cfg_gap` above `max_mem_cfg_gap`. `None` takes the
+    # presets' calibrated values (scorer: descriptor cosine; model: CFG gap at 1% false positives
+    # on ordinary prompts). `memorization_gate: false` records the evidence and rejects nothing.
     reference_index: str | None = None
+    memorization_gate: bool = True
     max_ref_similarity: float | None = Field(None, ge=-1, le=1)
+    max_ref_tile_l2: float | None = Field(None, ge=0, le=1)
+    max_mem_cfg_gap: float | None = Field(None, gt=0)
+    # Campaign: CIEDE2000 from the dominant colours to the brand palette (None: recorded, not gated),
+    # and the share of a product photo's opaque pixels allowed to differ in the creative (0: exact).
+    max_palette_distance: float | None = Field(None, gt=0)
+    max_product_diff: float = Field(0.0, ge=0, le=1)
+
+
+class ImageSources(_Strict):
+    """Where a manifest's `image` cells may point (enforced by pipeline/references.py).
+
+    Local paths: under the manifest's folder or one of `roots` (relative to the manifest's
+    folder), after resolving symlinks; `..` is refused. URLs: refused unless `allow_urls`, then
+    https only, to `allowed_hosts` ("cdn.example.com" or "*.example.com"), public addresses only.
+    """
+
+    roots: tuple[str, ...] = ()
+    allow_urls: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for host in value:
+            try:
+                ipaddress.ip_address(host)  # an address literal, e.g. 203.0.113.7 or 2001:db8::7
+                continue
+            except ValueError:
+                pass
+            if not re.fullmatch(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?", host):
+                raise ValueError(f"{host!r} is not a lower-case host name like 'cdn.example.com' "
+                                 "or '*.example.com', or an IP address (no scheme, port or path)")
+        return value
+
+
+class BrandProfile(_Strict):
+    """A brand's rules for campaign creative (see pipeline/campaign/brand.py).
+
+    `adapters`: model preset -> LoRA adapter folder under `<models_dir>/<preset>/lora/`, fused
+    at `adapter_scale`; `palette`: the brand colours ("#1F3A5F") the palette gate measures
+    against; `logo_free_zones`: canvas fractions (x0, y0, x1, y1) kept clear of copy and
+    product for the logo; `banned_terms`: never in a prompt, always in the negative prompt.
+    """
+
+    adapters: dict[str, str] = Field(default_factory=dict)
+    adapter_scale: float = Field(1.0, ge=0, le=2)
+    palette: tuple[str, ...] = ()
+    logo_free_zones: tuple[tuple[float, float, float, float], ...] = ()
+    banned_terms: tuple[str, ...] = ()
+
+    @field_validator("palette")
+    @classmethod
+    def _colours(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for colour in value:
+            if not re.fullmatch(r"#[0-9A-Fa-f]{6}", colour):
+                raise ValueError(f"{colour!r} is not a colour like '#1F3A5F'")
+        return value
+
+    @field_validator("logo_free_zones")
+    @classmethod
+    def _zones(cls, value: tuple) -> tuple:
+        for zone in value:
+            x0, y0, x1, y1 = zone
+            if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+                raise ValueError(f"{list(zone)} is not x0, y0, x1, y1 with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+        return value
+
+
+class Campaign(_Strict):
+    """Campaign creative: theme, canvas, product-photo backgrounds, market profiles, brands."""
+
+    theme: Literal["new-arrivals", "sale", "gifts"] = "new-arrivals"
+    canvas: int = Field(512, ge=64, le=4096)   # long side of the published creative, px
+    background_strength: float = Field(0.9, gt=0, le=1)  # inpainting strength around product photos
+    markets_dir: str | None = None             # extra market profiles (<market>.yaml), beside the packaged ones
+    brands: dict[str, BrandProfile] = Field(default_factory=dict)
+
+
+class Engine(_Strict):
+    """How the generate stage drives its model (pipeline/stages/engine.py).
+
+    `None` switches are on for CUDA and off for CPU, where they do not pay. Padding follows
+    `compile` unless set: a compiled model must see one batch shape to never recompile.
+    """
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    channels_last: bool | None = None
+    fuse_qkv: bool | None = None          # fused QKV projections (pipe.fuse_qkv_projections())
+    compile: bool | None = None           # torch.compile of the UNet and the VAE decoder
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    compile_backend: Literal["inductor", "cudagraphs", "aot_eager", "eager"] = "inductor"  # eager: tracing only
+    pad_batches: bool | None = None       # pad each call to the batch size (None: when compiled)
+    vae_decode_chunk: int = Field(8, ge=1)  # images per VAE decode call: bounds decoder memory
+    fuse_score: bool = True               # score in the generate actor when both use the same device kind
+    torch_threads: int | None = Field(None, ge=1)  # CPU threads per model actor (None: its num_cpus)
+
+
+class Cost(_Strict):
+    """Prices for the run summary's cost per 1,000 accepted images (device-hours held by generation)."""
+
+    gpu_hour_usd: float = Field(2.5, ge=0)   # one GPU for one hour
+    cpu_hour_usd: float = Field(0.05, ge=0)  # one CPU core for one hour (runs without GPUs)
+
+
+class Training(_Strict):
+    """The `training` kind: labelled, class-balanced, diverse images (pipeline/training/).
+
+    A class is a catalog `category`. Every class gets `images_per_class` images (`class_quotas`
+    overrides per class, 0 leaves it out), spread round-robin over its SKUs; `split` is drawn
+    per SKU with `splits`. Prompts: a template x one value of each facet (scene, viewpoint,
+    lighting, material), every facet cycling evenly within the class, plus paraphrases.
+    `None` takes the built-in vocabulary (the embedded tiny model's words); `[]` leaves a facet
+    out. `guidance_scale` (lower = more diverse) applies to training images only.
+    """
+
+    images_per_class: int = Field(8, ge=0, le=1_000_000)
+    class_quotas: dict[str, int] = Field(default_factory=dict)
+    splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    guidance_scale: float | None = Field(None, ge=0)
+    templates: tuple[str, ...] | None = None             # fields: see pipeline/training/prompts.py
+    class_templates: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    class_words: dict[str, tuple[str, ...]] = Field(default_factory=dict)  # paraphrases of a class name
+    scenes: dict[str, tuple[str, ...]] | None = None     # scene name -> its phrasings
+    viewpoints: tuple[str, ...] = ()                     # e.g. "front view" (the tiny model knows none)
+    lighting: tuple[str, ...] = ()                       # e.g. "soft daylight"
+    materials: tuple[str, ...] | None = None             # a SKU's own `material` attribute wins
+    taxonomy: dict[str, str] = Field(default_factory=dict)  # class -> parent path, "home/kitchen"
+    license: str = "other"                               # the dataset card's licence id
+    license_note: str | None = None
+    intended_use: str | None = None
+    limitations: str | None = None
+
+    @field_validator("splits")
+    @classmethod
+    def _ratios(cls, value: dict[str, float]) -> dict[str, float]:
+        from pipeline.training.splits import check_ratios
+
+        return dict(check_ratios(value))
+
+    @field_validator("class_quotas")
+    @classmethod
+    def _quotas(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = {k: v for k, v in value.items() if v < 0}
+        if bad:
+            raise ValueError(f"quotas must be >= 0, got {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _known_template_fields(self) -> "Training":
+        from pipeline.training.prompts import TEMPLATE_FIELDS, template_fields
+
+        templates = list(self.templates or ()) + [t for ts in self.class_templates.values() for t in ts]
+        for template in templates:
+            unknown = [f for f in template_fields(template) if f not in TEMPLATE_FIELDS]
+            if unknown:
+                allowed = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+                raise ValueError(f"template {template!r} uses unknown field {{{unknown[0]}}}; allowed: {allowed}")
+        return self
 
 
 class JobConfig(_Strict):
     """A synthcat job: what to make from a manifest and how to gate and publish it."""
 
     dataset: str = "catalog_images"
-    kinds: tuple[Literal["campaign"], ...] = ("campaign",)
+    kinds: tuple[Literal["campaign", "training"], ...] = ("campaign",)
     markets: tuple[str, ...] = ("en-US",)
     variants: int = Field(1, ge=1, le=1000)
     formats: tuple[Literal["1:1", "4:5", "9:16", "1.91:1"], ...] = ("1:1",)
@@ -104,9 +270,14 @@ class JobConfig(_Strict):
     generation: Generation = Generation()
     gates: Gates = Gates()
     resources: Resources = Resources()
+    engine: Engine = Engine()
+    cost: Cost = Cost()
     executor: Literal["ray", "local"] = "ray"
     shard_size: int = Field(64, ge=1)
     models_dir: str | None = None
+    images: ImageSources = ImageSources()
+    campaign: Campaign = Campaign()
+    training: Training = Training()
 
     @field_validator("dataset")
     @classmethod
@@ -130,6 +301,18 @@ class JobConfig(_Strict):
         from pipeline.locales import normalize_market
 
         return tuple(normalize_market(m) for m in value)
+
+    @model_validator(mode="after")
+    def _campaign_markets_have_profiles(self) -> "JobConfig":
+        if "campaign" in self.kinds:
+            from pipeline.markets import known_markets
+
+            known = known_markets(self.campaign.markets_dir)
+            missing = [m for m in self.markets if m not in known]
+            if missing:
+                raise ValueError(f"markets {missing} have no market profile, so no campaign can be made "
+                                 f"for them (profiles: {', '.join(known)}; add one under campaign.markets_dir)")
+        return self
 
     @field_validator("columns")
     @classmethod
@@ -177,6 +360,8 @@ def load_job_config(path: str | Path | None) -> JobConfig:
         raise BadInputError(f"{path}: cannot read config ({exc})") from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:  # PyYAML composes recursively: a deeply nested document overflows
+        raise BadInputError(f"{path}: the YAML is nested too deeply") from None
     except yaml.YAMLError as exc:
         raise BadInputError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
     return parse_job_config(data, str(path))

@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.config import JobConfig
+from pipeline.config import Gates, JobConfig
+from pipeline.copy_detection import DEFAULT_MAX_TILE_L2
 from pipeline.identity import seed_for
 from pipeline.schema import SHARD_SCHEMA, conform
 from pipeline.stages.gate import GateResult, GateSettings, apply_gates
@@ -24,13 +25,30 @@ from pipeline.stages.gate import GateResult, GateSettings, apply_gates
 HISTORY_COLUMNS = ["item_id", "run_date", "clip_model", "image_sha256", "image_phash", "clip_embedding"]
 
 
+def memorization_thresholds(gates: Gates, model, scorer) -> dict:
+    """The memorization gate's thresholds for a run: the job's own, else the presets' calibrated
+    ones (scorer: descriptor cosine; model: CFG gap; tiled L2: `DEFAULT_MAX_TILE_L2`); all None
+    (recorded, not gated) when `memorization_gate` is off."""
+    if not gates.memorization_gate:
+        return {"max_ref_similarity": None, "max_ref_tile_l2": None, "max_mem_cfg_gap": None}
+    return {
+        "max_ref_similarity": scorer.max_ref_similarity if gates.max_ref_similarity is None
+        else gates.max_ref_similarity,
+        "max_ref_tile_l2": DEFAULT_MAX_TILE_L2 if gates.max_ref_tile_l2 is None else gates.max_ref_tile_l2,
+        "max_mem_cfg_gap": model.max_mem_cfg_gap if gates.max_mem_cfg_gap is None else gates.max_mem_cfg_gap,
+    }
+
+
 def gate_settings(config: JobConfig, scorer: dict) -> GateSettings:
+    """Gate settings from the job config and the run's resolved thresholds (state["scorer"])."""
     gates = config.gates
     return GateSettings(
         min_clip_score=scorer["min_clip_score"], exact_duplicates=gates.exact_duplicates,
         max_phash_distance=gates.max_phash_distance, min_semantic_cosine=scorer["min_semantic_cosine"],
         min_pixel_mean=gates.min_pixel_mean, min_pixel_std=gates.min_pixel_std,
-        max_ref_similarity=gates.max_ref_similarity,
+        max_ref_similarity=scorer.get("max_ref_similarity"), max_ref_tile_l2=scorer.get("max_ref_tile_l2"),
+        max_mem_cfg_gap=scorer.get("max_mem_cfg_gap"),
+        max_palette_distance=gates.max_palette_distance, max_product_diff=gates.max_product_diff,
     )
 
 

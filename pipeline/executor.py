@@ -128,10 +128,19 @@ def run_ray(stages: Sequence[Stage], batches: Sequence[pa.Table], *, address: st
     context.print_on_execution_start = False
     # One block per first-stage batch: every actor gets work from the start, and the first
     # stage takes each block whole (batch_size=None), keeping the batches' composition.
+    # Ray Data insists on a batch size for GPU stages: there the first stage asks for the
+    # largest block, which leaves whole-batch blocks whole (a shard's short tail batch may be
+    # topped up from the next block; GPU kernels are not bit-stable across shapes anyway).
     ds = ray.data.from_arrow(list(batches))
     for position, stage in enumerate(stages):
         r = stage.resources
-        batch_size = None if position == 0 else r.batch_size
+        batch_size = r.batch_size if position else None
+        if position == 0 and r.num_gpus:
+            batch_size = max(batch.num_rows for batch in batches)
+        if position and getattr(stage, "stateless", False):
+            # A CPU task never waits for a second upstream batch: the stream's tail after the
+            # last generated batch is then one batch of CPU work, not two.
+            batch_size = min(batch_size, stages[0].resources.batch_size)
         options = dict(batch_size=batch_size, batch_format="pyarrow", zero_copy_batch=True,
                        num_cpus=r.num_cpus, num_gpus=r.num_gpus or None)
         if getattr(stage, "stateless", False):

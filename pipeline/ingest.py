@@ -22,9 +22,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.campaign.planner import campaign_problems
 from pipeline.config import CANONICAL_FIELDS, REQUIRED_FIELDS, JobConfig
 from pipeline.errors import BadInputError
 from pipeline.locales import normalize_market
+from pipeline.references import ImageReferences
 from pipeline.schema import INPUT_REJECT_SCHEMA, PRODUCT_SCHEMA
 
 MAX_TEXT_CHARS = 10_000
@@ -104,12 +106,20 @@ def read_manifest(path: str | Path, config: JobConfig) -> IngestResult:
         raise BadInputError(f"{source}: no data rows (only a header or nothing at all)")
     # 4. Validate row by row; a bad row never stops reading.
     products, rejects, first_line_of_sku = [], [], {}
+    images = ImageReferences(config.images, path.parent)
     for record in records:
         raw = json.dumps(record.values, ensure_ascii=False, default=str)
         if record.error:
             product, problems = None, [(None, record.error)]
         else:
             product, problems = _check_row(record.values, fields, attr_columns, config.list_separator)
+            if product["image"]:  # untrusted: only under the image roots or an allowed https host
+                try:
+                    product["image"] = images.check(product["image"])
+                except ValueError as exc:
+                    problems.append((fields["image"], str(exc)))
+            if not problems:  # campaign rows also need a market profile and a usable cut-out
+                problems += campaign_problems(product, fields, config)
         sku = product["sku"] if product else None
         if sku and sku in first_line_of_sku:
             first = _place(fmt, first_line_of_sku[sku])
@@ -154,6 +164,9 @@ def _decode(data: bytes, source: str, fmt: str) -> str:
 
 def _read_csv(text: str, source: str) -> tuple[list[str], list[_Record]]:
     reader = csv.reader(io.StringIO(text, newline=""))  # newline="" keeps quoted newlines intact
+    # csv's 128 KiB cell limit would refuse the whole file over one huge cell; the row check
+    # (MAX_TEXT_CHARS) rejects that row instead. The limit is process-wide: restore it after.
+    field_limit = csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     header: list[str] | None = None
     records: list[_Record] = []
     start = 1
@@ -180,6 +193,8 @@ def _read_csv(text: str, source: str) -> tuple[list[str], list[_Record]]:
             records.append(_Record(line, values, error))
     except csv.Error as exc:
         raise BadInputError(f"{source}: line {start}: not valid CSV ({exc})") from None
+    finally:
+        csv.field_size_limit(field_limit)
     if header is None:
         raise BadInputError(f"{source}: empty file, no header row")
     return [h for h in header if h], records
@@ -198,6 +213,8 @@ def _read_jsonl(text: str, source: str) -> tuple[list[str], list[_Record]]:
             error = None if isinstance(value, dict) else f"is {_json_type(value)}, not a JSON object"
         except json.JSONDecodeError as exc:
             value, error = None, f"is not valid JSON ({exc.msg} at column {exc.colno})"
+        except (ValueError, RecursionError) as exc:  # a 5,000-digit number; nesting 1,000 deep
+            value, error = None, f"is not valid JSON ({_json_failure(exc)})"
         if error and not records:
             # The first line decides whether this is JSONL at all.
             raise BadInputError(f"{source}: line {number} {error}; "
@@ -335,6 +352,8 @@ def _parse_attributes(value: object) -> dict:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos + 1})") from None
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"not valid JSON ({_json_failure(exc)})") from None
     if not isinstance(value, dict):
         raise ValueError(f"must be a JSON object like {{\"color\": \"red\"}}, got {_json_type(value)}")
     attributes = {}
@@ -360,6 +379,10 @@ def _attribute_value(value: object) -> str | int | float | bool | None:
     if value is None or isinstance(value, (bool, int, float)):
         return value
     raise ValueError(f"is {_json_type(value)}; values must be text, numbers or true/false, not nested")
+
+
+def _json_failure(exc: Exception) -> str:
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
 
 
 def _json_type(value: object) -> str:

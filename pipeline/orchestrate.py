@@ -55,7 +55,7 @@ def _job_config(spec: dict) -> JobConfig:
     config_path = Path(spec["config"])
     try:
         data = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
         raise BadInputError(f"{config_path}: cannot read the job config ({exc})") from None
     data.update({k: spec[k] for k in OVERRIDES if spec.get(k) not in (None, [], "")})
     return parse_job_config(data, str(config_path))
@@ -73,6 +73,10 @@ def make_spec(params: dict, *, dag_run_id: str, run_date: str) -> dict:
         "models_dir": os.environ.get("SYNTHCAT_MODELS_DIR") or None,
     }
     spec.update({k: params.get(k) for k in OVERRIDES})
+    if spec["ray_address"] and "@" in spec["ray_address"].split("//", 1)[-1].split("/", 1)[0]:
+        # The spec travels as XCom into the UI and task logs: credentials never ride in it.
+        raise BadInputError("RAY_ADDRESS carries credentials; give the address alone and the token "
+                            "in RAY_AUTH_TOKEN (from a secret)")
     for field in ("manifest", "config"):
         if not Path(spec[field]).is_file():
             raise BadInputError(f"param '{field}': file {spec[field]} not found")

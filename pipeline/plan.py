@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import math
 
+from pathlib import Path
+
 import pyarrow as pa
 
+from pipeline.campaign.planner import CampaignPlanner
 from pipeline.config import JobConfig
 from pipeline.identity import item_id, seed_for, shard_id
 from pipeline.locales import market_to_locale
@@ -43,16 +46,21 @@ def _prompt_values(product: dict, market: str, kind: str) -> dict[str, str]:
 
 
 def plan_items(products: pa.Table, config: JobConfig, *, run_id: str, run_date: str,
-               width: int, height: int) -> pa.Table:
+               width: int, height: int, models_dir: Path | None = None) -> pa.Table:
     """Expand products into items (ITEM_SCHEMA) in a deterministic order, grouped into shards.
 
-    `width`/`height` are the model's native size; formats scale from it.
+    `width`/`height` are the model's native size; formats scale from it. Campaign items get
+    their prompt, copy, brand adapter and layout from `pipeline.campaign.planner` (brand
+    adapters live under `models_dir`).
     """
+    campaign = CampaignPlanner(config, run_date, models_dir) if "campaign" in config.kinds else None
     rows = []
     for product in products.to_pylist():
         markets = product["markets"] or list(config.markets)
         for market in markets:
             for kind in config.kinds:
+                if kind == "training":  # planned per class, not per market: plan_training below
+                    continue
                 values = _prompt_values(product, market, kind)
                 prompt = config.generation.prompt_template.format_map(values)
                 for variant in range(config.variants):
@@ -70,6 +78,12 @@ def plan_items(products: pa.Table, config: JobConfig, *, run_id: str, run_date: 
                             "price": product["price"], "currency": product["currency"],
                             "width": w, "height": h,
                         })
+                        if kind == "campaign":
+                            rows[-1].update(campaign.fields(product, market, fmt, w, h, prompt))
+    if "training" in config.kinds:
+        from pipeline.training.plan import plan_training
+
+        rows += plan_training(products, config, run_id=run_id, run_date=run_date, width=width, height=height)
     for index, row in enumerate(rows):
         row["shard_id"] = shard_id(index // config.shard_size)
     return pa.Table.from_pylist(rows, schema=ITEM_SCHEMA)

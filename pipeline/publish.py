@@ -234,8 +234,10 @@ def _staged_records(staging_dir: Path, run_id: str, run_dates: list[str]) -> lis
 
 def _swap_partition(*, staged: Path, live: Path, aside: Path, run_id: str) -> None:
     """Make `live` hold what `staged` holds (or nothing), in one atomic step where possible."""
-    if _holds_run(live, run_id):  # a re-run after a failure: this partition is already done
-        shutil.rmtree(staged, ignore_errors=True)
+    # A retry of this publish after the partition moved in: nothing left to move. (When the run
+    # staged again -- a resume re-gates and re-stages -- the fresh files replace the earlier
+    # attempt's below, so the manifest describes exactly the files readers see.)
+    if not staged.exists() and _holds_run(live, run_id):
         shutil.rmtree(aside, ignore_errors=True)
         return
     if staged.exists() and live.exists() and _exchange(staged, live):

@@ -2,8 +2,9 @@
 
 Built from a folder of images or a Parquet file with an `image` column (the Hugging Face
 `Image` struct or plain bytes), with the run's open_clip scorer, and written as
-`<index_dir>/index.parquet` (+ `index.json`, written last). The memorization gate
-searches it; this module only builds it.
+`<index_dir>/index.parquet` (id, source, embedding, 64 px thumbnail for the pixel copy
+check), `index.faiss` (the trained search index, see `vector_index`) and `index.json`
+(written last: the commit record). The memorization gate searches it.
 """
 
 from __future__ import annotations
@@ -15,17 +16,21 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import BadInputError
+from pipeline.vector_index import BuiltIndex, build_index
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 INDEX_SCHEMA = pa.schema([
     ("ref_id", pa.string()),        # sha256 of the image bytes: the same image is one entry
     ("source", pa.string()),        # path (folder) or "<file>#<row>" (Parquet)
     ("embedding", pa.list_(pa.float32())),
+    ("thumbnail", pa.binary()),     # 64x64 PNG for the tiled pixel-L2 copy check (copy_detection)
 ])
+ROW_GROUP = 1024  # the copy check reads thumbnails of a few rows: small row groups, small reads
 
 
 def iter_reference_images(source: Path):
@@ -47,9 +52,12 @@ def iter_reference_images(source: Path):
 
 def build_reference_index(source: Path, index_dir: Path, clip_path: Path, *, batch_size: int = 64) -> dict:
     """Embed every distinct image of `source`; returns the index's description (index.json)."""
+    import faiss
     import open_clip
     import torch
     from PIL import Image, UnidentifiedImageError
+
+    from pipeline.copy_detection import thumbnail_png
 
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{clip_path}")
     model.eval()
@@ -60,8 +68,9 @@ def build_reference_index(source: Path, index_dir: Path, clip_path: Path, *, bat
         with torch.inference_mode():
             pixels = torch.stack([preprocess(im) for _, _, im in pending])
             embeddings = model.encode_image(pixels, normalize=True).float().numpy()
-        for (ref_id, label, _), emb in zip(pending, embeddings):
-            rows[ref_id] = {"ref_id": ref_id, "source": label, "embedding": emb.tolist()}
+        for (ref_id, label, image), emb in zip(pending, embeddings):
+            rows[ref_id] = {"ref_id": ref_id, "source": label, "embedding": emb.tolist(),
+                            "thumbnail": thumbnail_png(image)}
         pending.clear()
 
     for label, data in iter_reference_images(source):
@@ -83,25 +92,40 @@ def build_reference_index(source: Path, index_dir: Path, clip_path: Path, *, bat
     index_dir.mkdir(parents=True, exist_ok=True)
     (index_dir / "index.json").unlink(missing_ok=True)  # the description is the commit record
     tmp = index_dir / f".index.parquet.tmp-{os.getpid()}"
-    pq.write_table(pa.Table.from_pylist(list(rows.values()), schema=INDEX_SCHEMA), tmp)
+    table = pa.Table.from_pylist(list(rows.values()), schema=INDEX_SCHEMA)
+    pq.write_table(table, tmp, row_group_size=ROW_GROUP)
     os.replace(tmp, index_dir / "index.parquet")
+    built = build_index(embedding_matrix(table))
+    tmp = index_dir / f".index.faiss.tmp-{os.getpid()}"
+    faiss.write_index(built.index, str(tmp))
+    os.replace(tmp, index_dir / "index.faiss")
     description = {"source": str(source), "images": len(rows), "clip_path": str(clip_path),
                    "embedding_dim": len(next(iter(rows.values()))["embedding"]),
-                   "built_at": datetime.now(timezone.utc).isoformat()}
+                   "search": built.describe(), "built_at": datetime.now(timezone.utc).isoformat()}
     tmp = index_dir / f".index.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(description, indent=2), encoding="utf-8")
     os.replace(tmp, index_dir / "index.json")
     return description
 
 
+def embedding_matrix(table: pa.Table) -> np.ndarray:
+    """The `embedding` list column as an N x dim float32 matrix, without Python lists."""
+    column = table.column("embedding").combine_chunks()
+    if len(column) == 0:
+        return np.zeros((0, 0), np.float32)
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(len(column), -1)
+
+
 class ReferenceIndex:
-    """A built index loaded for search: exact inner product over L2-normalised embeddings (faiss)."""
+    """A built index loaded for search: inner product over L2-normalised embeddings (faiss),
+    exact for small indexes and IVF above (`vector_index`), plus the thumbnails of the images."""
 
     def __init__(self, index_dir: Path, clip_path: Path | None = None) -> None:
         import faiss
-        import numpy as np
 
-        description_path = Path(index_dir) / "index.json"
+        self.index_dir = Path(index_dir)
+        description_path = self.index_dir / "index.json"
         if not description_path.is_file():
             raise BadInputError(f"{index_dir}: not a reference index (no index.json; run `synthcat index build`)")
         self.description = json.loads(description_path.read_text(encoding="utf-8"))
@@ -110,17 +134,44 @@ class ReferenceIndex:
         if clip_path is not None and built_with.parts[-2:] != Path(clip_path).parts[-2:]:
             raise BadInputError(f"{index_dir}: built with {self.description['clip_path']}, "
                                 f"but this run scores with {clip_path}; rebuild the index")
-        table = pq.read_table(Path(index_dir) / "index.parquet")
+        self._parquet = pq.ParquetFile(self.index_dir / "index.parquet")
+        table = self._parquet.read(columns=["ref_id", "embedding"])
         self.ids = table.column("ref_id").to_pylist()
-        vectors = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
-        self._index = faiss.IndexFlatIP(vectors.shape[1])
-        self._index.add(np.ascontiguousarray(vectors))
+        saved = self.index_dir / "index.faiss"
+        if saved.is_file():
+            index = faiss.read_index(str(saved))
+            kind = "ivf" if isinstance(index, faiss.IndexIVF) else "flat"
+            self._index = BuiltIndex(index, kind, getattr(index, "nlist", None), getattr(index, "nprobe", None))
+        else:  # an index built before index.faiss existed: build the search index now
+            self._index = build_index(embedding_matrix(table))
+        if self._index.index.ntotal != len(self.ids):
+            raise BadInputError(f"{index_dir}: index.faiss holds {self._index.index.ntotal} vectors, "
+                                f"index.parquet {len(self.ids)}; rebuild the index")
+
+    def neighbours(self, embeddings, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores), each len(embeddings) x k: the k nearest reference rows by cosine."""
+        k = max(1, min(k, len(self.ids)))
+        scores, rows = self._index.search(np.asarray(embeddings, dtype=np.float32), k)
+        return rows, scores
 
     def nearest(self, embeddings) -> tuple[list[str], list[float]]:
         """The nearest reference image (id, cosine) of every row of `embeddings`."""
-        import numpy as np
-
         if len(embeddings) == 0:
             return [], []
-        scores, rows = self._index.search(np.ascontiguousarray(embeddings, dtype=np.float32), 1)
+        rows, scores = self.neighbours(embeddings, 1)
         return [self.ids[r] for r in rows[:, 0]], [float(s) for s in scores[:, 0]]
+
+    def thumbnails(self, rows) -> dict[int, bytes | None]:
+        """{row: 64 px PNG} for the given rows, reading only the row groups that hold them."""
+        wanted = sorted({int(r) for r in rows if r >= 0})
+        if "thumbnail" not in self._parquet.schema_arrow.names:
+            return {r: None for r in wanted}  # an index built before thumbnails were stored
+        out: dict[int, bytes | None] = {}
+        starts = np.cumsum([0] + [self._parquet.metadata.row_group(g).num_rows
+                                  for g in range(self._parquet.num_row_groups)])
+        for group in sorted({int(np.searchsorted(starts, r, side="right") - 1) for r in wanted}):
+            values = self._parquet.read_row_group(group, columns=["thumbnail"]).column(0).to_pylist()
+            for r in wanted:
+                if starts[group] <= r < starts[group + 1]:
+                    out[r] = values[r - starts[group]]
+        return out

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from pipeline.report_charts import CHART_CSS, gate_charts
+from pipeline.training.report import training_section
+
 THUMB = 160
 
 _CSS = """
@@ -24,62 +27,66 @@ h1{margin:0 0 4px} .muted{color:#5c6578} .stats{display:flex;gap:12px;flex-wrap:
 .group h3{margin:6px 0 0} .group .muted{font-size:12px;margin-bottom:6px;max-width:380px}
 .card{background:#fff;border-radius:8px;width:180px;padding:8px;box-shadow:0 1px 2px #0002;font-size:11px}
 .card img{width:160px;height:160px;object-fit:contain;background:#eee;border-radius:4px;image-rendering:pixelated}
+.card.wide{width:340px} .copy{font-size:13px;margin:4px 0}
 .card.rejected{outline:2px solid #d9534f} .reason{color:#b52b27} .ok{color:#23813a}
 table{border-collapse:collapse;background:#fff} td,th{padding:4px 10px;border-bottom:1px solid #e3e6ea;text-align:left}
 """
 
 
-def _thumbnail(image: dict) -> str:
+def _thumbnail(image: dict, side: int = THUMB) -> str:
     from PIL import Image
 
     with Image.open(io.BytesIO(image["bytes"])) as im:
-        im.thumbnail((THUMB, THUMB))
+        im.thumbnail((side, side))
         buffer = io.BytesIO()
         im.convert("RGB").save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _attach_thumbnails(rows: list[dict]) -> None:
+    """Every row's thumbnail (`row["thumbnail"]`), made once and on every core: PIL releases the
+    GIL while it decodes, resizes and encodes, and made one by one in the driver they were
+    about 90% of the publish step for 512 px creatives (bench/README.md)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sides = [2 * THUMB if row.get("overlay_text") else THUMB for row in rows]  # as `_card` shows them
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for row, thumbnail in zip(rows, pool.map(_thumbnail, [row["image"] for row in rows], sides)):
+            row["thumbnail"] = thumbnail
+
+
+def _campaign(row: dict) -> str:
+    """Campaign rows: the copy drawn (dir=auto: Arabic reads right to left), its font and checks."""
+    if not row.get("overlay_text") and row.get("product_diff") is None and row.get("palette_distance") is None:
+        return ""
+    e = html.escape
+    parts = []
+    if row.get("overlay_text"):
+        text = "<br>".join(e(line) for line in row["overlay_text"].split("\n"))
+        parts.append(f"<div class=copy dir=auto lang='{e(row['market'] or '')}'>{text}</div>"
+                     f"<div class=muted>{e(row['overlay_font'] or '')} · contrast {row['overlay_contrast']:.2f}</div>")
+    if row.get("product_diff") is not None:
+        parts.append(f"<div>product pixels changed {row['product_diff'] * 100:.2f}%</div>")
+    if row.get("palette_distance") is not None:
+        parts.append(f"<div>palette ΔE2000 {row['palette_distance']:.1f}</div>")
+    return "".join(parts)
 
 
 def _card(row: dict) -> str:
     e = html.escape
     reasons = "".join(f"<div class=reason>{e(r)}</div>" for r in row["gate_reasons"] or [])
     status = row["gate_status"]
+    wide = bool(row.get("overlay_text"))  # creative with copy: big enough to read it
+    side = 2 * THUMB if wide else THUMB
     return (
-        f"<div class='card {e(status)}'><img alt='{e(row['item_id'])}' src='{_thumbnail(row['image'])}'>"
+        f"<div class='card {e(status)}{' wide' if wide else ''}'><img alt='{e(row['item_id'])}' "
+        f"style='width:{side}px;height:{side}px' src='{row.get('thumbnail') or _thumbnail(row['image'], side)}'>"
         f"<div><b>{e(row['kind'])} · v{row['variant']} · {e(row['format'])}</b></div>"
-        f"<div class=muted>{e(row['prompt'])}</div>"
+        f"{_campaign(row)}<div class=muted>{e(row['prompt'])}</div>"
         f"<div>seed {row['seed']} · attempt {row['attempt']}</div>"
         f"<div>clip_score {row['clip_score']:.3f}</div>"
         f"<div class={'ok' if status == 'accepted' else 'reason'}>{e(status)}</div>{reasons}</div>"
     )
-
-
-def _histogram(values_by_label: dict[str, list[float]], lo: float, hi: float, bins: int = 24) -> str:
-    """An inline SVG histogram, one colour per label (accepted / rejected)."""
-    colours = {"accepted": "#2f9e44", "rejected": "#d9534f"}
-    width, height, pad = 520, 140, 20
-    counts = {}
-    for label, values in values_by_label.items():
-        row = [0] * bins
-        for v in values:
-            if v is not None:
-                row[min(bins - 1, max(0, int((v - lo) / (hi - lo) * bins)))] += 1
-        counts[label] = row
-    peak = max([max(r) for r in counts.values()] + [1])
-    bar = (width - 2 * pad) / bins
-    rects = []
-    for k, (label, row) in enumerate(counts.items()):
-        for i, c in enumerate(row):
-            if c:
-                h = (height - 2 * pad) * c / peak
-                x = pad + i * bar + k * bar / len(counts)
-                rects.append(f"<rect x='{x:.1f}' y='{height - pad - h:.1f}' width='{bar / len(counts) - 1:.1f}' "
-                             f"height='{h:.1f}' fill='{colours.get(label, '#888')}'><title>{html.escape(label)}: {c}"
-                             f"</title></rect>")
-    axis = (f"<text x='{pad}' y='{height - 4}' font-size='10'>{lo:g}</text>"
-            f"<text x='{width - pad - 20}' y='{height - 4}' font-size='10'>{hi:g}</text>")
-    legend = " ".join(f"<span style='color:{colours.get(k, '#888')}'>■ {html.escape(k)}</span>" for k in counts)
-    return (f"<svg width='{width}' height='{height}' style='background:#fff;border-radius:8px'>"
-            f"{''.join(rects)}{axis}</svg><div class=muted>{legend}</div>")
 
 
 def _duplicate_groups(rows: list[dict]) -> str:
@@ -105,17 +112,30 @@ def _gallery(rows: list[dict]) -> str:
     return f"<div class=groups>{''.join(parts)}</div>"
 
 
-def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, validation: dict) -> Path:
-    """Write `report.html` for a run (temporary name, then rename)."""
+def _cost_stats(cost: dict | None) -> list[tuple[str, str]]:
+    """Device-seconds per accepted image and the price of 1,000 accepted images (pipeline/cost.py)."""
+    if not cost or cost.get("device_s_per_accepted") is None:
+        return []
+    unit = "GPU-s" if cost["device"] == "gpu" else "CPU core-s"
+    return [(f"{unit} / accepted image", f"{cost['device_s_per_accepted']:.3g}"),
+            (f"USD / 1,000 accepted (at {cost['hour_usd']:.2f}/h)", f"{cost['usd_per_1000_accepted']:.4g}")]
+
+
+def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, validation: dict,
+                 thresholds: dict | None = None) -> Path:
+    """Write `report.html` for a run (temporary name, then rename).
+
+    `thresholds`: the gate thresholds the run used (min_clip_score, max_ref_similarity, ...),
+    drawn on the histograms."""
     e = html.escape
     columns = ["item_id", "sku", "market", "title", "kind", "variant", "format", "prompt", "seed",
-               "attempt", "clip_score", "dup_group", "gate_status", "gate_reasons", "image"]
+               "attempt", "clip_score", "dup_group", "gate_status", "gate_reasons", "image",
+               "overlay_text", "overlay_font", "overlay_contrast", "product_diff", "palette_distance"]
     rows = accepted.select(columns).to_pylist() + rejected.select(columns).to_pylist()
+    _attach_thumbnails(rows)
     stats = [("items", summary.items), ("accepted", summary.accepted), ("rejected", summary.rejected),
              ("regenerated", summary.regenerated), ("bad manifest rows", summary.bad_rows),
-             ("images/s", f"{summary.images_per_s:.2f}")]
-    scores = {"accepted": accepted.column("clip_score").to_pylist(),
-              "rejected": rejected.column("clip_score").to_pylist()}
+             ("images/s", f"{summary.images_per_s:.2f}")] + _cost_stats(getattr(summary, "cost", None))
     stat_html = "".join(f"<div class=stat><b>{e(str(v))}</b>{e(k)}</div>" for k, v in stats)
     reasons = "".join(f"<tr><td>{e(k)}</td><td>{v}</td></tr>" for k, v in sorted(summary.reasons.items()))
     checks = "".join(
@@ -128,11 +148,12 @@ def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, va
     timings = "".join(f"<tr><td>{e(k)}</td><td>{v:.2f} s</td></tr>" for k, v in summary.timings.items())
     page = (
         f"<!doctype html><html><head><meta charset=utf-8><title>synthcat run {e(summary.run_id)}</title>"
-        f"<style>{_CSS}</style></head><body><h1>synthcat run {e(summary.run_id)}</h1>"
+        f"<style>{_CSS}{CHART_CSS}</style></head><body><h1>synthcat run {e(summary.run_id)}</h1>"
         f"<div class=muted>run_date {e(summary.run_date)} · {e(str(summary.dataset_root))}</div>"
         f"<div class=stats>{stat_html}</div>"
+        f"<h2>Scores and similarities</h2>{gate_charts(accepted, rejected, thresholds)}"
+        f"{training_section(accepted, rejected)}"
         f"<h2>Gallery</h2>{_gallery(rows)}"
-        f"<h2>clip_score</h2>{_histogram(scores, -1.0, 1.0)}"
         f"<h2>Duplicate groups</h2>{_duplicate_groups(rows)}"
         f"<h2>Rejections by reason</h2><table>{reasons or '<tr><td>none</td></tr>'}</table>"
         f"<h2>Validation (Great Expectations)</h2><details><summary>{passed} of {total} expectations "
@@ -154,7 +175,7 @@ def report_from_run_dir(run_dir: Path, target: Path | None = None) -> Path:
 
     from pipeline.errors import BadInputError
     from pipeline.run import RunSummary
-    from pipeline.schema import OUTPUT_SCHEMA
+    from pipeline.schema import OUTPUT_SCHEMA, conform
 
     manifest_path = Path(run_dir) / "manifest.json"
     if not manifest_path.is_file():
@@ -166,7 +187,8 @@ def report_from_run_dir(run_dir: Path, target: Path | None = None) -> Path:
         path = root / record["path"]
         if not path.is_file():
             raise BadInputError(f"{run_dir}: {record['path']} is gone (a later run replaced that run_date)")
-        tables[record["path"].split("/", 1)[0]].append(pq.read_table(path).select(OUTPUT_SCHEMA.names))
+        # conform: runs published before a column existed (e.g. ref_tile_l2) get it as nulls
+        tables[record["path"].split("/", 1)[0]].append(conform(pq.read_table(path), OUTPUT_SCHEMA))
     accepted, rejected = (pa.concat_tables(t) if t else OUTPUT_SCHEMA.empty_table() for t in tables.values())
     summary = RunSummary(
         run_id=manifest["run_id"], run_date=manifest["run_date"], dataset_root=root, items=manifest["items"],
@@ -174,6 +196,7 @@ def report_from_run_dir(run_dir: Path, target: Path | None = None) -> Path:
         reasons=manifest["reasons"], bad_rows=manifest["input"]["bad_rows"],
         images_per_s=manifest.get("images_per_s", 0.0), seconds=0.0, manifest_path=manifest_path,
         report_path=target or manifest_path.with_name("report.html"), timings=manifest.get("timings_s", {}),
-        regenerated=manifest.get("regenerated", 0),
+        regenerated=manifest.get("regenerated", 0), cost=manifest.get("cost") or {},
     )
-    return write_report(summary.report_path, accepted, rejected, summary, manifest["validation"])
+    return write_report(summary.report_path, accepted, rejected, summary, manifest["validation"],
+                        thresholds=manifest.get("models", {}).get("scorer"))

@@ -9,9 +9,11 @@ arguments carry paths and counts only. Nothing here reads environment variables.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -71,6 +73,7 @@ class RunSummary:
     report_path: Path
     timings: dict[str, float] = field(default_factory=dict)
     regenerated: int = 0
+    cost: dict = field(default_factory=dict)  # device-seconds and price per accepted image (pipeline/cost.py)
 
 
 # --- the staging record -------------------------------------------------------------------------
@@ -99,6 +102,7 @@ def prepare(request: RunRequest) -> dict:
     again (a resume, a task retry) rewrites the same plan: ids and seeds are deterministic.
     """
     from pipeline.ingest import check_bad_row_share, read_manifest
+    from pipeline.consolidate import memorization_thresholds
     from pipeline.models.presets import resolve_model, resolve_scorer, weights_sha256
     from pipeline.plan import plan_items
     from pipeline.publish import sha256_file
@@ -116,7 +120,8 @@ def prepare(request: RunRequest) -> dict:
     scorer = resolve_scorer(config.scorer or model.scorer, request.models_dir)
     generation = config.generation
     items = plan_items(products, config, run_id=request.run_id, run_date=request.run_date,
-                       width=generation.width or model.width, height=generation.height or model.height)
+                       width=generation.width or model.width, height=generation.height or model.height,
+                       models_dir=request.models_dir)
 
     staging = request.staging
     model_sha256 = weights_sha256(model.path)
@@ -141,7 +146,8 @@ def prepare(request: RunRequest) -> dict:
                 "min_clip_score": scorer.min_clip_score if config.gates.min_clip_score is None
                 else config.gates.min_clip_score,
                 "min_semantic_cosine": scorer.min_semantic_cosine if config.gates.min_semantic_cosine is None
-                else config.gates.min_semantic_cosine},
+                else config.gates.min_semantic_cosine,
+                **memorization_thresholds(config.gates, model, scorer)},
         items=items.num_rows, shards=dict(zip(names, counts)),
         timings={"prepare": time.perf_counter() - tick},
     )
@@ -152,7 +158,8 @@ def prepare(request: RunRequest) -> dict:
 def _plan_fingerprint(items: pa.Table, generator: str) -> str:
     """A hash of what decides every image: ids, shards, seeds, prompts, sizes and the generator."""
     digest = hashlib.sha256(generator.encode())
-    for name in ("item_id", "shard_id", "seed", "prompt", "negative_prompt", "width", "height"):
+    for name in ("item_id", "shard_id", "seed", "prompt", "negative_prompt", "width", "height",
+                 "guidance_override"):
         digest.update("\x1f".join(map(str, items.column(name).to_pylist())).encode())
     return digest.hexdigest()
 
@@ -177,15 +184,23 @@ def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:
 # --- 2. generate, score and encode shards -------------------------------------------------------
 def build_stages(state: dict) -> list:
     """The stage chain of a prepared run (models as resolved by `prepare`)."""
+    from pipeline.campaign.chain import campaign_generation, campaign_stages
     from pipeline.stages.encode import EncodeStage
+    from pipeline.stages.engine import engine_for
+    from pipeline.stages.fused import generate_and_score
     from pipeline.stages.generate import GenerateStage
     from pipeline.stages.score import ScoreStage
 
     config, gen, scorer = parse_job_config(state["config"]), state["generator"], state["scorer"]
     return [
-        GenerateStage(Path(gen["path"]), gen["id"], gen["sha256"], gen["class"], gen["steps"],
-                      gen["guidance_scale"], resources=config.resources.generate),
-        ScoreStage(Path(scorer["path"]), scorer["id"], resources=config.resources.score),
+        *generate_and_score(  # one worker for both when they share a device kind (engine.fuse_score)
+            GenerateStage(Path(gen["path"]), gen["id"], gen["sha256"], gen["class"], gen["steps"],
+                          gen["guidance_scale"], resources=config.resources.generate,
+                          campaign=campaign_generation(config, gen), engine=engine_for(config)),
+            ScoreStage(Path(scorer["path"]), scorer["id"], resources=config.resources.score,
+                       engine=config.engine),
+            config.engine),
+        *campaign_stages(config),  # composite, overlay, integrity (pipeline/campaign/chain.py)
         EncodeStage(config.image_format, resources=config.resources.encode),
     ]
 
@@ -221,13 +236,19 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
     plan = pq.read_table(staging / "plan.parquet")
     todo = plan.filter(pc.is_in(plan.column("shard_id"), pa.array(todo_shards, pa.string())))
     tick = time.perf_counter()
+    stages = build_stages(state)
     with Progress("generate", total=todo.num_rows, enabled=show_progress) as bar:
         batches = make_batches(todo, config.resources.generate.batch_size)
-        results = run_stages(build_stages(state), batches, executor=config.executor,
+        results = run_stages(stages, batches, executor=config.executor,
                              ray_address=ray_address, num_cpus=ray_num_cpus)
         for _, rows in store.collect(results, {s: state["shards"][s] for s in todo_shards}):
             bar.advance(rows)
     seconds = time.perf_counter() - tick
+    if todo.num_rows:  # the devices were held for this round, model loading included
+        from pipeline.cost import add_device_seconds, devices_held
+
+        _update_state(staging, device=add_device_seconds(read_state(staging).get("device"),
+                                                         *devices_held(stages), seconds))
     return {"shards": len(wanted), "generated": todo.num_rows, "skipped": len(wanted) - len(todo_shards),
             "seconds": seconds}
 
@@ -303,8 +324,11 @@ def validate(staging: Path) -> dict:
 # --- 5. publish ---------------------------------------------------------------------------------
 def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
     """Write the report, stage the Parquet files, swap partitions in, write manifest.json last."""
+    from pipeline.cost import run_cost
     from pipeline.publish import publish_run, stage_run
     from pipeline.report import write_report
+    from pipeline.training.card import wants_card, write_dataset_card
+    from pipeline.training.diversity import training_metrics
 
     state, tick = read_state(staging), time.perf_counter()
     if not state.get("validation", {}).get("success"):
@@ -324,8 +348,9 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
         seconds=extra.get("seconds", 0.0), manifest_path=run_dir / "manifest.json",
         report_path=run_dir / "report.html", timings=dict(state["timings"]),
         regenerated=state["gate"].get("regenerated", 0),
+        cost=run_cost(state.get("device"), accepted.num_rows, parse_job_config(state["config"]).cost),
     )
-    write_report(summary.report_path, accepted, rejected, summary, state["validation"])
+    write_report(summary.report_path, accepted, rejected, summary, state["validation"], thresholds=state["scorer"])
     stage_run(staging / "publish", accepted, rejected, run_id)
     manifest = {
         "run_id": run_id, "run_date": state["run_date"], "dataset": state["dataset"],
@@ -333,9 +358,14 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
         "models": {"generator": state["generator"], "scorer": state["scorer"]},
         "items": state["items"], "reasons": state["gate"]["reasons"], "validation": state["validation"],
         "regenerated": summary.regenerated, "images_per_s": summary.images_per_s,
-        "timings_s": {k: round(v, 3) for k, v in state["timings"].items()},
+        "timings_s": {k: round(v, 3) for k, v in state["timings"].items()}, "cost": summary.cost,
     }
+    training = training_metrics(accepted, rejected)
+    if training:  # counts per class and split, Vendi diversity, clip_score, duplicates: the card reads them
+        manifest["training"] = training
     publish_run(root, staging / "publish", run_id, [state["run_date"]], manifest)
+    if wants_card(root, parse_job_config(state["config"])):
+        write_dataset_card(root)  # README.md at the dataset root, refreshed at each publish
     shutil.rmtree(staging, ignore_errors=True)
     summary.timings["publish"] = time.perf_counter() - tick
     return summary
@@ -347,6 +377,9 @@ def run_job(request: RunRequest) -> RunSummary:
     started = time.perf_counter()
     prepared = prepare(request)
     staging = Path(prepared["staging"])
+    # Great Expectations takes seconds to import; the driver only waits on its workers while
+    # the shards generate, so it imports it meanwhile instead of after them.
+    threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()
     generated = generate_shards(staging, ray_address=request.ray_address, ray_num_cpus=request.ray_num_cpus,
                                 show_progress=request.show_progress)
     _update_state(staging, timings={**read_state(staging)["timings"], "generate": generated.get("seconds", 0.0)})

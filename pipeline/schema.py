@@ -30,6 +30,51 @@ INPUT_REJECT_SCHEMA = pa.schema([
     ("raw", pa.string()),            # the row as JSON text, for the operator to fix it
 ])
 
+# --- campaign (kind "campaign"; null on other kinds) -------------------------------------------
+# Planned per item (pipeline/campaign/planner.py): copy, brand adapter, product photo, layout.
+CAMPAIGN_PLAN_FIELDS = [
+    pa.field("theme", pa.string()),                 # campaign theme (job config campaign.theme)
+    pa.field("season", pa.string()),                # the market's season on run_date
+    pa.field("holiday", pa.string()),               # the market's holiday on run_date, if one is on
+    pa.field("headline", pa.string()),              # greeting + "\n" + offer, in the market's language
+    pa.field("price_text", pa.string()),            # babel format_currency(price, currency, locale=market)
+    pa.field("brand_adapter", pa.string()),         # LoRA adapter fused for the brand (name)
+    pa.field("brand_adapter_sha256", pa.string()),  # sha256 of its safetensors file
+    pa.field("brand_adapter_scale", pa.float32()),
+    pa.field("product_image", pa.string()),         # resolved product photo (RGBA cut-out)
+    pa.field("product_image_sha256", pa.string()),
+    pa.field("product_box", pa.list_(pa.int32())),  # x0, y0, x1, y1 of the product on the canvas
+    pa.field("text_box", pa.list_(pa.int32())),     # x0, y0, x1, y1 the copy is fitted into
+]
+# Measured by the campaign stages (pipeline/stages/composite.py, overlay.py, integrity.py).
+CAMPAIGN_FIELDS = [
+    pa.field("generated_width", pa.int32()),        # the model's size; width/height are the canvas
+    pa.field("generated_height", pa.int32()),
+    pa.field("overlay_text", pa.string()),          # exactly the text drawn, lines joined by "\n"
+    pa.field("overlay_font", pa.string()),          # font family, weight, file and sha256 of each face
+    pa.field("overlay_contrast", pa.float32()),     # worst WCAG contrast of the copy against its background
+    pa.field("overlay_box", pa.list_(pa.int32())),  # the copy's block (and plate) on the canvas
+    pa.field("palette_distance", pa.float32()),     # CIEDE2000, dominant colours -> brand palette
+    pa.field("product_diff", pa.float32()),         # share of opaque product pixels that differ from the photo
+]
+
+# --- training (kind "training"; null on other kinds; pipeline/training/) -------------------------
+# Planned per item (pipeline/training/plan.py).
+TRAINING_ITEM_FIELDS = [
+    pa.field("label", pa.string()),                 # the class: the product's catalog category
+    pa.field("taxonomy", pa.list_(pa.string())),    # root-to-leaf path ending in `label`
+    pa.field("facets", pa.string()),                # JSON: template, scene, viewpoint, lighting, material, colour
+    pa.field("split", pa.string()),                 # train | val | test, by SKU (pipeline/training/splits.py)
+    pa.field("guidance_override", pa.float32()),    # this item's sampler guidance; null: the run's (not published)
+]
+# Where a product photo was composited into the image (any kind; pipeline/training/labels.py);
+# present on every row, null where unknown.
+REGION_FIELDS = [
+    pa.field("bbox", pa.list_(pa.float32())),       # COCO [x, y, width, height], pixels of `image`
+    pa.field("mask", pa.binary()),                  # PNG, mode L, 255 = product, the size of `image`
+]
+TRAINING_FIELDS = TRAINING_ITEM_FIELDS + REGION_FIELDS
+
 # --- plan: one row per item (sku x market x kind x variant x format) ----------------------------
 ITEM_SCHEMA = pa.schema([
     ("item_id", pa.string()),
@@ -55,7 +100,7 @@ ITEM_SCHEMA = pa.schema([
     ("currency", pa.string()),
     ("width", pa.int32()),
     ("height", pa.int32()),
-])
+] + CAMPAIGN_PLAN_FIELDS + TRAINING_ITEM_FIELDS)
 
 # --- generate: adds raw pixels (HWC uint8, never published) and generation lineage ---------------
 GENERATION_FIELDS = [
@@ -96,6 +141,7 @@ GATE_FIELDS = [
     pa.field("dup_similarity", pa.float32()),  # Hamming distance (perceptual) or cosine (semantic)
     pa.field("ref_nearest_id", pa.string()),   # nearest image of the reference index (memorization)
     pa.field("ref_similarity", pa.float32()),  # its CLIP-embedding cosine; null without an index
+    pa.field("ref_tile_l2", pa.float32()),     # tiled pixel L2 to the closest of its 5 nearest references
     pa.field("gate_status", pa.string()),    # "accepted" | "rejected"
     pa.field("gate_reasons", pa.list_(pa.string())),
     pa.field("created_at", pa.timestamp("us", tz="UTC")),
@@ -105,15 +151,15 @@ ACCEPTED, REJECTED = "accepted", "rejected"
 
 # Columns dropped before publishing: raw pixels are re-derivable from the encoded image,
 # and `shard_id` / `dataset` describe the run layout, not the row.
-_UNPUBLISHED = {"pixels", "shard_id", "dataset"}
+_UNPUBLISHED = {"pixels", "shard_id", "dataset", "guidance_override"}  # guidance: in `guidance_scale`
 
 OUTPUT_SCHEMA = pa.schema(
     [f for f in ITEM_SCHEMA if f.name not in _UNPUBLISHED]
     + [f for f in GENERATION_FIELDS if f.name not in _UNPUBLISHED]
-    + SCORE_FIELDS + ENCODE_FIELDS + GATE_FIELDS
+    + SCORE_FIELDS + ENCODE_FIELDS + GATE_FIELDS + CAMPAIGN_FIELDS + REGION_FIELDS
 )
 SHARD_SCHEMA = pa.schema(list(ITEM_SCHEMA) + [f for f in GENERATION_FIELDS if f.name != "pixels"]
-                         + SCORE_FIELDS + ENCODE_FIELDS)
+                         + SCORE_FIELDS + ENCODE_FIELDS + CAMPAIGN_FIELDS + REGION_FIELDS)
 
 PARTITION_COLUMNS = ("run_date", "market")
 

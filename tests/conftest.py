@@ -42,6 +42,14 @@ def ray_session():
         ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def training_dataset(tmp_path_factory, models_dir) -> dict:
+    """A published `training` dataset (8 classes, tiny model), made once per session (tests/training_run.py)."""
+    from training_run import publish_training_dataset
+
+    return publish_training_dataset(tmp_path_factory.mktemp("training"))
+
+
 @pytest.fixture
 def small_catalog(tmp_path: Path) -> Path:
     """The first rows of the example catalog: every kind of row, few images."""

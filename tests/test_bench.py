@@ -12,11 +12,34 @@ from pipeline.cli import main
 
 def test_bench_writes_ratios_for_the_same_items(tmp_path, models_dir, ray_session, capsys):
     target = tmp_path / "bench.json"
-    assert main(["bench", "--preset", "tiny", "--items", "2", "--batch-size", "2", "--json", str(target),
-                 "--manifest", str(EXAMPLE_CATALOG)]) == 0
+    assert main(["bench", "--preset", "tiny", "--items", "2", "--batch-size", "2", "--naive-items", "1",
+                 "--json", str(target), "--manifest", str(EXAMPLE_CATALOG)]) == 0
     record = json.loads(target.read_text())
-    assert record["items"] == record["e2e_items"] == 2
+    assert record["items"] == record["e2e_items"] == 2 and record["naive_items"] == 1
     for key in ("naive_img_s", "engine_img_s", "e2e_img_s", "flops_per_image", "peak_host_rss_mb"):
         assert record[key] > 0, key
     assert record["engine_vs_naive"] == pytest.approx(record["engine_img_s"] / record["naive_img_s"])
     assert record["flop_bound_share"] is None  # no known peak for a CPU
+    # DPM-Solver++: one UNet evaluation per step; CPU: no compile, no GPU memory figures
+    assert record["unet_evaluations"] == record["steps"] == 20
+    assert record["compile_warmup_s"] is None and record["peak_gpu_mb_e2e"] is None
+    assert set(record["e2e_timings_s"]) >= {"prepare", "generate", "validate", "publish"}
+    cost = record["e2e_cost"]  # the run's own cost record: CPU core-seconds held by generation
+    assert cost["device"] == "cpu" and cost["device_seconds"] > 0
+    assert cost["usd_per_1000_accepted"] == pytest.approx(
+        cost["device_seconds"] / 3600 * cost["hour_usd"] / record["e2e_accepted"] * 1000, rel=1e-2)
+    # the first two figures were announced (and written) before the end-to-end run began
+    assert "bench: naive" in capsys.readouterr().err
+
+
+def test_engine_figures_survive_an_end_to_end_run_cut_short(tmp_path, models_dir, monkeypatch, capsys):
+    def cut_short(*args, **kwargs):
+        raise KeyboardInterrupt  # what a timeout's signal leaves: no end-to-end figure
+
+    monkeypatch.setattr("pipeline.executor.init_ray", cut_short)
+    target = tmp_path / "bench.json"
+    assert main(["bench", "--preset", "tiny", "--items", "2", "--batch-size", "2", "--naive-items", "1",
+                 "--json", str(target), "--manifest", str(EXAMPLE_CATALOG)]) != 0
+    assert "interrupted" in capsys.readouterr().err
+    record = json.loads(target.read_text())
+    assert record["naive_img_s"] > 0 and record["engine_img_s"] > 0 and record["e2e_img_s"] is None

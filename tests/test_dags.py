@@ -88,7 +88,8 @@ def _run(dag, conf: dict):
 def test_on_demand_runs_end_to_end_like_the_cli(dagbag, tmp_path, models_dir, ray_session):
     out = tmp_path / "out"
     dag = dagbag.get_dag("synthcat_on_demand")
-    run = _run(dag, {"out": str(out), "skus": ["MUG-001", "TSH-001"], "markets": ["en-US", "vi-VN"]})
+    run = _run(dag, {"out": str(out), "skus": ["MUG-001", "TSH-001"], "markets": ["en-US", "vi-VN"],
+                     "kinds": ["campaign"]})
     assert str(run.state) in ("success", "DagRunState.SUCCESS")
     table = pq.read_table(out / "catalog_images" / "data")
     rejects = out / "catalog_images" / "rejects"
@@ -103,7 +104,7 @@ def test_on_demand_runs_end_to_end_like_the_cli(dagbag, tmp_path, models_dir, ra
 
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({**yaml.safe_load((REPO / "examples" / "job.yaml").read_text()),
-                                   "markets": ["en-US", "vi-VN"]}))
+                                   "markets": ["en-US", "vi-VN"], "kinds": ["campaign"]}))
     cli_out = tmp_path / "cli"
     assert main(["run", "--manifest", str(EXAMPLE_CATALOG), "--config", str(job), "--out", str(cli_out),
                  "--run-date", table.column("run_date")[0].as_py(), "--skus", "MUG-001,TSH-001",
@@ -128,7 +129,7 @@ def test_a_retried_shard_group_produces_no_duplicates(tmp_path, models_dir, ray_
     catalog.write_text("".join(EXAMPLE_CATALOG.read_text().splitlines(keepends=True)[:4]))
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({**yaml.safe_load((REPO / "examples" / "job.yaml").read_text()),
-                                   "shard_size": 2}))
+                                   "shard_size": 2, "kinds": ["campaign"]}))
     spec = orchestrate.make_spec(
         {"manifest": str(catalog), "config": str(job), "out": str(tmp_path / "out"),
          "markets": ["en-US"], "variants": 2},

@@ -20,6 +20,7 @@ RUN_DATE = "2026-11-26"
 
 def _job(tmp_path: Path, **overrides) -> Path:
     config = yaml.safe_load(EXAMPLE_JOB.read_text())
+    config["kinds"] = ["campaign"]  # the counts below are campaign rows; training has tests of its own
     config.update(overrides)
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -47,6 +48,9 @@ def test_layout_and_manifest_written_last(published):
     manifest = json.loads((root / "_runs" / "run-a" / "manifest.json").read_text())
     assert manifest["validation"]["success"] is True
     assert manifest["models"]["generator"]["sha256"]
+    cost = manifest["cost"]  # CPU core-seconds held by generation, priced per 1,000 accepted images
+    assert cost["device"] == "cpu" and cost["device_seconds"] > 0 and cost["usd_per_1000_accepted"] > 0
+    assert "CPU core-s / accepted image" in (root / "_runs" / "run-a" / "report.html").read_text()
     for record in manifest["files"]:
         assert hashlib.sha256((root / record["path"]).read_bytes()).hexdigest() == record["sha256"]
     assert (root / "_runs" / "run-a" / "report.html").stat().st_size > 1000
@@ -70,7 +74,7 @@ def test_pyarrow_and_pandas_read_lineage_and_images(published):
     assert len(table.column("item_id").unique()) == table.num_rows
     frame = pd.read_parquet(published["root"] / "data")
     image = Image.open(io.BytesIO(frame["image"].iloc[0]["bytes"]))
-    assert image.size == (64, 64)
+    assert image.size == (frame["width"].iloc[0], frame["height"].iloc[0])  # campaign: the 512 px canvas
     assert hashlib.sha256(frame["image"].iloc[0]["bytes"]).hexdigest() == frame["image_sha256"].iloc[0]
 
 
@@ -89,7 +93,7 @@ def test_hugging_face_datasets_decodes_images(published, tmp_path):
     files = [str(p) for p in sorted((published["root"] / "data").rglob("*.parquet"))]
     ds = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "hf"))
     assert isinstance(ds.features["image"], datasets.Image)
-    assert ds[0]["image"].size == (64, 64)
+    assert ds[0]["image"].size == (ds[0]["width"], ds[0]["height"])
     assert ds.num_rows == 10
 
 
@@ -117,38 +121,7 @@ def test_failed_gate_exits_3_and_keeps_published_data(published, tmp_path, capsy
     assert not (published["root"] / "_runs" / "run-strict" / "manifest.json").exists()
 
 
-def test_a_crashed_run_resumes_with_its_run_id_and_gives_the_same_images(published, tmp_path, monkeypatch, capsys):
-    from pipeline.shards import ShardStore
-
-    out = tmp_path / "out"
-    args = ["run", "--manifest", str(published["catalog"]), "--config", str(published["job"]), "--out",
-            str(out), "--run-date", RUN_DATE, "--run-id", "run-crash", "--no-progress"]
-    real_write, calls = ShardStore.write, []
-
-    def crash_on_second_shard(self, shard, table):
-        calls.append(shard)
-        if len(calls) == 2:
-            raise RuntimeError("simulated crash mid-generation")
-        return real_write(self, shard, table)
-
-    monkeypatch.setattr(ShardStore, "write", crash_on_second_shard)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        main(args)
-    monkeypatch.setattr(ShardStore, "write", real_write)
-    assert not (out / "catalog_images" / "data").exists()  # nothing published by the crashed run
-
-    # resuming with other inputs under the same run id is refused, not mixed
-    other_job = _job(tmp_path, variants=2, shard_size=4)
-    changed = [str(other_job) if a == str(published["job"]) else a for a in args]
-    assert main(changed) == 2
-    assert "different manifest, config or model" in capsys.readouterr().err
-
-    assert main(args) == 0
-    assert "resumed shards 1" in capsys.readouterr().out
-    resumed = pq.read_table(out / "catalog_images" / "data").sort_by("item_id")
-    clean = pq.read_table(published["root"] / "data").sort_by("item_id")
-    assert resumed.column("item_id").to_pylist() == clean.column("item_id").to_pylist()
-    assert resumed.column("image_sha256").to_pylist() == clean.column("image_sha256").to_pylist()
+# Crashes (SIGKILL at generate, score, publish) and resume: tests/reliability/test_crash_resume.py
 
 
 def test_failing_items_are_regenerated_with_their_next_seed(published, tmp_path):
@@ -179,3 +152,27 @@ def test_report_command_rebuilds_the_report_of_a_published_run(published, tmp_pa
     page = target.read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") >= 10 and run_dir.name in page
     assert main(["report", str(tmp_path)]) == 2 and "no manifest.json" in capsys.readouterr().err
+
+
+def test_campaign_rows_carry_the_copy_drawn_its_font_and_the_brand_lineage(published):
+    from babel.numbers import format_currency
+
+    from pipeline.campaign.brand import WEIGHT_NAME
+
+    rows = pq.read_table(published["root"] / "data").to_pylist()
+    adapter = Path(__file__).resolve().parents[1] / "models" / "tiny" / "lora" / "northwind-look" / WEIGHT_NAME
+    for row in rows:
+        market = str(row["market"])
+        assert row["price_text"] == format_currency(row["price"], row["currency"], locale=market.replace("-", "_"))
+        drawn, planned = "".join(row["overlay_text"].split()), "".join((row["headline"] + row["price_text"]).split())
+        assert drawn == planned and row["overlay_contrast"] >= 4.5
+        assert ("Noto Sans CJK JP" if market == "ja-JP" else "Noto Sans 700") in row["overlay_font"]
+        image = Image.open(io.BytesIO(row["image"]["bytes"]))
+        assert image.size == (row["width"], row["height"]) == (512, 512) and row["generated_width"] == 64
+        if row["brand"] == "Northwind":
+            assert row["brand_adapter"] == "northwind-look" and row["palette_distance"] is not None
+            assert row["brand_adapter_sha256"] == hashlib.sha256(adapter.read_bytes()).hexdigest()
+        else:
+            assert row["brand_adapter"] is None and row["palette_distance"] is None
+    report = next((published["root"] / "_runs").glob("*/report.html")).read_text(encoding="utf-8")
+    assert "セール：マグカップ" in report and "Black Friday" in report

@@ -23,8 +23,88 @@ def test_auc_and_tpr_at_fpr_on_known_scores():
 
 def test_eval_memorization_writes_its_figures(tmp_path, models_dir, capsys):
     target = tmp_path / "mem.json"
-    assert main(["eval", "memorization", "--json", str(target), "--seeds", "2", "--ordinary", "12"]) == 0
+    assert main(["eval", "memorization", "--json", str(target), "--seeds", "2", "--ordinary", "12",
+                 "--calibration", "12", "--steps", "4"]) == 0
     result = json.loads(target.read_text())
-    assert result["n_planted"] == 10 and result["n_ordinary"] == 12
+    assert result["n_planted"] == 10 and result["n_ordinary"] == 12 and result["n_calibration"] == 12
     assert 0.0 <= result["auc"] <= 1.0 and 0.0 <= result["tpr_at_1pct_fpr"] <= 1.0
     assert result["planted_median"] > 0 and result["ordinary_median"] > 0
+    assert set(result["signals"]) == {"combined", "mem_cfg_gap", "ref_tile_l2", "ref_similarity"}
+    calibration = result["calibration"]
+    assert result["threshold_at_1pct_fpr"] == calibration["mem_cfg_gap"]["p99"] > calibration["mem_cfg_gap"]["mean"]
+    assert 0.0 < calibration["ref_tile_l2"]["mean"] < 1.0   # every image compared with the protected set
+    assert 0.0 <= result["gate"]["fpr"] <= 1.0
+
+
+# --- the memorization gate: copy descriptor, tiled pixel L2, CFG gap ---------------------------------
+def _png(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_tiled_l2_is_the_worst_tile():
+    from pipeline.copy_detection import comparison_pixels, tiled_l2
+
+    base = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    one_tile = base.copy()
+    one_tile[:16, :16] = 255 - one_tile[:16, :16]          # 1 of 16 tiles changed
+    a, b = comparison_pixels(_png(base)), comparison_pixels(one_tile)
+    assert tiled_l2(a, comparison_pixels(base)) == 0.0
+    whole_image_rms = float(np.sqrt(np.square(a - b).mean()))
+    assert tiled_l2(a, b) > 3 * whole_image_rms              # a global L2 would call it a near copy
+    against_two = tiled_l2(a[None], np.stack([b, a]))       # one image against k candidates
+    assert against_two.shape == (2,) and against_two[1] == 0.0 < against_two[0]
+
+
+def test_memorization_gate_flags_pixel_copies_and_cfg_gaps(tmp_path, models_dir):
+    import hashlib
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+    from PIL import Image
+
+    from pipeline.reference import ReferenceIndex, build_reference_index
+    from pipeline.schema import SHARD_SCHEMA, conform
+    from pipeline.stages.gate import GateSettings, apply_gates
+
+    rng = np.random.default_rng(5)
+    refs = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    (tmp_path / "refs").mkdir()
+    for i, pixels in enumerate(refs):
+        Image.fromarray(pixels).save(tmp_path / "refs" / f"{i}.png")
+    description = build_reference_index(tmp_path / "refs", tmp_path / "index", models_dir / "tiny" / "clip")
+    assert description["search"]["kind"] == "flat" and (tmp_path / "index" / "index.faiss").is_file()
+    index = ReferenceIndex(tmp_path / "index", models_dir / "tiny" / "clip")
+
+    edited = refs[1].copy()
+    edited[16:32, 16:32] = 0                                  # one tile blacked out: not verbatim
+    images = [refs[1], edited, rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), refs[2]]
+    embedding = np.zeros(64, np.float32)
+    embedding[0] = 1.0                                        # the descriptor sees nothing special
+    table = conform(pa.Table.from_pylist([
+        {"item_id": f"i{k}", "sku": f"S{k}", "market": "en-US", "kind": "training", "variant": 0,
+         "format": "1:1", "attempt": 0, "clip_score": 0.5, "clip_embedding": embedding.tolist(),
+         "image": {"bytes": _png(p), "path": None}, "image_sha256": str(k), "image_phash": f"{k:016x}",
+         "pixel_mean": 120.0, "pixel_std": 70.0, "mem_cfg_gap": gap}
+        for k, (p, gap) in enumerate(zip(images, [1.0, 1.0, 1.0, 50.0]))]), SHARD_SCHEMA)
+    settings = GateSettings(max_phash_distance=None, max_ref_tile_l2=0.1, max_mem_cfg_gap=20.0)
+    result = apply_gates(table, settings, created_at=datetime.now(timezone.utc), reference=index)
+    rows = {r["item_id"]: r for r in result.accepted.to_pylist() + result.rejected.to_pylist()}
+    memorized = {k: [x for x in r["gate_reasons"] if x.startswith("memorization:")] for k, r in rows.items()}
+    assert rows["i0"]["ref_tile_l2"] == 0.0 and "near-verbatim copy" in memorized["i0"][0]
+    ref1 = hashlib.sha256((tmp_path / "refs" / "1.png").read_bytes()).hexdigest()
+    assert f"reference {ref1[:12]}" in memorized["i0"][0]
+    assert rows["i1"]["ref_tile_l2"] > 0.1 and memorized["i1"] == []
+    assert rows["i2"]["ref_tile_l2"] > 0.2 and memorized["i2"] == []
+    assert rows["i3"]["ref_tile_l2"] == 0.0 and len(memorized["i3"]) == 2 and "cfg gap 50.00" in memorized["i3"][1]
+    assert all(r["ref_nearest_id"] in index.ids and r["ref_similarity"] is not None for r in rows.values())
+    # no thresholds: every signal recorded, nothing rejected for memorization
+    quiet = apply_gates(table, GateSettings(max_phash_distance=None), created_at=datetime.now(timezone.utc),
+                        reference=index)
+    assert not any(x.startswith("memorization:") for r in quiet.rejected.to_pylist() for x in r["gate_reasons"])
+    assert quiet.accepted.num_rows + quiet.rejected.num_rows == 4

@@ -271,51 +271,6 @@ def test_publishing_without_staging_fails(tmp_path):
         publish_run(tmp_path, tmp_path / "_staging", "run-a", [D1], {})
 
 
-@pytest.mark.parametrize("failing_step", ["second swap", "manifest"])
-def test_a_failure_mid_publish_leaves_readable_data_and_can_be_retried(
-        tmp_path, monkeypatch, failing_step):
-    old = make_output_table(6, run_id="run-a", seed=1)
-    publish_tables(tmp_path, "run-a", [D1], old, rejected_rows(2, run_id="run-a"))
-    new = make_output_table(4, run_id="run-b", seed=2)
-    staging = tmp_path / "_staging" / "run-b"
-    stage_run(staging, new, make_output_table(0), "run-b")
-
-    calls = []
-    swap, write_json = publish._swap_partition, publish._write_json
-
-    def failing_swap(**kwargs):
-        calls.append(kwargs)
-        if len(calls) == 2:
-            raise OSError("disk gone")
-        return swap(**kwargs)
-
-    def failing_write(path, value):
-        raise OSError("disk gone")
-
-    if failing_step == "second swap":
-        monkeypatch.setattr(publish, "_swap_partition", failing_swap)
-    else:
-        monkeypatch.setattr(publish, "_write_json", failing_write)
-    with pytest.raises(OSError, match="disk gone"):
-        publish_run(tmp_path, staging, "run-b", [D1], {})
-    monkeypatch.setattr(publish, "_swap_partition", swap)
-    monkeypatch.setattr(publish, "_write_json", write_json)
-
-    # Readable, and each partition wholly old or wholly new: never a mix, never duplicates.
-    assert not (tmp_path / "_runs" / "run-b" / "manifest.json").exists()
-    visible = read_published(tmp_path)
-    assert item_ids(visible) in (item_ids(old), item_ids(new))
-    assert pq.read_table(tmp_path / "data").num_rows == visible.num_rows
-
-    # A retry with the same staging folder finishes the job.
-    manifest = publish_run(tmp_path, staging, "run-b", [D1], {})
-    assert item_ids(read_published(tmp_path)) == item_ids(new)
-    assert not (tmp_path / "rejects" / f"run_date={D1}").exists()
-    assert manifest["rows"] == {"accepted": 4, "rejected": 0}
-    for record in manifest["files"]:
-        assert sha256(tmp_path / record["path"]) == record["sha256"]
-
-
 def test_exchange_swaps_two_directories(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
@@ -333,20 +288,4 @@ def test_published_rows_round_trip_every_column(tmp_path):
     assert pc.all(pc.equal(back["gate_status"], "accepted")).as_py()
 
 
-def test_a_second_publisher_waits_for_the_lock_or_fails_cleanly(tmp_path):
-    import fcntl
-    import threading
-
-    first = make_output_table(4, run_date=D1, run_id="run-a", seed=1)
-    publish_tables(tmp_path, "run-a", [D1], first, make_output_table(0))
-    staging = tmp_path / "_staging" / "run-b"
-    stage_run(staging, make_output_table(3, run_date=D1, run_id="run-b", seed=5), make_output_table(0), "run-b")
-    lock = open(tmp_path / "_runs" / ".publish.lock", "a+")
-    fcntl.flock(lock, fcntl.LOCK_EX)  # another publisher holds the dataset
-    with pytest.raises(SynthcatError, match="another run is publishing"):
-        publish_run(tmp_path, staging, "run-b", [D1], {}, lock_timeout_s=0.5)
-    assert item_ids(read_published(tmp_path, D1)) == item_ids(first)  # nothing changed
-    threading.Timer(0.5, lambda: fcntl.flock(lock, fcntl.LOCK_UN)).start()
-    manifest = publish_run(tmp_path, staging, "run-b", [D1], {}, lock_timeout_s=30)  # waits, then succeeds
-    assert manifest["rows"]["accepted"] == 3 and read_published(tmp_path, D1).num_rows == 3
-    lock.close()
+# Failures mid-publish and concurrent publishers: tests/reliability/test_atomic_publish.py

@@ -103,6 +103,8 @@ def _expectations(E, *, expected_rows, min_clip_score, width, height) -> list:
         E.ExpectColumnValuesToBeBetween(column="image_nbytes", min_value=1),
         E.ExpectColumnValuesToBeBetween(column="clip_score", min_value=-1.0, max_value=1.0),
         E.ExpectColumnValuesToBeInSet(column="gate_status", value_set=[ACCEPTED]),
+        # campaign copy is legible (WCAG AA); null on other kinds, which GX leaves out
+        E.ExpectColumnValuesToBeBetween(column="overlay_contrast", min_value=4.5, max_value=21.0),
     ]
     if min_clip_score is not None:
         expectations.append(E.ExpectColumnValuesToBeBetween(column="clip_score",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import BadInputError
+from pipeline.models.arch import ARCH_MODELS, ARCH_SCORERS, ensure_arch_model, ensure_arch_scorer
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
@@ -27,6 +28,8 @@ class ScorerPreset:
     min_clip_score: float
     # Image-image cosine at or above which two images are semantic duplicates (None: off).
     min_semantic_cosine: float | None = None
+    # Copy-descriptor cosine to a reference image at or above which an image is a copy (None: not gated).
+    max_ref_similarity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class ModelPreset:
     guidance_scale: float
     scorer: str
     description: str
+    # mem_cfg_gap above which a prompt counts as memorized: 1% false positives on ordinary prompts
+    # (None: not calibrated for this model, recorded only). See MEM_CFG_GAP below.
+    max_mem_cfg_gap: float | None = None
 
 
 # name -> (pipeline class, width, height, steps, guidance, scorer, description)
@@ -53,13 +59,34 @@ _MODELS = {
     "sd-turbo": ("StableDiffusionPipeline", 512, 512, 1, 0.0, "vit-b-32", "SD-Turbo (SD 2.1 architecture)"),
     "sdxl": ("StableDiffusionXLPipeline", 1024, 1024, 30, 5.0, "vit-l-14", "Stable Diffusion XL 1.0"),
     "sdxl-turbo": ("StableDiffusionXLPipeline", 512, 512, 1, 0.0, "vit-l-14", "SDXL-Turbo"),
+    # Published architectures with random weights, built on first use (pipeline/models/arch.py):
+    # for `synthcat bench` on a GPU, where compute, not image quality, is measured.
+    "sd15-arch": ("StableDiffusionPipeline", 512, 512, 20, 7.5, "vit-l-14-arch",
+                  "Stable Diffusion 1.5 architecture, random weights (benchmarks; built on first use)"),
+    "sd-turbo-arch": ("StableDiffusionPipeline", 512, 512, 1, 0.0, "vit-l-14-arch",
+                      "SD-Turbo / SD 2.1 architecture, random weights (benchmarks; built on first use)"),
 }
 # name -> calibrated cosine threshold (LAION kept ViT-B/32 pairs at cosine >= 0.28; tiny: Youden
 # threshold of own vs mismatched prompts on 200 generated held-out images, MODEL_CARD.md)
-_SCORERS = {"tiny": 0.11, "vit-b-32": 0.28, "vit-l-14": 0.20}
+_SCORERS = {"tiny": 0.11, "vit-b-32": 0.28, "vit-l-14": 0.20,
+            "vit-l-14-arch": -1.0}  # random weights: an alignment threshold would mean nothing
 # name -> semantic-duplicate cosine (SemDeDup / NeMo Curator start at 1 - eps = 0.95). Off for
 # the tiny scorer until a threshold is calibrated on its (trained, 64 px) embeddings.
-_SEMANTIC = {"tiny": None, "vit-b-32": 0.95, "vit-l-14": 0.95}
+_SEMANTIC = {"tiny": None, "vit-b-32": 0.95, "vit-l-14": 0.95, "vit-l-14-arch": None}
+
+
+# name -> copy-descriptor cosine (memorization gate). Somepalli et al. 2023 flag SSCD similarity
+# > 0.5; CLIP cosines of merely similar images run far higher, so a CLIP scorer needs its own value.
+# tiny: 0.99, above the nearest-reference cosine of every one of 120 ordinary tiny generations
+# against 2,005 training images (p99 0.982, max 0.988); an exact copy scores 1.0. vit-*: not
+# calibrated here (no weights on this machine): SemDeDup's near-duplicate cosine 0.95 as the start.
+REF_SIMILARITY = {"tiny": 0.99, "vit-b-32": 0.95, "vit-l-14": 0.95}
+# model -> mem_cfg_gap threshold at 1% false positives on ordinary prompts, measured with the job's
+# default negative prompt as the unconditional half (what runs send): `synthcat eval memorization`
+# gives it as `threshold_at_1pct_fpr` (tiny: 1.824 = p99 of 200 calibration prompts, rounded down).
+# Other models: not calibrated yet (the signal is recorded, not gated; a job can set
+# `gates.max_mem_cfg_gap`). A job's own negative prompt shifts the signal: recalibrate for it.
+MEM_CFG_GAP = {"tiny": 1.82}
 
 
 def resolve_model(name: str, models_dir: Path) -> ModelPreset:
@@ -70,10 +97,13 @@ def resolve_model(name: str, models_dir: Path) -> ModelPreset:
         from pipeline.models.tiny import ensure_tiny_models
 
         ensure_tiny_models(models_dir)
+    if name in ARCH_MODELS:
+        ensure_arch_model(name, models_dir)
     cls, width, height, steps, guidance, scorer, description = _MODELS[name]
     path = models_dir / name / "diffusion"
     _require_safetensors(path, f"model preset {name!r}")
-    return ModelPreset(name, path, cls, width, height, steps, guidance, scorer, description)
+    return ModelPreset(name, path, cls, width, height, steps, guidance, scorer, description,
+                       MEM_CFG_GAP.get(name))
 
 
 def resolve_scorer(name: str, models_dir: Path) -> ScorerPreset:
@@ -84,11 +114,19 @@ def resolve_scorer(name: str, models_dir: Path) -> ScorerPreset:
         from pipeline.models.tiny import ensure_tiny_models
 
         ensure_tiny_models(models_dir)
+    if name in ARCH_SCORERS:
+        ensure_arch_scorer(name, models_dir)
     path = models_dir / name / "clip"
     _require_safetensors(path, f"scorer preset {name!r}")
     if not (path / "open_clip_config.json").is_file():
         raise BadInputError(f"scorer preset {name!r}: {path} has no open_clip_config.json")
-    return ScorerPreset(name, path, _SCORERS[name], _SEMANTIC[name])
+    # open_clip's `local-dir:` loader prefers `open_clip_pytorch_model.bin` over `model.safetensors`
+    # and would unpickle it: a scorer folder may hold safetensors weights only.
+    pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+    if pickled:
+        raise BadInputError(f"scorer preset {name!r}: {path} holds pickle weights ({', '.join(pickled)}); "
+                            "only .safetensors are loaded, remove them")
+    return ScorerPreset(name, path, _SCORERS[name], _SEMANTIC[name], REF_SIMILARITY.get(name))
 
 
 def _require_safetensors(path: Path, what: str) -> None:
@@ -122,5 +160,6 @@ def describe_presets(models_dir: Path) -> list[dict]:
             "pipeline_class": cls, "width": width, "height": height, "steps": steps,
             "guidance_scale": guidance, "description": description,
             "available": path.is_dir() and clip_path.is_dir(),
+            "on_demand": name in ARCH_MODELS,  # random-weight architectures are built on first use
         })
     return rows

@@ -3,8 +3,11 @@
 Rule: candidates are visited in keep order (already-published rows first, then the run in
 plan order). A candidate that matches a row *kept* before it is a duplicate of that row;
 otherwise it is kept. So the first image of every group survives, and an image is never
-rejected because of another rejected one. Matches are found in bulk (faiss range search over
-the embeddings, vectorised XOR/popcount over the hashes) and resolved in one greedy pass.
+rejected because of another rejected one. Matches are found in bulk and resolved in one greedy
+pass. Only the run's rows are queried (history rows are always kept), so the cost grows
+with history size H and run size R as an index build over H + R plus R queries, never H²:
+embeddings through `vector_index` (exact up to 20,000 rows, IVF above), pHashes through a
+faiss binary index (exact Hamming range search, popcount over 64 bits).
 """
 
 from __future__ import annotations
@@ -21,25 +24,29 @@ class Duplicate:
     similarity: float   # Hamming distance (perceptual), cosine (semantic), 1.0 (exact)
 
 
-def _phash_ints(hexes: list[str]) -> np.ndarray:
-    return np.array([int(h, 16) for h in hexes], dtype=np.uint64)
+def _phash_bytes(hexes: list[str]) -> np.ndarray:
+    return np.frombuffer(b"".join(bytes.fromhex(h) for h in hexes), dtype=np.uint8).reshape(len(hexes), 8)
 
 
-def _popcount(values: np.ndarray) -> np.ndarray:
-    return np.unpackbits(values.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
-
-
-def _semantic_neighbours(embeddings: np.ndarray, min_cosine: float) -> list[dict[int, float]]:
-    """For every row, the rows whose cosine is >= min_cosine (faiss exact inner-product search)."""
+def _perceptual_neighbours(phash: list[str], history: int, max_distance: int) -> list[dict[int, float]]:
+    """For every row from `history` on, {row: Hamming distance} of the rows within max_distance."""
     import faiss
 
+    codes = _phash_bytes(phash)
+    index = faiss.IndexBinaryFlat(64)
+    index.add(codes)
+    lims, distances, ids = index.range_search(codes[history:], max_distance + 1)  # radius is exclusive
+    return [{} for _ in range(history)] + [
+        {int(j): float(d) for j, d in zip(ids[lims[i]:lims[i + 1]], distances[lims[i]:lims[i + 1]])}
+        for i in range(len(lims) - 1)]
+
+
+def _semantic_neighbours(embeddings: np.ndarray, history: int, min_cosine: float) -> list[dict[int, float]]:
+    """For every row from `history` on, {row: cosine} of the rows with cosine >= min_cosine."""
+    from pipeline.vector_index import build_index
+
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    # range_search keeps similarities strictly above the radius: nudge it to include equality
-    lims, scores, ids = index.range_search(vectors, float(np.nextafter(np.float32(min_cosine), -1)))
-    return [{int(j): float(s) for j, s in zip(ids[lims[i]:lims[i + 1]], scores[lims[i]:lims[i + 1]])}
-            for i in range(len(vectors))]
+    return [{} for _ in range(history)] + build_index(vectors).range_search(vectors[history:], min_cosine)
 
 
 def find_duplicates(ids: list[str], sha256: list[str], phash: list[str], embeddings: np.ndarray | None,
@@ -51,28 +58,32 @@ def find_duplicates(ids: list[str], sha256: list[str], phash: list[str], embeddi
     `embeddings` (rows x dim, L2-normalised) may be None when the semantic check is off.
     """
     n = len(ids)
-    hashes = _phash_ints(phash) if max_phash_distance is not None and n else None
-    semantic = (_semantic_neighbours(embeddings, min_semantic_cosine)
-                if min_semantic_cosine is not None and embeddings is not None and n else None)
+    perceptual = (_perceptual_neighbours(phash, history, max_phash_distance)
+                  if max_phash_distance is not None and n > history else None)
+    semantic = (_semantic_neighbours(embeddings, history, min_semantic_cosine)
+                if min_semantic_cosine is not None and embeddings is not None and n > history else None)
     kept = np.zeros(n, dtype=bool)
     first_kept_with_sha: dict[str, int] = {}
     result: list[Duplicate | None] = [None] * n
     for row in range(n):
+        if row < history:  # published rows are always kept: nothing to look up
+            kept[row] = True
+            first_kept_with_sha.setdefault(sha256[row], row)
+            continue
         match = None
         if exact and sha256[row] in first_kept_with_sha:
             match = Duplicate(ids[first_kept_with_sha[sha256[row]]], "exact", 1.0)
-        if match is None and hashes is not None and row:
-            distances = _popcount(hashes[:row] ^ hashes[row])
-            candidates = np.flatnonzero(kept[:row] & (distances <= max_phash_distance))
-            if candidates.size:
-                best = candidates[np.argmin(distances[candidates])]
-                match = Duplicate(ids[best], "perceptual", float(distances[best]))
+        if match is None and perceptual is not None:
+            earlier = [(j, d) for j, d in perceptual[row].items() if j < row and kept[j]]
+            if earlier:
+                best, distance = min(earlier, key=lambda pair: (pair[1], pair[0]))
+                match = Duplicate(ids[best], "perceptual", distance)
         if match is None and semantic is not None:
             earlier = [(j, s) for j, s in semantic[row].items() if j < row and kept[j]]
             if earlier:
                 best, score = max(earlier, key=lambda pair: pair[1])
                 match = Duplicate(ids[best], "semantic", score)
-        if match is None or row < history:
+        if match is None:
             kept[row] = True
             first_kept_with_sha.setdefault(sha256[row], row)
         else:

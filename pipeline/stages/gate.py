@@ -1,8 +1,9 @@
 """Gate: a global step over a run's scored rows; splits them into accepted and rejected.
 
 Gates, each recording its evidence in the row: sanity (black or blank images), alignment
-(`clip_score` threshold), memorization (nearest image of a reference index of training or
-protected images) and duplicates (exact, perceptual, semantic; within the run and against
+(`clip_score` threshold), memorization (copy descriptor and tiled pixel L2 against a reference
+index of training or protected images, the in-generation CFG gap; see `memorization_gate`)
+and duplicates (exact, perceptual, semantic; within the run and against
 the published history, see `dedupe`). A rejected row keeps its image and lists
 every reason it failed in `gate_reasons`.
 """
@@ -16,8 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.campaign.gates import campaign_reasons
 from pipeline.schema import ACCEPTED, GATE_FIELDS, OUTPUT_SCHEMA, REJECTED, conform
 from pipeline.stages.dedupe import find_duplicates
+from pipeline.stages.memorization_gate import memorization_evidence
 
 # Plan order decides which copy of a duplicate is kept: the first one a reader would expect.
 KEEP_ORDER = [("sku", "ascending"), ("market", "ascending"), ("kind", "ascending"),
@@ -33,6 +36,10 @@ class GateSettings:
     min_pixel_mean: float = 8.0
     min_pixel_std: float = 2.0
     max_ref_similarity: float | None = None   # memorization: reject at or above this cosine
+    max_ref_tile_l2: float | None = None      # memorization: reject at or below this tiled pixel L2
+    max_mem_cfg_gap: float | None = None      # memorization: reject above this in-generation CFG gap
+    max_palette_distance: float | None = None  # campaign: CIEDE2000 to the brand palette (None: not gated)
+    max_product_diff: float = 0.0              # campaign: share of product-photo pixels allowed to change
 
 
 
@@ -91,18 +98,18 @@ def apply_gates(table: pa.Table, settings: GateSettings, *, created_at: datetime
         if score is None or score < settings.min_clip_score:
             reasons[row].append(f"clip_score: {score:.4f} < {settings.min_clip_score:.4f}"
                                 if score is not None else "clip_score: missing")
+    # campaign rows: copy drawn and legible, product photo intact, colours on brand
+    for row, extra in enumerate(campaign_reasons(table, settings.max_palette_distance, settings.max_product_diff)):
+        reasons[row] += extra
 
-    # 2. Memorization: the nearest reference image by CLIP-embedding cosine
-    ref_ids: list[str | None] = [None] * n
-    ref_scores: list[float | None] = [None] * n
+    # 2. Memorization: copy descriptor and tiled pixel L2 against the reference index, CFG gap
     embeddings = _embeddings(table)
-    if reference is not None and embeddings is not None:
-        ref_ids, ref_scores = reference.nearest(embeddings)
-        if settings.max_ref_similarity is not None:
-            for row, (ref, score) in enumerate(zip(ref_ids, ref_scores)):
-                if score >= settings.max_ref_similarity:
-                    reasons[row].append(f"memorization: cosine {score:.3f} >= {settings.max_ref_similarity:g} "
-                                        f"to reference {ref[:12]}")
+    memorized = memorization_evidence(
+        table, embeddings, reference, max_ref_similarity=settings.max_ref_similarity,
+        max_ref_tile_l2=settings.max_ref_tile_l2, max_mem_cfg_gap=settings.max_mem_cfg_gap)
+    ref_ids, ref_scores = memorized.ref_nearest_id, memorized.ref_similarity
+    for row, extra in enumerate(memorized.reasons):
+        reasons[row] += extra
 
     # 3. Duplicates: published history first (always kept), then the run in keep order
     past = history if history is not None else table.slice(0, 0)
@@ -129,7 +136,7 @@ def apply_gates(table: pa.Table, settings: GateSettings, *, created_at: datetime
     # 4. Status and output
     status = [REJECTED if r else ACCEPTED for r in reasons]
     values = {"dup_group": dup_group, "dup_reason": dup_reason, "dup_similarity": dup_similarity,
-              "ref_nearest_id": ref_ids, "ref_similarity": ref_scores,
+              "ref_nearest_id": ref_ids, "ref_similarity": ref_scores, "ref_tile_l2": memorized.ref_tile_l2,
               "gate_status": status, "gate_reasons": reasons, "created_at": [created_at] * n}
     gated = table
     for f in GATE_FIELDS:

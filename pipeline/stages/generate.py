@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import StageResources
+from pipeline.campaign.generation import CampaignGeneration
+from pipeline.config import Engine, StageResources
 from pipeline.schema import GENERATION_FIELDS
+from pipeline.stages.engine import decode, model_dtype, optimise_pipeline, pad_size, padded
 
 
 @dataclass
@@ -29,9 +31,15 @@ class GenerateStage:
     guidance_scale: float
     resources: StageResources = field(default_factory=StageResources)
     name: str = "generate"
+    # Campaign rows: brand LoRA adapters and product-photo backgrounds (pipeline/campaign/generation.py)
+    campaign: CampaignGeneration | None = None
+    # How the model is driven: dtype, channels_last, fused QKV, compile, padding, VAE chunks
+    engine: Engine = field(default_factory=Engine)
 
     def __post_init__(self) -> None:
         self._pipe = None
+        self._current = None  # the pipeline of the row group being generated (base or a brand's)
+        self._max_batch: int | None = None  # set when out of memory halved the batch
 
     def setup(self) -> None:
         """Load the pipeline once per worker (safetensors only, no remote code, no network)."""
@@ -40,16 +48,17 @@ class GenerateStage:
 
         from pipeline.stages._torch import limit_threads, pick_device
 
-        limit_threads(self.resources.num_cpus)
+        limit_threads(self.engine.torch_threads or self.resources.num_cpus)
         diffusers.utils.logging.disable_progress_bar()  # one bar per load is noise in a batch job
         self._device = pick_device(self.resources.num_gpus)
-        dtype = torch.float16 if self._device == "cuda" else torch.float32
+        dtype = model_dtype(self.engine, self._device)
         pipeline_cls = getattr(diffusers, self.pipeline_class)
         pipe = pipeline_cls.from_pretrained(
             str(self.model_path), local_files_only=True, use_safetensors=True, dtype=dtype,
         )
         pipe.set_progress_bar_config(disable=True)
-        self._pipe = pipe.to(self._device)
+        self._pipe = optimise_pipeline(pipe.to(self._device), self._device, self.engine)
+        self._pad_size = pad_size(self.engine, self._device, self.resources.batch_size)
         self._torch_version = torch.__version__
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -61,13 +70,23 @@ class GenerateStage:
         negatives = [p or "" for p in batch.column("negative_prompt").to_pylist()]
         seeds = batch.column("seed").to_pylist()
         sizes = list(zip(batch.column("width").to_pylist(), batch.column("height").to_pylist()))
+        # Training items may ask for their own (lower, more diverse) guidance; null: the stage's.
+        overrides = (batch.column("guidance_override").to_pylist()
+                     if "guidance_override" in batch.column_names else [None] * n)
+        guidances = [self.guidance_scale if g is None else float(g) for g in overrides]
         # 2. Generate each size group in one call; rows keep their input order
         pixels: list[bytes | None] = [None] * n
         gaps: list[float | None] = [None] * n
-        for size in sorted(set(sizes)):
-            rows = [i for i in range(n) if sizes[i] == size]
-            images, gap = self._generate([prompts[i] for i in rows], [negatives[i] for i in rows],
-                                         [seeds[i] for i in rows], *size)
+        adapters = self.campaign.adapter_keys(batch) if self.campaign else [None] * n
+        for adapter, size, guidance in sorted(set(zip(adapters, sizes, guidances)), key=repr):
+            rows = [i for i in range(n) if sizes[i] == size and adapters[i] == adapter and guidances[i] == guidance]
+            self._current = self.campaign.pipe_for(self._pipe, adapter) if self.campaign else self._pipe
+            call = padded(rows, self._pad_size)  # one shape per call for compiled models; copies dropped
+            images, gap = self._generate_fitting([prompts[i] for i in call], [negatives[i] for i in call],
+                                                 [seeds[i] for i in call], *size, guidance)
+            images, gap = images[:len(rows)], None if gap is None else gap[:len(rows)]
+            if self.campaign:  # product photos: a new background inpainted around the product
+                images = self.campaign.composite(self._current, batch, rows, images)
             for k, (row, image) in enumerate(zip(rows, images)):
                 pixels[row] = image.tobytes()
                 gaps[row] = None if gap is None else float(gap[k])
@@ -79,7 +98,7 @@ class GenerateStage:
             "model_sha256": [self.model_sha256] * n,
             "scheduler": [scheduler] * n,
             "steps": [self.steps] * n,
-            "guidance_scale": [self.guidance_scale] * n,
+            "guidance_scale": guidances,
             "torch_version": [self._torch_version] * n,
             "device": [self._device] * n,
             "mem_cfg_gap": gaps,
@@ -89,8 +108,27 @@ class GenerateStage:
             out = out.append_column(f, pa.array(values[f.name], type=f.type))
         return out
 
-    def _generate(self, prompts, negatives, seeds, width, height) -> tuple[np.ndarray, np.ndarray | None]:
+    def _generate_fitting(self, prompts, negatives, seeds, width, height,
+                          guidance: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """`_generate` in chunks that fit: out of memory (CUDA or host) halves the batch and goes on.
+
+        Each image keeps its own generator, so a split moves a pixel by a level at most (the last
+        float bit of batched kernels); the smaller size sticks for the stage's later batches.
+        """
+        from pipeline.faults import in_fitting_batches
+
+        parts, self._max_batch = in_fitting_batches(
+            lambda a, b: self._generate(prompts[a:b], negatives[a:b], seeds[a:b], width, height, guidance),
+            len(prompts), self._max_batch, device=self._device)
+        gaps = [gap for _, gap in parts]
+        return (np.concatenate([images for images, _ in parts]),
+                None if any(g is None for g in gaps) else np.concatenate(gaps))
+
+    def _generate(self, prompts, negatives, seeds, width, height,
+                  guidance: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
+
+        guidance = self.guidance_scale if guidance is None else guidance
 
         generators = [torch.Generator(self._device).manual_seed(int(s)) for s in seeds]
         first_step: list[torch.Tensor] = []
@@ -100,20 +138,22 @@ class GenerateStage:
             if not first_step:
                 first_step.append(output[0] if isinstance(output, tuple) else output.sample)
 
-        hook = self._pipe.unet.register_forward_hook(capture)
+        pipe = self._current or self._pipe
+        hook = pipe.unet.register_forward_hook(capture)
         try:
             with torch.inference_mode():
-                result = self._pipe(
+                result = pipe(
                     prompt=prompts, negative_prompt=negatives, generator=generators,
-                    num_inference_steps=self.steps, guidance_scale=self.guidance_scale,
-                    width=width, height=height, output_type="np",
+                    num_inference_steps=self.steps, guidance_scale=guidance,
+                    width=width, height=height, output_type="latent",
                 )
+                # Decoded in fixed chunks on the device; only uint8 pixels cross to the host.
+                images = decode(pipe.vae, result.images, self.engine.vae_decode_chunk,
+                                fixed=self._pad_size is not None).cpu().numpy()
         finally:
             hook.remove()
         gap = None
-        if self.guidance_scale > 1 and first_step and first_step[0].shape[0] == 2 * len(prompts):
+        if guidance > 1 and first_step and first_step[0].shape[0] == 2 * len(prompts):
             uncond, cond = first_step[0].float().chunk(2)
             gap = (cond - uncond).flatten(1).norm(dim=1).cpu().numpy()
-        # NaN pixels (a diverged fp16 VAE) become black, which the sanity gate rejects.
-        images = np.nan_to_num(result.images, nan=0.0)
-        return (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8), gap
+        return images, gap

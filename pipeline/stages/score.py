@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import StageResources
+from pipeline.config import Engine, StageResources
 from pipeline.schema import SCORE_FIELDS
 
 
@@ -19,12 +19,17 @@ class ScoreStage:
     `clip_score` = cosine(image embedding, prompt embedding) in [-1, 1]; the
     torchmetrics / CLIPScore convention is max(100 * clip_score, 0). The L2-normalised
     image embedding is kept for deduplication and memorization checks.
+
+    Images go from the `pixels` column to the device as one uint8 tensor per size and are
+    resized, cropped and normalised there (no PIL, no PNG): on a GPU, scoring next to the
+    generator (pipeline/stages/fused.py) costs one host-to-device copy of the raw pixels.
     """
 
     clip_path: Path
     clip_model: str
     resources: StageResources = field(default_factory=lambda: StageResources(batch_size=32))
     name: str = "score"
+    engine: Engine = field(default_factory=Engine)  # dtype (bf16 on CUDA) and CPU threads
 
     def __post_init__(self) -> None:
         self._model = None
@@ -33,37 +38,71 @@ class ScoreStage:
         import open_clip
 
         from pipeline.stages._torch import limit_threads, pick_device
+        from pipeline.stages.engine import model_dtype
 
-        limit_threads(self.resources.num_cpus)
+        limit_threads(self.engine.torch_threads or self.resources.num_cpus)
         self._device = pick_device(self.resources.num_gpus)
         source = f"local-dir:{self.clip_path}"
-        model, _, self._preprocess = open_clip.create_model_and_transforms(source, device=self._device)
-        self._model = model.eval()
+        model = open_clip.create_model(source, device=self._device)
+        self._dtype = model_dtype(self.engine, self._device)
+        self._model = model.to(self._dtype).eval()
+        self._preprocess = tensor_preprocess(open_clip.get_model_preprocess_cfg(model))
         self._tokenizer = open_clip.get_tokenizer(source)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self._model is None:
             raise RuntimeError("ScoreStage.setup() must run before the stage is called")
         import torch
-        from PIL import Image
 
         n = batch.num_rows
         if n == 0:
             return _append(batch, [], [], [])
-        widths = batch.column("width").to_pylist()
-        heights = batch.column("height").to_pylist()
-        images = [
-            Image.frombytes("RGB", (w, h), raw)
-            for raw, w, h in zip(batch.column("pixels").to_pylist(), widths, heights)
-        ]
         with torch.inference_mode():
-            pixels = torch.stack([self._preprocess(im) for im in images]).to(self._device)
+            pixels = self._pixels(batch).to(self._dtype)
             image_emb = self._model.encode_image(pixels, normalize=True).float()
             tokens = self._tokenizer(batch.column("prompt").to_pylist()).to(self._device)
             text_emb = self._model.encode_text(tokens, normalize=True).float()
         scores = (image_emb * text_emb).sum(dim=-1).clamp(-1.0, 1.0).cpu().numpy()
         embeddings = image_emb.cpu().numpy().astype(np.float32)
         return _append(batch, [self.clip_model] * n, scores.tolist(), list(embeddings))
+
+    def _pixels(self, batch: pa.Table):
+        """The model's input for every row, in row order: each size group is moved to the
+        device as one uint8 tensor and preprocessed there."""
+        import torch
+
+        raws = batch.column("pixels").to_pylist()
+        sizes = list(zip(batch.column("width").to_pylist(), batch.column("height").to_pylist()))
+        out = [None] * batch.num_rows
+        for width, height in sorted(set(sizes)):
+            rows = [i for i, s in enumerate(sizes) if s == (width, height)]
+            host = np.frombuffer(bytearray().join(raws[i] for i in rows), np.uint8)
+            host = host.reshape(len(rows), height, width, 3)
+            images = torch.from_numpy(host).to(self._device).permute(0, 3, 1, 2).float() / 255
+            for row, tensor in zip(rows, self._preprocess(images)):
+                out[row] = tensor
+        return torch.stack(out)
+
+
+def tensor_preprocess(cfg: dict):
+    """open_clip's image transform (resize, centre crop, normalise) on batched float tensors.
+
+    It equals the PIL transform exactly when no resize is needed; when resizing, the
+    antialiased bicubic of torch differs from PIL's by well under one grey level.
+    """
+    from torchvision import transforms as T
+
+    size = cfg["size"] if isinstance(cfg["size"], (tuple, list)) else (cfg["size"], cfg["size"])
+    mode = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
+    interpolation = mode.get(cfg.get("interpolation", "bicubic"), T.InterpolationMode.BICUBIC)
+    resize_mode = cfg.get("resize_mode", "shortest")
+    if resize_mode == "shortest":
+        resize = T.Resize(min(size), interpolation=interpolation, antialias=True)
+    elif resize_mode == "squash":
+        resize = T.Resize(tuple(size), interpolation=interpolation, antialias=True)
+    else:
+        raise ValueError(f"open_clip resize_mode {resize_mode!r} is not supported (shortest, squash)")
+    return T.Compose([resize, T.CenterCrop(tuple(size)), T.Normalize(cfg["mean"], cfg["std"])])
 
 
 def _append(batch: pa.Table, models, scores, embeddings) -> pa.Table:
