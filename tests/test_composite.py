@@ -17,6 +17,7 @@ from pipeline.ingest import read_manifest
 from pipeline.models.presets import resolve_model, weights_sha256
 from pipeline.models.renderer import RenderSpec, render_cutout
 from pipeline.plan import format_size, plan_items
+from pipeline.training.labels import decode_mask
 from pipeline.stages.generate import GenerateStage
 
 FORMATS = ["1:1", "1.91:1"]
@@ -93,6 +94,14 @@ def test_product_pixels_are_kept_exactly_and_the_background_is_generated(produce
         shown = np.asarray(image.crop(box))
         assert np.array_equal(shown[opaque], np.asarray(placed.convert("RGB"))[opaque])
         assert row["product_diff"] == 0.0
+        # the row says where the product is: COCO bbox and a PNG mask of the published image's size
+        alpha = np.asarray(placed.getchannel("A")) >= 128
+        ys, xs = np.nonzero(alpha)
+        assert row["bbox"] == [box[0] + xs.min(), box[1] + ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+        mask = decode_mask(row["mask"])
+        assert mask.shape == (row["height"], row["width"]) and mask.sum() == alpha.sum()
+        assert np.array_equal(mask[box[1]:box[3], box[0]:box[2]], alpha)
+    assert all(r["bbox"] is None and r["mask"] is None for r in out if not r["product_image"])
     # the background came from inpainting, not from the plain text-to-image scene: compare the
     # copy's area (well away from the product) at the model's size
     first = produced["generated"].slice(0, 1).to_pylist()[0]
