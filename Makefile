@@ -23,8 +23,11 @@ setup: system-deps $(STAMP) models
 system-deps:
 	@infra/apt-install.sh infra/apt-packages.txt
 
+# The tiny models, then the memorization gate's default reference: an index of the tiny training
+# set (models/tiny-reference/, git-ignored; about a minute the first time, a file check after).
 models: $(STAMP)
 	$(BIN)/python -c "from pipeline.models.presets import DEFAULT_MODELS_DIR as d; from pipeline.models.tiny import ensure_tiny_models as e; print('tiny models in', e(d))"
+	$(BIN)/python -c "from pipeline.models.presets import DEFAULT_MODELS_DIR as d; from pipeline.models.training_reference import ensure_training_reference as e; print('tiny reference index in', e('tiny', d, d / 'tiny' / 'clip'))"
 
 # Retrain the embedded tiny models from scratch (~25 min on 2 idle CPU cores) and measure them.
 train-models: $(STAMP)

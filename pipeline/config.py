@@ -80,13 +80,17 @@ class Gates(_Strict):
     min_pixel_mean: float = Field(8.0, ge=0, le=255)
     min_pixel_std: float = Field(2.0, ge=0, le=255)
     max_attempts: int = Field(3, ge=1, le=20)
-    # Memorization (pipeline/stages/memorization_gate.py). With a reference index (`synthcat index
-    # build`) of training or protected images, built with the run's scorer, an image is rejected
-    # at or above `max_ref_similarity` descriptor cosine to a reference or at or below
-    # `max_ref_tile_l2` tiled pixel L2 (Carlini et al. 2023: a near-verbatim copy); without one,
-    # by its in-generation signal alone, `mem_cfg_gap` above `max_mem_cfg_gap`. `None` takes the
-    # presets' calibrated values (scorer: descriptor cosine; model: CFG gap at 1% false positives
-    # on ordinary prompts). `memorization_gate: false` records the evidence and rejects nothing.
+    # Memorization (pipeline/stages/memorization_gate.py). With a reference index of training or
+    # protected images, built with the run's scorer, an image is rejected at or above
+    # `max_ref_similarity` descriptor cosine to a reference or at or below `max_ref_tile_l2` tiled
+    # pixel L2 (Carlini et al. 2023: a near-verbatim copy); without one, by its in-generation
+    # signal alone, `mem_cfg_gap` above `max_mem_cfg_gap`. `reference_index`: a folder built by
+    # `synthcat index build`; unset (null), the model preset's own training set when it ships
+    # one (`tiny`: its 16,005 distinct training images, indexed on first use under
+    # `<models_dir>/tiny-reference/`, pipeline/models/training_reference.py), else no index;
+    # `none` turns the reference off. `None` thresholds take the presets' calibrated values
+    # (scorer: descriptor cosine; model: CFG gap at 1% false positives on ordinary prompts).
+    # `memorization_gate: false` records the evidence and rejects nothing.
     reference_index: str | None = None
     memorization_gate: bool = True
     max_ref_similarity: float | None = Field(None, ge=-1, le=1)

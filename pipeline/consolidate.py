@@ -52,13 +52,50 @@ def gate_settings(config: JobConfig, scorer: dict) -> GateSettings:
     )
 
 
-def reference_index(config: JobConfig, scorer: dict):
-    """The job's reference index, loaded, or None when the job names none."""
-    if not config.gates.reference_index:
-        return None
+REFERENCE_OFF = "none"  # `gates.reference_index: none`: no reference index, not even the default
+_LEGACY = object()
+
+
+def reference_disabled(gates: Gates) -> bool:
+    value = gates.reference_index
+    return value is not None and value.strip().lower() in (REFERENCE_OFF, "")
+
+
+def resolve_reference(gates: Gates, model: str, models_dir: Path, scorer_path: Path) -> dict | None:
+    """Which reference index a run uses, for its lineage (state["reference"], the manifest's
+    models.reference): the job's own `gates.reference_index`; unset, the model preset's training
+    set when it ships one (built on first use, pipeline/models/training_reference.py); None when
+    off or there is none. `sha256` is that of index.parquet: the exact images and embeddings."""
+    from pipeline.publish import sha256_file
     from pipeline.reference import ReferenceIndex
 
-    return ReferenceIndex(Path(config.gates.reference_index), Path(scorer["path"]))
+    if reference_disabled(gates):
+        return None
+    if gates.reference_index is not None:
+        path, origin = Path(gates.reference_index), "job"
+    else:
+        from pipeline.models.training_reference import ensure_training_reference
+
+        path, origin = ensure_training_reference(model, models_dir, scorer_path), f"{model} training set"
+        if path is None:
+            return None
+    description = ReferenceIndex.describe(path, scorer_path)  # checks it is an index for this scorer
+    return {"path": str(path), "origin": origin, "source": description["source"],
+            "images": description["images"], "sha256": sha256_file(path / "index.parquet")}
+
+
+def reference_index(config: JobConfig, scorer: dict, resolved=_LEGACY):
+    """The run's reference index, loaded, or None: `resolved` is state["reference"] (from
+    `resolve_reference`); a run prepared before it was recorded uses the job's path only."""
+    from pipeline.reference import ReferenceIndex
+
+    if resolved is _LEGACY:
+        if reference_disabled(config.gates) or config.gates.reference_index is None:
+            return None
+        resolved = {"path": config.gates.reference_index}
+    if not resolved:
+        return None
+    return ReferenceIndex(Path(resolved["path"]), Path(scorer["path"]))
 
 
 def published_history(dataset_root: Path, run_date: str, clip_model: str) -> pa.Table:

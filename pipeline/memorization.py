@@ -5,25 +5,26 @@ image repeated 400 times in training under one caption, as duplicated web images
 Stable Diffusion); ordinary prompts are catalog-style prompts (half in the training captions'
 style, half in the job's default prompt template). Every prompt is generated as a run would
 (the preset's steps and guidance, the job's default negative prompt as the unconditional
-half) and goes through the gate's own evidence code against a reference index of the
-protected images (the five heroes):
+half) and goes through the gate's own evidence code against the reference index a run uses
+by default: the whole training set (16,005 distinct images, the five heroes among them;
+pipeline/models/training_reference.py), so the figures describe the shipped gate:
 
 - `mem_cfg_gap` — Wen et al. (ICLR 2024), the first denoising step;
-- `ref_tile_l2` — tiled pixel L2 to the closest protected image (Carlini et al. 2023);
-- `ref_similarity` — the scorer's descriptor cosine to the nearest protected image;
+- `ref_tile_l2` — tiled pixel L2 to the closest training image (Carlini et al. 2023);
+- `ref_similarity` — the scorer's descriptor cosine to the nearest training image;
 - `combined` — z(mem_cfg_gap) + z(−ref_tile_l2), each standardised on a separate
   *calibration* set of ordinary prompts (other prompts, other seeds), so no planted label
   and no evaluation image shapes the score.
 
-The calibration set also gives the CFG-gap threshold at 1% false positives (the model
-preset's `max_mem_cfg_gap`). Reported per signal: ROC AUC and the TPR at 1% FPR, plus the
-operating point of the gate as configured (OR of its thresholds).
+The calibration set also gives each signal's threshold at 1% false positives (CFG gap: the
+model preset's `max_mem_cfg_gap`; descriptor cosine: the scorer preset's `max_ref_similarity`;
+tiled L2: `copy_detection.DEFAULT_MAX_TILE_L2`). Reported per signal: ROC AUC and the TPR at
+1% FPR, plus the operating point of the gate as shipped (OR of the presets' thresholds).
 """
 
 from __future__ import annotations
 
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -71,16 +72,12 @@ def _items(prompts: list[str], seeds: list[int], width: int, height: int, negati
                      "height": [height] * n, "shard_id": ["eval"] * n})
 
 
-def _protected_reference(folder: Path, clip_path: Path):
-    """A reference index of the five hero images, built by the same code as `synthcat index build`."""
-    from pipeline.models.data import HERO_CAPTIONS, render_hero
-    from pipeline.reference import ReferenceIndex, build_reference_index
+def _training_reference(models_dir: Path, clip_path: Path):
+    """The run's default reference index: the tiny training set, built on first use."""
+    from pipeline.models.training_reference import ensure_training_reference
+    from pipeline.reference import ReferenceIndex
 
-    (folder / "heroes").mkdir()
-    for i in range(len(HERO_CAPTIONS)):
-        render_hero(i).save(folder / "heroes" / f"hero{i}.png")
-    build_reference_index(folder / "heroes", folder / "index", clip_path)
-    return ReferenceIndex(folder / "index", clip_path)
+    return ReferenceIndex(ensure_training_reference("tiny", models_dir, clip_path), clip_path)
 
 
 def _signals(items: pa.Table, stages, reference) -> dict[str, np.ndarray]:
@@ -130,21 +127,23 @@ def evaluate_memorization(models_dir: Path, *, seeds_per_planted: int = 8, n_ord
               ScoreStage(scorer.path, scorer.name), EncodeStage()]
     for stage in stages:
         stage.setup()
-    with tempfile.TemporaryDirectory() as tmp:
-        reference = _protected_reference(Path(tmp), scorer.path)
-        found = _signals(evaluation, stages, reference)
-        calib = _signals(calibration, stages, reference)
+    reference = _training_reference(models_dir, scorer.path)
+    found = _signals(evaluation, stages, reference)
+    calib = _signals(calibration, stages, reference)
 
     planted = np.arange(evaluation.num_rows) < len(planted_prompts)
     z = {k: (found[k] - calib[k].mean()) / calib[k].std() for k in ("mem_cfg_gap", "ref_tile_l2")}
     combined = z["mem_cfg_gap"] - z["ref_tile_l2"]
     gap_threshold = float(np.quantile(calib["mem_cfg_gap"], 0.99, method="higher"))
-    flagged = (found["mem_cfg_gap"] > gap_threshold) | (found["ref_tile_l2"] <= DEFAULT_MAX_TILE_L2)
+    # the gate as shipped: the presets' thresholds, as a run without its own ones uses them
+    shipped_gap = gap_threshold if model.max_mem_cfg_gap is None else model.max_mem_cfg_gap
+    flagged = (found["mem_cfg_gap"] > shipped_gap) | (found["ref_tile_l2"] <= DEFAULT_MAX_TILE_L2)
     if scorer.max_ref_similarity is not None:
         flagged |= found["ref_similarity"] >= scorer.max_ref_similarity
     figures = _figures(combined, planted)
     return {
-        "signal": "combined: z(mem_cfg_gap) + z(-ref_tile_l2 to the protected images), z on the calibration set",
+        "signal": "combined: z(mem_cfg_gap) + z(-ref_tile_l2 to the training set), z on the calibration set",
+        "reference": {"source": reference.description["source"], "images": len(reference.ids)},
         "auc": figures["auc"], "tpr_at_1pct_fpr": figures["tpr_at_1pct_fpr"],
         "n_planted": int(planted.sum()), "n_ordinary": int((~planted).sum()), "n_calibration": n_calibration,
         "steps": steps, "negative_prompt": negative,
@@ -153,10 +152,14 @@ def evaluate_memorization(models_dir: Path, *, seeds_per_planted: int = 8, n_ord
                     "ref_similarity": _figures(found["ref_similarity"], planted)},
         # the model preset's max_mem_cfg_gap: 1% of the calibration prompts lie above it
         "threshold_at_1pct_fpr": gap_threshold,
+        # the scorer preset's max_ref_similarity and DEFAULT_MAX_TILE_L2 at 1% false positives:
+        # 1% of the calibration prompts lie at or above / at or below them (the gate's comparisons)
+        "ref_similarity_threshold_at_1pct_fpr": float(np.quantile(calib["ref_similarity"], 0.99, method="higher")),
+        "ref_tile_l2_threshold_at_1pct_fpr": float(np.quantile(calib["ref_tile_l2"], 0.01, method="lower")),
         "calibration": {k: {"mean": float(v.mean()), "std": float(v.std()),
                             "p99": float(np.quantile(v, 0.99, method="higher")),
                             "p1": float(np.quantile(v, 0.01, method="lower"))} for k, v in calib.items()},
-        "gate": {"rule": f"mem_cfg_gap > {gap_threshold:.4g} or ref_tile_l2 <= {DEFAULT_MAX_TILE_L2:g}"
+        "gate": {"rule": f"mem_cfg_gap > {shipped_gap:.4g} or ref_tile_l2 <= {DEFAULT_MAX_TILE_L2:g}"
                          + (f" or ref_similarity >= {scorer.max_ref_similarity:g}"
                             if scorer.max_ref_similarity is not None else ""),
                  "tpr": float(flagged[planted].mean()), "fpr": float(flagged[~planted].mean())},

@@ -52,6 +52,14 @@ def iter_reference_images(source: Path):
 
 def build_reference_index(source: Path, index_dir: Path, clip_path: Path, *, batch_size: int = 64) -> dict:
     """Embed every distinct image of `source`; returns the index's description (index.json)."""
+    return build_index_from_images(iter_reference_images(source), str(source), index_dir, clip_path,
+                                   batch_size=batch_size)
+
+
+def build_index_from_images(images, source: str, index_dir: Path, clip_path: Path, *, batch_size: int = 64,
+                            extra: dict | None = None) -> dict:
+    """Embed every distinct image of `images` ((label, encoded bytes) pairs) into `index_dir`;
+    `source` names them in index.json, `extra` adds to it. Returns the description."""
     import faiss
     import open_clip
     import torch
@@ -73,7 +81,7 @@ def build_reference_index(source: Path, index_dir: Path, clip_path: Path, *, bat
                             "thumbnail": thumbnail_png(image)}
         pending.clear()
 
-    for label, data in iter_reference_images(source):
+    for label, data in images:
         ref_id = hashlib.sha256(data).hexdigest()
         if ref_id in rows or any(p[0] == ref_id for p in pending):
             continue
@@ -99,9 +107,9 @@ def build_reference_index(source: Path, index_dir: Path, clip_path: Path, *, bat
     tmp = index_dir / f".index.faiss.tmp-{os.getpid()}"
     faiss.write_index(built.index, str(tmp))
     os.replace(tmp, index_dir / "index.faiss")
-    description = {"source": str(source), "images": len(rows), "clip_path": str(clip_path),
+    description = {"source": source, "images": len(rows), "clip_path": str(clip_path),
                    "embedding_dim": len(next(iter(rows.values()))["embedding"]),
-                   "search": built.describe(), "built_at": datetime.now(timezone.utc).isoformat()}
+                   "search": built.describe(), "built_at": datetime.now(timezone.utc).isoformat(), **(extra or {})}
     tmp = index_dir / f".index.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(description, indent=2), encoding="utf-8")
     os.replace(tmp, index_dir / "index.json")
@@ -125,15 +133,7 @@ class ReferenceIndex:
         import faiss
 
         self.index_dir = Path(index_dir)
-        description_path = self.index_dir / "index.json"
-        if not description_path.is_file():
-            raise BadInputError(f"{index_dir}: not a reference index (no index.json; run `synthcat index build`)")
-        self.description = json.loads(description_path.read_text(encoding="utf-8"))
-        built_with = Path(self.description["clip_path"])
-        # presets live at <models_dir>/<scorer>/clip: the scorer's name identifies the model
-        if clip_path is not None and built_with.parts[-2:] != Path(clip_path).parts[-2:]:
-            raise BadInputError(f"{index_dir}: built with {self.description['clip_path']}, "
-                                f"but this run scores with {clip_path}; rebuild the index")
+        self.description = self.describe(self.index_dir, clip_path)
         self._parquet = pq.ParquetFile(self.index_dir / "index.parquet")
         table = self._parquet.read(columns=["ref_id", "embedding"])
         self.ids = table.column("ref_id").to_pylist()
@@ -147,6 +147,21 @@ class ReferenceIndex:
         if self._index.index.ntotal != len(self.ids):
             raise BadInputError(f"{index_dir}: index.faiss holds {self._index.index.ntotal} vectors, "
                                 f"index.parquet {len(self.ids)}; rebuild the index")
+
+    @staticmethod
+    def describe(index_dir: Path, clip_path: Path | None = None) -> dict:
+        """index.json of a built index, checked as the constructor does, without loading it."""
+        index_dir = Path(index_dir)
+        path = index_dir / "index.json"
+        if not path.is_file():
+            raise BadInputError(f"{index_dir}: not a reference index (no index.json; run `synthcat index build`)")
+        description = json.loads(path.read_text(encoding="utf-8"))
+        built_with = Path(description["clip_path"])
+        # presets live at <models_dir>/<scorer>/clip: the scorer's name identifies the model
+        if clip_path is not None and built_with.parts[-2:] != Path(clip_path).parts[-2:]:
+            raise BadInputError(f"{index_dir}: built with {description['clip_path']}, "
+                                f"but this run scores with {clip_path}; rebuild the index")
+        return description
 
     def neighbours(self, embeddings, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(rows, scores), each len(embeddings) x k: the k nearest reference rows by cosine."""

@@ -102,7 +102,7 @@ def prepare(request: RunRequest) -> dict:
     again (a resume, a task retry) rewrites the same plan: ids and seeds are deterministic.
     """
     from pipeline.ingest import check_bad_row_share, read_manifest
-    from pipeline.consolidate import memorization_thresholds
+    from pipeline.consolidate import memorization_thresholds, resolve_reference
     from pipeline.models.presets import resolve_model, resolve_scorer, weights_sha256
     from pipeline.plan import plan_items
     from pipeline.publish import sha256_file
@@ -118,6 +118,9 @@ def prepare(request: RunRequest) -> dict:
         products = products.filter(pc.is_in(products.column("sku"), pa.array(list(request.skus))))
     model = resolve_model(config.model, request.models_dir)
     scorer = resolve_scorer(config.scorer or model.scorer, request.models_dir)
+    # the memorization gate's reference index (the tiny preset's training set unless the job
+    # names one or `none`): built here on first use, so a bad path fails before any work
+    reference = resolve_reference(config.gates, model.name, request.models_dir, scorer.path)
     generation = config.generation
     items = plan_items(products, config, run_id=request.run_id, run_date=request.run_date,
                        width=generation.width or model.width, height=generation.height or model.height,
@@ -148,6 +151,7 @@ def prepare(request: RunRequest) -> dict:
                 "min_semantic_cosine": scorer.min_semantic_cosine if config.gates.min_semantic_cosine is None
                 else config.gates.min_semantic_cosine,
                 **memorization_thresholds(config.gates, model, scorer)},
+        reference=reference,
         items=items.num_rows, shards=dict(zip(names, counts)),
         timings={"prepare": time.perf_counter() - tick},
     )
@@ -267,7 +271,8 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
     settings = gate_settings(config, state["scorer"])
     history = (published_history(Path(state["dataset_root"]), state["run_date"], state["scorer"]["id"])
                if config.gates.dedupe_history else None)
-    reference = reference_index(config, state["scorer"])
+    reference = (reference_index(config, state["scorer"], state["reference"]) if "reference" in state
+                 else reference_index(config, state["scorer"]))  # prepared before the reference was recorded
     regenerated = 0
     while True:
         missing = sorted(set(state["shards"]) - store.done())
@@ -355,7 +360,8 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
     manifest = {
         "run_id": run_id, "run_date": state["run_date"], "dataset": state["dataset"],
         "synthcat_version": pipeline.__version__, "input": state["input"], "config": state["config"],
-        "models": {"generator": state["generator"], "scorer": state["scorer"]},
+        "models": {"generator": state["generator"], "scorer": state["scorer"],
+                   "reference": state.get("reference")},  # the memorization gate's index, None: none
         "items": state["items"], "reasons": state["gate"]["reasons"], "validation": state["validation"],
         "regenerated": summary.regenerated, "images_per_s": summary.images_per_s,
         "timings_s": {k: round(v, 3) for k, v in state["timings"].items()}, "cost": summary.cost,

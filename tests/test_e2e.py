@@ -48,6 +48,16 @@ def test_layout_and_manifest_written_last(published):
     manifest = json.loads((root / "_runs" / "run-a" / "manifest.json").read_text())
     assert manifest["validation"]["success"] is True
     assert manifest["models"]["generator"]["sha256"]
+    # no gates.reference_index: the memorization gate compares with the tiny training set's index
+    reference = manifest["models"]["reference"]
+    assert reference["origin"] == "tiny training set" and reference["images"] == 16005
+    assert len(reference["sha256"]) == 64
+    rows = [r for kind in ("data", "rejects") if (root / kind).exists()
+            for r in pq.read_table(root / kind, columns=["ref_nearest_id", "ref_similarity", "ref_tile_l2",
+                                                          "gate_reasons"]).to_pylist()]
+    assert rows and all(r["ref_nearest_id"] and r["ref_similarity"] is not None and r["ref_tile_l2"] is not None
+                        for r in rows)
+    assert not any(x.startswith("memorization:") for r in rows for x in r["gate_reasons"] or [])
     cost = manifest["cost"]  # CPU core-seconds held by generation, priced per 1,000 accepted images
     assert cost["device"] == "cpu" and cost["device_seconds"] > 0 and cost["usd_per_1000_accepted"] > 0
     assert "CPU core-s / accepted image" in (root / "_runs" / "run-a" / "report.html").read_text()
@@ -129,15 +139,18 @@ def test_failing_items_are_regenerated_with_their_next_seed(published, tmp_path)
 
     scores = sorted(pq.read_table(published["root"] / "data").column("clip_score").to_pylist())
     threshold = scores[len(scores) // 2]  # about half the first attempts fail
-    job = _job(tmp_path, variants=1, shard_size=4, gates={"min_clip_score": threshold, "max_attempts": 2})
+    job = _job(tmp_path, variants=1, shard_size=4, gates={"min_clip_score": threshold, "max_attempts": 2,
+                                                        "reference_index": "none"})  # opted out
     out = tmp_path / "out"
     assert main(["run", "--manifest", str(published["catalog"]), "--config", str(job), "--out", str(out),
                  "--run-date", RUN_DATE, "--run-id", "run-retry", "--no-progress"]) in (0, 3)
     root = out / "catalog_images"
     rows = [r for kind in ("data", "rejects") if (root / kind).exists()
             for r in pq.read_table(root / kind, columns=["item_id", "attempt", "seed", "clip_score",
-                                                          "gate_reasons"]).to_pylist()]
+                                                          "gate_reasons", "ref_nearest_id",
+                                                          "ref_similarity"]).to_pylist()]
     assert len(rows) == 10 and len({r["item_id"] for r in rows}) == 10  # one row per item
+    assert all(r["ref_nearest_id"] is None and r["ref_similarity"] is None for r in rows)  # no reference
     retried = [r for r in rows if r["attempt"] == 1]
     assert retried, "some first attempts scored under the median and were regenerated"
     assert all(r["seed"] == seed_for(r["item_id"], 1) for r in retried)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +109,77 @@ def test_memorization_gate_flags_pixel_copies_and_cfg_gaps(tmp_path, models_dir)
                         reference=index)
     assert not any(x.startswith("memorization:") for r in quiet.rejected.to_pylist() for x in r["gate_reasons"])
     assert quiet.accepted.num_rows + quiet.rejected.num_rows == 4
+
+
+# --- the default reference: the tiny preset's own training set -------------------------------------
+@pytest.fixture(scope="session")
+def training_reference(models_dir):
+    """The tiny training set's index, as a run resolves it: built once (about a minute on 2 CPU
+    cores) under models/tiny-reference/ and reused by every later session and run."""
+    from pipeline.config import Gates
+    from pipeline.consolidate import resolve_reference
+
+    return resolve_reference(Gates(), "tiny", models_dir, models_dir / "tiny" / "clip")
+
+
+def test_a_run_without_reference_index_uses_the_tiny_training_set(training_reference, models_dir):
+    from pipeline.config import Gates
+    from pipeline.consolidate import resolve_reference
+    from pipeline.models.training_reference import training_recipe, training_reference_dir
+
+    recipe = training_recipe("tiny", models_dir)
+    assert recipe == {"seed": 20261126, "n_ordinary": 16000, "hero_copies": 400, "size": 64}
+    assert training_reference["origin"] == "tiny training set"
+    assert training_reference["images"] == 16005  # 16,000 renders + the 5 heroes (400 copies: one entry each)
+    assert training_reference["path"] == str(training_reference_dir("tiny", models_dir, models_dir / "tiny" / "clip"))
+    assert len(training_reference["sha256"]) == 64
+    assert not list(Path(training_reference["path"]).parent.glob(".*.tmp-*"))  # no half-built index left
+    # opting out: no reference at all; an explicit path wins over the default; presets without one: none
+    assert resolve_reference(Gates(reference_index="none"), "tiny", models_dir, models_dir / "tiny" / "clip") is None
+    explicit = resolve_reference(Gates(reference_index=training_reference["path"]), "tiny", models_dir,
+                                 models_dir / "tiny" / "clip")
+    assert explicit["origin"] == "job" and explicit["sha256"] == training_reference["sha256"]
+    assert training_reference_dir("sd15", models_dir, models_dir / "tiny" / "clip") is None
+
+
+def test_planted_heroes_are_flagged_against_the_training_set(training_reference, models_dir):
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+
+    from pipeline.config import Gates
+    from pipeline.consolidate import memorization_thresholds, reference_index
+    from pipeline.models.data import HERO_CAPTIONS, render_hero
+    from pipeline.models.presets import resolve_model, resolve_scorer
+    from pipeline.schema import SHARD_SCHEMA, conform
+    from pipeline.stages.gate import GateSettings, apply_gates
+    from pipeline.stages.score import ScoreStage
+
+    config = type("Job", (), {"gates": Gates()})()
+    index = reference_index(config, {"path": str(models_dir / "tiny" / "clip")}, training_reference)
+    images = [np.asarray(render_hero(i)) for i in range(len(HERO_CAPTIONS))]
+    images.append(np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8))  # no copy of anything
+    table = pa.table({"item_id": [f"h{k}" for k in range(len(images))],
+                      "prompt": list(HERO_CAPTIONS) + ["noise"], "pixels": [p.tobytes() for p in images],
+                      "width": [64] * len(images), "height": [64] * len(images),
+                      "image": [{"bytes": _png(p), "path": None} for p in images]})
+    scorer = ScoreStage(models_dir / "tiny" / "clip", "tiny")
+    scorer.setup()
+    scored = scorer(table)
+    rows = conform(pa.Table.from_pylist([
+        {"item_id": r["item_id"], "sku": f"S{k}", "market": "en-US", "kind": "training", "variant": 0,
+         "format": "1:1", "attempt": 0, "clip_score": 0.5, "clip_embedding": r["clip_embedding"],
+         "image": r["image"], "image_sha256": str(k), "image_phash": f"{k:016x}",
+         "pixel_mean": 120.0, "pixel_std": 70.0, "mem_cfg_gap": 1.0}
+        for k, r in enumerate(scored.to_pylist())]), SHARD_SCHEMA)
+    model, clip = resolve_model("tiny", models_dir), resolve_scorer("tiny", models_dir)
+    thresholds = memorization_thresholds(Gates(), model, clip)   # the shipped thresholds
+    result = apply_gates(rows, GateSettings(max_phash_distance=None, **thresholds),
+                         created_at=datetime.now(timezone.utc), reference=index)
+    out = {r["item_id"]: r for r in result.accepted.to_pylist() + result.rejected.to_pylist()}
+    for k in range(len(HERO_CAPTIONS)):
+        hero = out[f"h{k}"]
+        assert hero["ref_tile_l2"] == 0.0 and hero["ref_similarity"] > 0.999
+        assert any("near-verbatim copy" in x for x in hero["gate_reasons"])
+    assert out["h5"]["ref_nearest_id"] is not None and out["h5"]["ref_tile_l2"] > thresholds["max_ref_tile_l2"]
+    assert not any(x.startswith("memorization:") for x in out["h5"]["gate_reasons"])

@@ -77,10 +77,16 @@ _SEMANTIC = {"tiny": None, "vit-b-32": 0.95, "vit-l-14": 0.95, "vit-l-14-arch": 
 
 # name -> copy-descriptor cosine (memorization gate). Somepalli et al. 2023 flag SSCD similarity
 # > 0.5; CLIP cosines of merely similar images run far higher, so a CLIP scorer needs its own value.
-# tiny: 0.99, above the nearest-reference cosine of every one of 120 ordinary tiny generations
-# against 2,005 training images (p99 0.982, max 0.988); an exact copy scores 1.0. vit-*: not
+# tiny: 0.991, 1% false positives on ordinary prompts against the reference a run uses by default,
+# the whole training set (16,005 distinct images, pipeline/models/training_reference.py): the
+# 99th percentile of the nearest-reference cosine over the 200 calibration prompts of `synthcat
+# eval memorization` (tiny, 20 steps, default negative prompt) is 0.9902 (max 0.9932), rounded up;
+# 0 of 400 further ordinary generations (max 0.9894) and 0 of the example job's 76 images (max
+# 0.987) reach it. The earlier 0.99 (max over 120 generations against 2,005 training images) flags
+# 2 of those 200 against the full set. Planted-caption generations stay <= 0.968: the descriptor
+# catches exact copies (cosine 1.0), not the tiny model's loose reproductions. vit-*: not
 # calibrated here (no weights on this machine): SemDeDup's near-duplicate cosine 0.95 as the start.
-REF_SIMILARITY = {"tiny": 0.99, "vit-b-32": 0.95, "vit-l-14": 0.95}
+REF_SIMILARITY = {"tiny": 0.991, "vit-b-32": 0.95, "vit-l-14": 0.95}
 # model -> mem_cfg_gap threshold at 1% false positives on ordinary prompts, measured with the job's
 # default negative prompt as the unconditional half (what runs send): `synthcat eval memorization`
 # gives it as `threshold_at_1pct_fpr` (tiny: 1.824 = p99 of 200 calibration prompts, rounded down).
