@@ -105,11 +105,17 @@ def pick_face(families: tuple[str, ...], text: str, weight: int = 700) -> FontFa
                     f"({', '.join(f'U+{ord(c):04X}' for c in missing)})")
 
 
-def layout_options(direction: str, language: str) -> dict:
-    """Pillow's text direction and language options: raqm takes them, basic layout takes none."""
+@lru_cache(maxsize=1)
+def has_raqm() -> bool:
+    """Whether this Pillow has the raqm layout engine (asked once per process)."""
     from PIL import features
 
-    return {"direction": direction, "language": language} if features.check("raqm") else {}
+    return features.check("raqm")
+
+
+def layout_options(direction: str, language: str) -> dict:
+    """Pillow's text direction and language options: raqm takes them, basic layout takes none."""
+    return {"direction": direction, "language": language} if has_raqm() else {}
 
 
 # Faces whose scripts are unreadable without shaping (joining forms, reordering, mark stacking).
@@ -123,10 +129,10 @@ def load(font: FontFace, size: int):
     Without raqm (a Pillow built without libraqm) only the scripts that need no shaping are
     drawn, with Pillow's basic layout; Arabic and Thai faces are refused rather than drawn wrong.
     """
-    from PIL import ImageFont, features
+    from PIL import ImageFont
 
     layout = ImageFont.Layout.RAQM
-    if not features.check("raqm"):
+    if not has_raqm():
         if font.family in SHAPED_FAMILIES:
             raise FontError(f"this Pillow has no raqm (libraqm): {font.family} would be drawn unshaped")
         layout = ImageFont.Layout.BASIC

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from pipeline.campaign.overlay import MIN_CONTRAST
+from pipeline.stages._columns import column_lists
 
 _COLUMNS = ("kind", "headline", "overlay_text", "overlay_contrast", "product_image", "product_diff",
             "palette_distance")
@@ -21,7 +22,7 @@ def campaign_reasons(table: pa.Table, max_palette_distance: float | None, max_pr
     reasons: list[list[str]] = [[] for _ in range(table.num_rows)]
     if any(name not in table.column_names for name in _COLUMNS):
         return reasons
-    col = {name: table.column(name).to_pylist() for name in _COLUMNS}
+    col = column_lists(table, _COLUMNS)
     for row, out in enumerate(reasons):
         if col["kind"][row] != "campaign":
             continue

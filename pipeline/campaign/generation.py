@@ -21,6 +21,7 @@ from PIL import Image
 
 from pipeline.campaign.layout import canvas_size
 from pipeline.campaign.photo import load_cutout
+from pipeline.stages._columns import column_lists
 
 PHOTO_SEED_OFFSET = 0x5EED  # the inpainting noise differs from the scene's, and is just as fixed
 
@@ -68,8 +69,7 @@ class CampaignGeneration:
         import torch
         from diffusers import AutoPipelineForInpainting
 
-        col = {name: batch.column(name).to_pylist() for name in
-               ("product_image_sha256", "product_box", "prompt", "negative_prompt", "seed")}
+        col = column_lists(batch, ("product_image_sha256", "product_box", "prompt", "negative_prompt", "seed"))
         height, width = images.shape[1:3]
         starts, masks = [], []
         for k in todo:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import pyarrow as pa
 
 
+def column_lists(table: pa.Table, names) -> dict[str, list]:
+    """The named columns of `table` as Python lists, by name."""
+    return {name: table.column(name).to_pylist() for name in names}
+
+
 def put_columns(table: pa.Table, values: dict[str, list], fields: list[pa.Field]) -> pa.Table:
     """`table` with each named field set to its values: replaced where the column exists, appended otherwise."""
     out = table

@@ -19,7 +19,7 @@ from PIL import Image
 
 from pipeline.config import BrandProfile, StageResources
 from pipeline.schema import CAMPAIGN_FIELDS, GENERATION_FIELDS, ITEM_SCHEMA
-from pipeline.stages._columns import put_columns
+from pipeline.stages._columns import column_lists, put_columns
 
 _FIELDS = CAMPAIGN_FIELDS + GENERATION_FIELDS + list(ITEM_SCHEMA)
 
@@ -45,8 +45,7 @@ class CompositeStage:
         from pipeline.campaign.photo import paste_product, placed_cutout
         from pipeline.training.labels import product_mask, with_region
 
-        col = {name: batch.column(name).to_pylist() for name in
-               ("kind", "pixels", "width", "height", "brand", "product_image", "product_image_sha256", "product_box")}
+        col = column_lists(batch, ("kind", "pixels", "width", "height", "brand", "product_image", "product_image_sha256", "product_box"))
         values = {name: list(col[name]) for name in ("pixels", "width", "height")}
         values |= {name: [None] * batch.num_rows for name in ("generated_width", "generated_height", "palette_distance")}
         masks: list[np.ndarray | None] = [None] * batch.num_rows

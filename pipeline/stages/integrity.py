@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline.config import StageResources
 from pipeline.schema import CAMPAIGN_FIELDS
-from pipeline.stages._columns import put_columns
+from pipeline.stages._columns import column_lists, put_columns
 
 
 @dataclass
@@ -33,8 +33,7 @@ class IntegrityStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from pipeline.campaign.photo import placed_cutout, product_diff
 
-        col = {name: batch.column(name).to_pylist() for name in
-               ("pixels", "width", "height", "product_image", "product_image_sha256", "product_box")}
+        col = column_lists(batch, ("pixels", "width", "height", "product_image", "product_image_sha256", "product_box"))
         diffs: list[float | None] = [None] * batch.num_rows
         for row in range(batch.num_rows):
             if not col["product_image"][row]:

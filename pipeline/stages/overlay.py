@@ -17,7 +17,7 @@ from PIL import Image
 
 from pipeline.config import StageResources
 from pipeline.schema import CAMPAIGN_FIELDS, GENERATION_FIELDS
-from pipeline.stages._columns import put_columns
+from pipeline.stages._columns import column_lists, put_columns
 
 _FIELDS = CAMPAIGN_FIELDS + GENERATION_FIELDS
 
@@ -39,8 +39,7 @@ class OverlayStage:
         from pipeline.campaign.overlay import Copy, CopyDoesNotFit, draw_copy
         from pipeline.markets import load_profile
 
-        col = {name: batch.column(name).to_pylist() for name in
-               ("kind", "market", "pixels", "width", "height", "headline", "price_text", "text_box")}
+        col = column_lists(batch, ("kind", "market", "pixels", "width", "height", "headline", "price_text", "text_box"))
         values = {"pixels": list(col["pixels"])}
         values |= {name: [None] * batch.num_rows for name in ("overlay_text", "overlay_font", "overlay_contrast",
                                                               "overlay_box")}
