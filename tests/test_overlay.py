@@ -157,3 +157,17 @@ def test_layout_keeps_copy_and_product_apart_and_clear_of_logo_zones():
     assert wide.text[0] > wide.product[2]  # Arabic copy on the right, the product on the left
     story = plan_layout(288, 512, "9:16", "ltr")
     assert story.text[1] >= round(0.14 * 512) and story.product[3] <= round(0.8 * 512)  # clear of the story UI
+
+
+def test_without_raqm_latin_copy_uses_basic_layout_and_shaped_scripts_are_refused(monkeypatch):
+    monkeypatch.setattr(fonts, "has_raqm", lambda: False)
+    fonts.load.cache_clear()
+    try:
+        latin = fonts.load(fonts.face("Noto Sans", 700), 20)
+        assert latin.layout_engine == ImageFont.Layout.BASIC
+        assert fonts.layout_options("ltr", "en") == {}
+        for family in sorted(fonts.SHAPED_FAMILIES):
+            with pytest.raises(fonts.FontError, match="no raqm"):
+                fonts.load(fonts.face(family, 700), 20)
+    finally:
+        fonts.load.cache_clear()  # later tests get raqm fonts again
