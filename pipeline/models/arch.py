@@ -78,7 +78,7 @@ def materialise_model(name: str, target: Path, *, small: bool = False) -> Path:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = build_pipeline(name, small=small, device=device).to(torch.float16)
-    return _write_atomically(target, lambda tmp: pipe.save_pretrained(str(tmp), safe_serialization=True))
+    return write_atomically(target, lambda tmp: pipe.save_pretrained(str(tmp), safe_serialization=True))
 
 
 def materialise_scorer(name: str, target: Path, *, small: bool = False) -> Path:
@@ -101,7 +101,7 @@ def materialise_scorer(name: str, target: Path, *, small: bool = False) -> Path:
             json.dumps({"model_cfg": model_cfg, "preprocess_cfg": _CLIP_PREPROCESS}, indent=2), encoding="utf-8")
         save_file(weights, str(tmp / "open_clip_model.safetensors"))
 
-    return _write_atomically(target, write)
+    return write_atomically(target, write)
 
 
 def ensure_arch_model(name: str, models_dir: Path) -> Path:
@@ -120,7 +120,7 @@ def ensure_arch_scorer(name: str, models_dir: Path) -> Path:
     return target
 
 
-def _write_atomically(target: Path, write) -> Path:
+def write_atomically(target: Path, write) -> Path:
     """Build in a sibling temporary folder, then rename: a reader never sees half a model, and
     of two processes materialising at once, the first rename wins and the other's copy goes."""
     target.parent.mkdir(parents=True, exist_ok=True)

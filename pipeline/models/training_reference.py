@@ -65,7 +65,7 @@ def training_images(recipe: dict):
 def ensure_training_reference(model: str, models_dir: Path, scorer_path: Path) -> Path | None:
     """The folder of `model`'s training-set reference index for this scorer, built first if it
     is not there yet; None when the preset ships no training set."""
-    from pipeline.models.arch import _write_atomically
+    from pipeline.models.arch import write_atomically
     from pipeline.reference import build_index_from_images
 
     target = training_reference_dir(model, models_dir, scorer_path)
@@ -74,5 +74,5 @@ def ensure_training_reference(model: str, models_dir: Path, scorer_path: Path) -
     recipe = training_recipe(model, models_dir)
     source = (f"{model} training set (seed {recipe['seed']}, {recipe['n_ordinary']} ordinary renders, "
               f"{recipe['hero_copies']} copies of each planted hero)")
-    return _write_atomically(target, lambda tmp: build_index_from_images(
+    return write_atomically(target, lambda tmp: build_index_from_images(
         training_images(recipe), source, tmp, Path(scorer_path), extra={"training_recipe": recipe}))
