@@ -116,11 +116,11 @@ def small_disk(tmp_path):
 def _fill(folder, leave: int) -> None:
     """Fill the filesystem of `folder`, then free `leave` bytes."""
     filler = folder / "filler"
-    with open(filler, "wb") as handle:
+    # unbuffered: a buffered file would keep the bytes that did not fit and fail again on close
+    with open(filler, "wb", buffering=0) as handle:
         try:
             while True:
                 handle.write(b"\0" * 65536)
-                handle.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
     with open(filler, "r+b") as handle:
