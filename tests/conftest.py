@@ -57,3 +57,13 @@ def small_catalog(tmp_path: Path) -> Path:
     path = tmp_path / "catalog.csv"
     path.write_text("".join(lines[:4]), encoding="utf-8")
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`), keep each test module on one
+    worker, so its module fixtures are built once, and put every module that uses the session's
+    published training dataset on one worker, so that dataset is built once too."""
+    shared = {item.module.__name__ for item in items if "training_dataset" in getattr(item, "fixturenames", ())}
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group("training_dataset" if module in shared else module))

@@ -100,7 +100,7 @@ def two_node_cluster(models_dir, monkeypatch):
 def _stop(node: subprocess.Popen) -> None:
     try:
         os.killpg(node.pid, signal.SIGTERM)
-        node.wait(timeout=30)
+        node.wait(timeout=10)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         try:
             os.killpg(node.pid, signal.SIGKILL)
