@@ -124,17 +124,28 @@ def latest_attempts(rows: pa.Table) -> pa.Table:
 
 
 def plan_retries(plan: pa.Table, failed: pa.Table, shard_size: int) -> pa.Table:
-    """Items for the next attempt of every failed row: same item, next attempt and seed."""
+    """Items for the next attempt of every failed row: same item, next attempt and seed.
+
+    Retry shards are named `shard-a<attempt>-<n>`, numbered on from the plan's shards of that
+    attempt: an item can first fail in a later round (a regenerated image can make an accepted
+    one its duplicate), and its retry must not land in a shard that is already done.
+    """
     if failed.num_rows == 0:
         return plan.slice(0, 0)
     attempts = dict(zip(failed.column("item_id").to_pylist(), failed.column("attempt").to_pylist()))
     current = plan.filter(pc.is_in(plan.column("item_id"), pa.array(list(attempts))))
     current = latest_attempts(current).sort_by([("shard_id", "ascending"), ("item_id", "ascending")])
+    taken = set(plan.column("shard_id").to_pylist())
     rows = current.to_pylist()
-    for index, row in enumerate(rows):
-        row["attempt"] = attempts[row["item_id"]] + 1
-        row["seed"] = seed_for(row["item_id"], row["attempt"])
-        row["shard_id"] = f"shard-a{row['attempt']}-{index // shard_size:05d}"
+    placed: dict[int, int] = {}  # attempt -> rows placed so far in this round
+    for row in rows:
+        row["attempt"] = attempt = attempts[row["item_id"]] + 1
+        row["seed"] = seed_for(row["item_id"], attempt)
+        if attempt not in placed:  # start after the last shard an earlier round made for this attempt
+            used = [int(s.rsplit("-", 1)[1]) for s in taken if s.startswith(f"shard-a{attempt}-")]
+            placed[attempt] = (max(used) + 1) * shard_size if used else 0
+        row["shard_id"] = f"shard-a{attempt}-{placed[attempt] // shard_size:05d}"
+        placed[attempt] += 1
     return pa.Table.from_pylist(rows, schema=plan.schema)
 
 

@@ -117,6 +117,14 @@ def test_retries_take_the_next_attempt_and_seed():
     latest = latest_attempts(pa.concat_tables([plan, retries]))
     assert dict(zip(latest.column("item_id").to_pylist(), latest.column("attempt").to_pylist())) == \
         {"i0": 0, "i1": 1, "i2": 1}
+    # a later round: i0 first fails now (a regenerated image made it a duplicate) and i1 fails
+    # again; i0's retry gets a new shard, never one an earlier round already generated
+    plan = pa.concat_tables([plan, retries])
+    later = plan_retries(plan, pa.Table.from_pylist([{"item_id": "i0", "attempt": 0}, {"item_id": "i1", "attempt": 1}]),
+                         shard_size=1)
+    assert dict(zip(later.column("item_id").to_pylist(), later.column("shard_id").to_pylist())) == \
+        {"i0": "shard-a1-00002", "i1": "shard-a2-00000"}
+    assert not set(later.column("shard_id").to_pylist()) & set(plan.column("shard_id").to_pylist())
 
 
 def test_memorization_gate_against_a_built_reference_index(tmp_path, models_dir, capsys):
