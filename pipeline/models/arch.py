@@ -120,17 +120,23 @@ def ensure_arch_scorer(name: str, models_dir: Path) -> Path:
     return target
 
 
-def write_atomically(target: Path, write) -> Path:
-    """Build in a sibling temporary folder, then rename: a reader never sees half a model, and
-    of two processes materialising at once, the first rename wins and the other's copy goes."""
+def write_atomically(target: Path, write, *, replace: bool = False) -> Path:
+    """Build in a sibling temporary folder, then rename: a reader never sees half a model. Of two
+    processes materialising at once, the first rename wins and the other's copy goes; with
+    `replace` (retraining), an existing `target` is swapped out for the new one instead."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
+    tmp.chmod(0o755)  # the models are shared files, whatever made the folder
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if replace and target.exists():
+        os.rename(target, old)
     try:
         os.rename(tmp, target)
     except OSError:
         if not target.is_dir():
             raise
         shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
     return target

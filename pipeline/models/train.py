@@ -9,37 +9,57 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.models.arch import write_atomically
+
 
 @dataclass(frozen=True)
 class Recipe:
-    """Sizes of one training run; `default` is what the committed weights were trained with."""
+    """Sizes of one training run; `default` is what the committed weights were trained with.
+
+    Two rounds. Round 1 trains everything from scratch. Round 2 goes on from round 1's weights
+    (warm restarts: a new cosine cycle each) without moving what the parts share: the CLIP image
+    tower against the frozen text tower (the generator's text encoder), the VAE decoder on the
+    frozen encoder's latents (the UNet's latent space), and the UNet with Min-SNR-5 weighting.
+    """
 
     n_ordinary: int = 16000
     hero_copies: int = 400
     clip_steps: int = 350
     vae_steps: int = 500
     unet_steps: int = 1100
+    clip_image_steps: int = 800
+    vae_decoder_steps: int = 800
+    unet_refine_steps: int = 2400
     threads: int = 2
 
     @classmethod
     def quick(cls) -> "Recipe":
         """A smoke-test recipe (a minute or two): the same code path, useless weights."""
-        return cls(n_ordinary=600, hero_copies=20, clip_steps=3, vae_steps=3, unet_steps=3)
+        return cls(n_ordinary=600, hero_copies=20, clip_steps=3, vae_steps=3, unet_steps=3,
+                   clip_image_steps=2, vae_decoder_steps=2, unet_refine_steps=2)
 
 
-def train_all(out_dir: Path, seed: int = 20261126, recipe: Recipe = Recipe(), log=print) -> dict:
-    """Train everything and write `out_dir/{clip,diffusion}`; returns timings (seconds)."""
+ROUND_1 = ("render_s", "clip_s", "vae_s", "encode_s", "unet_s")
+
+
+def train_all(out_dir: Path, seed: int = 20261126, recipe: Recipe = Recipe(), log=print,
+              resume: Path | None = None) -> dict:
+    """Train everything and write `out_dir/{clip,diffusion}`; returns timings (seconds).
+
+    `resume`: a models folder holding round 1's weights (as this function writes them): run
+    round 2 only, from those weights; round 1's timings are carried over from its training.json.
+    """
     import torch
 
     from pipeline.models.data import UNCONDITIONAL, build_training_set, caption
-    from pipeline.models.train_clip import save_clip, text_tower_to_transformers, train_clip
-    from pipeline.models.train_ldm import encode_latents, make_tokenizer, save_pipeline, train_unet, train_vae
+    from pipeline.models.train_clip import load_clip, save_clip, text_tower_to_transformers, train_clip
+    from pipeline.models.train_ldm import (encode_latents, make_tokenizer, refine_vae_decoder, save_pipeline,
+                                           train_unet, train_vae)
 
     torch.set_num_threads(recipe.threads)
     timings: dict[str, float] = {}
@@ -57,55 +77,66 @@ def train_all(out_dir: Path, seed: int = 20261126, recipe: Recipe = Recipe(), lo
         captions = [data.captions[i] for i in sampled]
         specs = [data.specs[i] for i in sampled]
 
-    t = time.time()
-    clip = train_clip(Sampled, caption, steps=recipe.clip_steps, seed=seed, log=log)
-    timings["clip_s"] = time.time() - t
+    def captions(i, rng: random.Random) -> str:
+        spec = Sampled.specs[i]
+        return Sampled.captions[i] if isinstance(spec, int) else caption(spec, rng)
 
-    t = time.time()
-    vae = train_vae(data.images, steps=recipe.vae_steps, seed=seed, log=log)
-    timings["vae_s"] = time.time() - t
-
-    t = time.time()
-    latents = encode_latents(vae, data.images)[sampled]
-    scale = float(1.0 / latents.std())
-    vae.register_to_config(scaling_factor=scale)
-    latents = latents * scale
-    timings["encode_s"] = time.time() - t
-    log(f"latents {tuple(latents.shape)} scaling_factor {scale:.4f}")
-
-    text_encoder = text_tower_to_transformers(clip).requires_grad_(False)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = make_tokenizer(Path(tmp))
+        if resume is None:  # round 1, from scratch
+            t = time.time()
+            clip = train_clip(Sampled, caption, steps=recipe.clip_steps, seed=seed, log=log)
+            timings["clip_s"] = time.time() - t
+            t = time.time()
+            vae = train_vae(data.images, steps=recipe.vae_steps, seed=seed, log=log)
+            timings["vae_s"] = time.time() - t
+            t = time.time()
+            latents = encode_latents(vae, data.images)[sampled]
+            vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+            timings["encode_s"] = time.time() - t
+            text_encoder = text_tower_to_transformers(clip).requires_grad_(False)
+            t = time.time()
+            unet = train_unet(latents * vae.config.scaling_factor, captions, text_encoder, tokenizer,
+                              steps=recipe.unet_steps, seed=seed, uncond=UNCONDITIONAL, log=log)
+            timings["unet_s"] = time.time() - t
+        else:
+            from diffusers import AutoencoderKL, UNet2DConditionModel
+
+            clip = load_clip(resume / "clip")
+            vae = AutoencoderKL.from_pretrained(str(resume / "diffusion" / "vae"), use_safetensors=True,
+                                                local_files_only=True)
+            unet = UNet2DConditionModel.from_pretrained(str(resume / "diffusion" / "unet"), use_safetensors=True,
+                                                        local_files_only=True)
+            for part in (vae, unet):  # where they were loaded from is not part of the model
+                part._internal_dict = type(part.config)({k: v for k, v in part.config.items() if k != "_name_or_path"})
+            earlier = json.loads((resume / "training.json").read_text(encoding="utf-8"))["timings_s"]
+            timings |= {k: earlier[k] for k in ROUND_1[1:] if k in earlier}
+        log(f"round 2 from {'round 1' if resume is None else resume}")
+
         t = time.time()
-
-        def captions(i, rng: random.Random) -> str:
-            spec = Sampled.specs[i]
-            return Sampled.captions[i] if isinstance(spec, int) else caption(spec, rng)
-
-        unet = train_unet(latents, captions, text_encoder, tokenizer, steps=recipe.unet_steps, seed=seed,
-                          uncond=UNCONDITIONAL, log=log)
-        timings["unet_s"] = time.time() - t
-        _write_atomically(out_dir / "clip", lambda d: save_clip(clip, d))
-        _write_atomically(out_dir / "diffusion", lambda d: save_pipeline(d, vae, unet, text_encoder, tokenizer))
-    timings["total_s"] = time.time() - t0
+        clip = train_clip(Sampled, caption, steps=recipe.clip_image_steps, seed=seed + 1, model=clip,
+                          lock_text=True, lr=1e-3, log=log)
+        timings["clip_image_s"] = time.time() - t
+        t = time.time()
+        vae = refine_vae_decoder(vae, Sampled.images, steps=recipe.vae_decoder_steps, seed=seed + 1, log=log)
+        timings["vae_decoder_s"] = time.time() - t
+        # the same latents as round 1: the encoder and the scaling factor did not move
+        latents = encode_latents(vae, data.images)[sampled] * vae.config.scaling_factor
+        log(f"latents {tuple(latents.shape)} scaling_factor {vae.config.scaling_factor:.4f}")
+        text_encoder = text_tower_to_transformers(clip).requires_grad_(False)
+        t = time.time()
+        unet = train_unet(latents, captions, text_encoder, tokenizer, steps=recipe.unet_refine_steps,
+                          seed=seed + 1, uncond=UNCONDITIONAL, unet=unet, snr_gamma=5.0, log=log)
+        timings["unet_refine_s"] = time.time() - t
+        write_atomically(out_dir / "clip", lambda d: save_clip(clip, d), replace=True)
+        write_atomically(out_dir / "diffusion", lambda d: save_pipeline(d, vae, unet, text_encoder, tokenizer),
+                         replace=True)
+    timings["total_s"] = sum(v for k, v in timings.items())
     (out_dir / "training.json").write_text(json.dumps(
         {"seed": seed, "recipe": asdict(recipe), "timings_s": {k: round(v, 1) for k, v in timings.items()},
-         "torch": torch.__version__}, indent=2), encoding="utf-8")
+         "resumed": resume is not None, "torch": torch.__version__}, indent=2), encoding="utf-8")
     log(f"trained in {timings['total_s'] / 60:.1f} min: {timings}")
     return timings
-
-
-def _write_atomically(final: Path, write) -> None:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp makes it private; the models are shared files
-        write(staging)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,10 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=20261126)
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (minutes, useless weights)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", type=Path, metavar="DIR",
+                        help="a models folder with round 1's weights: train round 2 only, from them")
     args = parser.parse_args(argv)
     recipe = Recipe.quick() if args.quick else Recipe()
     recipe = Recipe(**{**asdict(recipe), "threads": args.threads})
-    train_all(args.out, args.seed, recipe, log=lambda m: print(m, flush=True))
+    train_all(args.out, args.seed, recipe, log=lambda m: print(m, flush=True), resume=args.resume)
     return 0
 
 

@@ -36,18 +36,30 @@ def normalize_images(images_uint8, mean=CLIP_CONFIG["preprocess_cfg"]["mean"], s
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
+TEXT_TOWER = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
+
+
 def train_clip(data, spec_captioner, *, steps: int, batch_size: int = 256, lr: float = 2e-3,
-               seed: int = 0, log=print):
-    """Contrastive training; `spec_captioner(spec, rng)` draws a fresh caption paraphrase per step."""
+               seed: int = 0, model=None, lock_text: bool = False, log=print):
+    """Contrastive training; `spec_captioner(spec, rng)` draws a fresh caption paraphrase per step.
+
+    `model`: go on from these weights (default: a new model). `lock_text`: train the image tower
+    (and the temperature) only, against the frozen text tower: the text tower is the diffusion
+    model's text encoder, so this sharpens the scorer without moving what the generator reads.
+    """
     import open_clip
     import torch
     import torch.nn.functional as F
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    model = open_clip.CLIP(**CLIP_CONFIG["model_cfg"])
+    model = model if model is not None else open_clip.CLIP(**CLIP_CONFIG["model_cfg"])
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=77)
     cache: dict[str, torch.Tensor] = {}
+    frozen_text: dict[str, torch.Tensor] = {}
+    if lock_text:
+        for name, param in model.named_parameters():
+            param.requires_grad_(not name.startswith(TEXT_TOWER))
 
     def tokens(texts):
         missing = [t for t in set(texts) if t not in cache]
@@ -56,8 +68,18 @@ def train_clip(data, spec_captioner, *, steps: int, batch_size: int = 256, lr: f
                 cache[t] = ids
         return torch.stack([cache[t] for t in texts])
 
+    def text_features(texts):
+        if not lock_text:
+            return model.encode_text(tokens(texts), normalize=True)
+        missing = sorted(set(texts) - frozen_text.keys())
+        if missing:  # a frozen tower gives each caption one embedding: compute it once
+            with torch.no_grad():
+                frozen_text.update(zip(missing, model.encode_text(tokens(missing), normalize=True)))
+        return torch.stack([frozen_text[t] for t in texts])
+
     images = normalize_images(data.images)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.05,
+                            betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
@@ -72,7 +94,7 @@ def train_clip(data, spec_captioner, *, steps: int, batch_size: int = 256, lr: f
         if rng.random() < 0.5:  # products face either way
             img = img.flip(3)
         img_f = model.encode_image(img, normalize=True)
-        txt_f = model.encode_text(tokens(texts), normalize=True)
+        txt_f = text_features(texts)
         logits = model.logit_scale.exp().clamp(max=100) * img_f @ txt_f.T
         # identical captions in one batch are not negatives of each other
         same = torch.tensor([[a == b for b in texts] for a in texts], dtype=torch.bool)
@@ -85,6 +107,14 @@ def train_clip(data, spec_captioner, *, steps: int, batch_size: int = 256, lr: f
         if step % 100 == 0 or step == steps - 1:
             log(f"clip step {step}/{steps} loss {loss.item():.3f} scale {model.logit_scale.exp().item():.1f} "
                 f"{time.time() - start:.0f}s")
+    return model.eval().requires_grad_(False)
+
+
+def load_clip(source: Path):
+    """The open_clip model saved by `save_clip` (safetensors through open_clip's own loader)."""
+    import open_clip
+
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{source}")
     return model.eval()
 
 
