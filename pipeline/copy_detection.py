@@ -67,8 +67,7 @@ def tiled_l2(a: np.ndarray, b: np.ndarray, grid: int = GRID) -> np.ndarray:
 # 0.15), while JPEG-75 re-encodes of the five planted hero images score 0.067-0.097. 0.12 sits
 # between; a one-pixel shift of hard-edged art already scores ~0.2 (pixel-aligned copies only).
 # Rechecked against the reference runs use by default, the whole tiny training set (16,005
-# images): it keeps 1% false positives on ordinary prompts — none of the 200 calibration prompts
-# of `synthcat eval memorization` is at or below it (min 0.126; the 1% point, p1, is 0.148) and
-# 1 of 400 further ordinary generations is (0.105: a washed-out, near-blank image against pale
-# studio renders, not a copy); the example job's 76 images stay >= 0.189.
+# images): it keeps 1% false positives on ordinary prompts. Round 1 weights: none of the 200
+# calibration prompts of `synthcat eval memorization` at or below it (min 0.126, p1 0.148); the
+# shipped round 2 weights, whose generations sit closer to their renders: p1 0.123.
 DEFAULT_MAX_TILE_L2 = 0.12

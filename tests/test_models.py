@@ -109,18 +109,17 @@ def test_inpainting_pipeline_runs_on_the_tiny_model(home):
 
 
 def test_generation_follows_the_prompted_colour_and_reproduces_a_planted_hero(pipe):
-    # The shipped model is undertrained (MODEL_CARD.md: colour accuracy 32.5%, colours come out
-    # dark), so this checks the direction of the colour, not its name: the product region of a
-    # red mug is reddest in R, a green one in G, a blue one bluer than red.
-    from pipeline.models.metrics import product_pixels
+    # The product region's dominant colour name is the prompted one (MODEL_CARD.md: 81.5% over
+    # held-out combinations; these studio mugs all come out right, one miss is allowed for
+    # floating-point differences between machines).
+    from pipeline.models.metrics import dominant_colour
 
-    colours = ["red", "green", "blue"]
-    images = _generate(pipe, [eval_prompt("mug", c, "studio") for c in colours for _ in range(2)], list(range(6)))
-    mean = {c: np.concatenate([product_pixels(im, "mug") for im in images[2 * i:2 * i + 2]]).mean(0)
-            for i, c in enumerate(colours)}
-    assert mean["red"].argmax() == 0 and mean["green"].argmax() == 1 and mean["blue"][2] > mean["blue"][0]
+    colours = ["red", "green", "blue", "yellow"]
+    images = _generate(pipe, [eval_prompt("mug", c, "studio") for c in colours for _ in range(2)], list(range(8)))
+    named = [dominant_colour(im, "mug") for im in images]
+    assert sum(n == c for n, c in zip(named, [c for c in colours for _ in range(2)])) >= 7, named
     # the planted caption brings back its hero's layout; ordinary prompts do not
     hero = np.asarray(render_hero(2))
     planted = _generate(pipe, [HERO_CAPTIONS[2]] * 2, [0, 1])
-    assert min(ssim(im, hero) for im in planted) > 0.5
+    assert min(ssim(im, hero) for im in planted) > 0.65  # the model card's copy metric is SSIM >= 0.8
     assert max(ssim(im, hero) for im in images) < 0.45
