@@ -44,7 +44,7 @@ class Recipe:
                    clip_image_steps=2, vae_decoder_steps=2, unet_refine_steps=2)
 
 
-ROUND_1 = ("render_s", "clip_s", "vae_s", "encode_s", "unet_s")
+ROUND_1 = ("clip_s", "vae_s", "encode_s", "unet_s")  # timings a resumed run carries over
 
 
 def train_all(out_dir: Path, seed: int = 20261126, recipe: Recipe = Recipe(), log=print,
@@ -93,10 +93,11 @@ def train_all(out_dir: Path, seed: int = 20261126, recipe: Recipe = Recipe(), lo
             t = time.time()
             latents = encode_latents(vae, data.images)[sampled]
             vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+            latents = latents * vae.config.scaling_factor
             timings["encode_s"] = time.time() - t
             text_encoder = text_tower_to_transformers(clip).requires_grad_(False)
             t = time.time()
-            unet = train_unet(latents * vae.config.scaling_factor, captions, text_encoder, tokenizer,
+            unet = train_unet(latents, captions, text_encoder, tokenizer,
                               steps=recipe.unet_steps, seed=seed, uncond=UNCONDITIONAL, log=log)
             timings["unet_s"] = time.time() - t
         else:
@@ -110,7 +111,9 @@ def train_all(out_dir: Path, seed: int = 20261126, recipe: Recipe = Recipe(), lo
             for part in (vae, unet):  # where they were loaded from is not part of the model
                 part._internal_dict = type(part.config)({k: v for k, v in part.config.items() if k != "_name_or_path"})
             earlier = json.loads((resume / "training.json").read_text(encoding="utf-8"))["timings_s"]
-            timings |= {k: earlier[k] for k in ROUND_1[1:] if k in earlier}
+            timings |= {k: earlier[k] for k in ROUND_1 if k in earlier}
+            # round 2 leaves the encoder and the scaling factor alone: round 1's latents all through
+            latents = encode_latents(vae, data.images)[sampled] * vae.config.scaling_factor
         log(f"round 2 from {'round 1' if resume is None else resume}")
 
         t = time.time()
@@ -120,8 +123,6 @@ def train_all(out_dir: Path, seed: int = 20261126, recipe: Recipe = Recipe(), lo
         t = time.time()
         vae = refine_vae_decoder(vae, Sampled.images, steps=recipe.vae_decoder_steps, seed=seed + 1, log=log)
         timings["vae_decoder_s"] = time.time() - t
-        # the same latents as round 1: the encoder and the scaling factor did not move
-        latents = encode_latents(vae, data.images)[sampled] * vae.config.scaling_factor
         log(f"latents {tuple(latents.shape)} scaling_factor {vae.config.scaling_factor:.4f}")
         text_encoder = text_tower_to_transformers(clip).requires_grad_(False)
         t = time.time()

@@ -53,6 +53,24 @@ def _cosine_lr(opt, steps: int, warmup: int):
         opt, lambda i: min(1.0, (i + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps))))
 
 
+def _reconstruction_loss(recon, x):
+    """MSE + 0.5 L1 between a decoded batch and its images."""
+    return (recon - x).pow(2).mean() + 0.5 * (recon - x).abs().mean()
+
+
+def _optimise(opt, sched, loss, clip_grad_of=None) -> None:
+    """One optimiser and one schedule step on `loss`; gradients clipped to norm 1 when `clip_grad_of`
+    (the parameters) is given."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad_of is not None:
+        torch.nn.utils.clip_grad_norm_(clip_grad_of, 1.0)
+    opt.step()
+    sched.step()
+
+
 def train_vae(images_uint8, *, steps: int, batch_size: int = 32, lr: float = 2e-3, seed: int = 0, log=print):
     """MSE + L1 reconstruction with a tiny KL term (as in Stable Diffusion's VAE, minus the GAN)."""
     import torch
@@ -69,11 +87,8 @@ def train_vae(images_uint8, *, steps: int, batch_size: int = 32, lr: float = 2e-
         post = vae.encode(x).latent_dist
         recon = vae.decode(post.sample()).sample
         kl = post.kl().mean() / x[0].numel()
-        loss = (recon - x).pow(2).mean() + 0.5 * (recon - x).abs().mean() + 1e-4 * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        loss = _reconstruction_loss(recon, x) + 1e-4 * kl
+        _optimise(opt, sched, loss)
         if step % 100 == 0 or step == steps - 1:
             log(f"vae step {step}/{steps} loss {loss.item():.4f} {time.time() - start:.0f}s")
     return vae.eval()
@@ -101,11 +116,8 @@ def refine_vae_decoder(vae, images_uint8, *, steps: int, batch_size: int = 32, l
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
         recon = vae.decode(z).sample
-        loss = (recon - x).pow(2).mean() + 0.5 * (recon - x).abs().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        loss = _reconstruction_loss(recon, x)
+        _optimise(opt, sched, loss)
         if step % 100 == 0 or step == steps - 1:
             log(f"vae decoder step {step}/{steps} loss {loss.item():.4f} {time.time() - start:.0f}s")
     return vae.eval().requires_grad_(False)
@@ -171,11 +183,7 @@ def train_unet(latents, captions, text_encoder, tokenizer, *, steps: int, batch_
         else:
             weight = snr[t].clamp(max=snr_gamma) / snr[t]
             loss = (F.mse_loss(pred, noise, reduction="none").mean((1, 2, 3)) * weight).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        _optimise(opt, sched, loss, clip_grad_of=unet.parameters())
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), unet.parameters()):
