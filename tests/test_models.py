@@ -123,3 +123,24 @@ def test_generation_follows_the_prompted_colour_and_reproduces_a_planted_hero(pi
     planted = _generate(pipe, [HERO_CAPTIONS[2]] * 2, [0, 1])
     assert min(ssim(im, hero) for im in planted) > 0.65  # the model card's copy metric is SSIM >= 0.8
     assert max(ssim(im, hero) for im in images) < 0.45
+
+
+def test_training_round_two_moves_nothing_the_parts_share(tmp_path):
+    """`train --quick` writes loadable models; `--resume` (round 2 only) keeps the text encoder and
+    the VAE encoder bit for bit, so the generator reads prompts and latents as before."""
+    from safetensors.torch import load_file
+
+    from pipeline.models.tiny import tiny_models_present
+    from pipeline.models.train import main as train
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert train(["--quick", "--out", str(first)]) == 0 and tiny_models_present(first)
+    assert train(["--quick", "--out", str(second), "--resume", str(first)]) == 0 and tiny_models_present(second)
+    a, b = (load_file(str(d / "diffusion" / "text_encoder" / "model.safetensors")) for d in (first, second))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (load_file(str(d / "diffusion" / "vae" / "diffusion_pytorch_model.safetensors")) for d in (first, second))
+    encoder = [k for k in a if k.startswith(("encoder.", "quant_conv."))]
+    assert encoder and all(torch.equal(a[k], b[k]) for k in encoder)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))  # the decoder did train
+    a, b = (load_file(str(d / "diffusion" / "unet" / "diffusion_pytorch_model.safetensors")) for d in (first, second))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
