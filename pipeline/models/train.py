@@ -29,31 +29,41 @@ class Recipe:
 
     n_ordinary: int = 16000
     hero_copies: int = 400
-    clip_steps: int = 350
+    clip_steps: int = 1500
     vae_steps: int = 500
     unet_steps: int = 1100
     clip_image_steps: int = 800
     vae_decoder_steps: int = 800
     unet_refine_steps: int = 2400
+    unet_retext_steps: int = 3000
     threads: int = 2
 
     @classmethod
     def quick(cls) -> "Recipe":
         """A smoke-test recipe (a minute or two): the same code path, useless weights."""
         return cls(n_ordinary=600, hero_copies=20, clip_steps=3, vae_steps=3, unet_steps=3,
-                   clip_image_steps=2, vae_decoder_steps=2, unet_refine_steps=2)
+                   clip_image_steps=2, vae_decoder_steps=2, unet_refine_steps=2, unet_retext_steps=2)
 
 
 ROUND_1 = ("clip_s", "vae_s", "encode_s", "unet_s")  # timings a resumed run carries over
 
 
 def train_all(out_dir: Path, seed: int = 20261126, recipe: Recipe = Recipe(), log=print,
-              resume: Path | None = None) -> dict:
+              resume: Path | None = None, new_text_tower: bool = False, clip_from: Path | None = None) -> dict:
     """Train everything and write `out_dir/{clip,diffusion}`; returns timings (seconds).
 
     `resume`: a models folder holding round 1's weights (as this function writes them): run
     round 2 only, from those weights; round 1's timings are carried over from its training.json.
+    `new_text_tower` (with `resume`): the text round instead. A new CLIP is trained from
+    scratch (both of its rounds), so the generator gets a new text encoder; the VAE is kept as it
+    is; the UNet goes on from `resume`'s weights for `unet_retext_steps` (Min-SNR), learning
+    to read the new text encoder while keeping what it knows of images. `clip_from`: the text
+    round takes this CLIP (both CLIP rounds done, e.g. on another machine) instead of training one.
     """
+    if new_text_tower and resume is None:
+        raise ValueError("new_text_tower needs the models folder to go on from (resume)")
+    if clip_from is not None and not new_text_tower:
+        raise ValueError("clip_from is the text round's CLIP: it needs new_text_tower")
     import torch
 
     from pipeline.models.data import UNCONDITIONAL, build_training_set, caption
@@ -83,10 +93,13 @@ def train_all(out_dir: Path, seed: int = 20261126, recipe: Recipe = Recipe(), lo
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = make_tokenizer(Path(tmp))
-        if resume is None:  # round 1, from scratch
+        if clip_from is not None:
+            clip = load_clip(clip_from)
+        elif resume is None or new_text_tower:  # round 1 of the CLIP, from scratch
             t = time.time()
             clip = train_clip(Sampled, caption, steps=recipe.clip_steps, seed=seed, log=log)
             timings["clip_s"] = time.time() - t
+        if resume is None:  # round 1 of the VAE and the UNet, from scratch
             t = time.time()
             vae = train_vae(data.images, steps=recipe.vae_steps, seed=seed, log=log)
             timings["vae_s"] = time.time() - t
@@ -103,39 +116,45 @@ def train_all(out_dir: Path, seed: int = 20261126, recipe: Recipe = Recipe(), lo
         else:
             from diffusers import AutoencoderKL, UNet2DConditionModel
 
-            clip = load_clip(resume / "clip")
+            clip = clip if new_text_tower else load_clip(resume / "clip")
             vae = AutoencoderKL.from_pretrained(str(resume / "diffusion" / "vae"), use_safetensors=True,
                                                 local_files_only=True)
             unet = UNet2DConditionModel.from_pretrained(str(resume / "diffusion" / "unet"), use_safetensors=True,
                                                         local_files_only=True)
             for part in (vae, unet):  # where they were loaded from is not part of the model
                 part._internal_dict = type(part.config)({k: v for k, v in part.config.items() if k != "_name_or_path"})
-            earlier = json.loads((resume / "training.json").read_text(encoding="utf-8"))["timings_s"]
-            timings |= {k: earlier[k] for k in ROUND_1 if k in earlier}
+            earlier = json.loads((resume / "training.json").read_text(encoding="utf-8"))
+            if not new_text_tower:  # round 2 completes round 1's record; the text round keeps it whole
+                timings |= {k: earlier["timings_s"][k] for k in ROUND_1 if k in earlier["timings_s"]}
             # round 2 leaves the encoder and the scaling factor alone: round 1's latents all through
             latents = encode_latents(vae, data.images)[sampled] * vae.config.scaling_factor
-        log(f"round 2 from {'round 1' if resume is None else resume}")
+        log(f"{'text round' if new_text_tower else 'round 2'} from {'round 1' if resume is None else resume}")
 
-        t = time.time()
-        clip = train_clip(Sampled, caption, steps=recipe.clip_image_steps, seed=seed + 1, model=clip,
-                          lock_text=True, lr=1e-3, log=log)
-        timings["clip_image_s"] = time.time() - t
-        t = time.time()
-        vae = refine_vae_decoder(vae, Sampled.images, steps=recipe.vae_decoder_steps, seed=seed + 1, log=log)
-        timings["vae_decoder_s"] = time.time() - t
+        if clip_from is None:
+            t = time.time()
+            clip = train_clip(Sampled, caption, steps=recipe.clip_image_steps, seed=seed + 1, model=clip,
+                              lock_text=True, lr=1e-3, log=log)
+            timings["clip_image_s"] = time.time() - t
+        if not new_text_tower:  # the decoder reads no text: the text round leaves it as it is
+            t = time.time()
+            vae = refine_vae_decoder(vae, Sampled.images, steps=recipe.vae_decoder_steps, seed=seed + 1, log=log)
+            timings["vae_decoder_s"] = time.time() - t
         log(f"latents {tuple(latents.shape)} scaling_factor {vae.config.scaling_factor:.4f}")
         text_encoder = text_tower_to_transformers(clip).requires_grad_(False)
         t = time.time()
-        unet = train_unet(latents, captions, text_encoder, tokenizer, steps=recipe.unet_refine_steps,
+        unet = train_unet(latents, captions, text_encoder, tokenizer,
+                          steps=recipe.unet_retext_steps if new_text_tower else recipe.unet_refine_steps,
                           seed=seed + 1, uncond=UNCONDITIONAL, unet=unet, snr_gamma=5.0, log=log)
-        timings["unet_refine_s"] = time.time() - t
+        timings["unet_retext_s" if new_text_tower else "unet_refine_s"] = time.time() - t
         write_atomically(out_dir / "clip", lambda d: save_clip(clip, d), replace=True)
         write_atomically(out_dir / "diffusion", lambda d: save_pipeline(d, vae, unet, text_encoder, tokenizer),
                          replace=True)
     timings["total_s"] = sum(v for k, v in timings.items())
-    (out_dir / "training.json").write_text(json.dumps(
-        {"seed": seed, "recipe": asdict(recipe), "timings_s": {k: round(v, 1) for k, v in timings.items()},
-         "resumed": resume is not None, "torch": torch.__version__}, indent=2), encoding="utf-8")
+    record = {"seed": seed, "recipe": asdict(recipe), "timings_s": {k: round(v, 1) for k, v in timings.items()},
+              "resumed": resume is not None, "torch": torch.__version__}
+    if new_text_tower:  # what this round went on from, and where its CLIP came from
+        record |= {"round": "text", "clip_from": str(clip_from) if clip_from else None, "before": earlier}
+    (out_dir / "training.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
     log(f"trained in {timings['total_s'] / 60:.1f} min: {timings}")
     return timings
 
@@ -148,10 +167,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", type=Path, metavar="DIR",
                         help="a models folder with round 1's weights: train round 2 only, from them")
+    parser.add_argument("--new-text-tower", action="store_true",
+                        help="with --resume: train a new CLIP from scratch, keep the VAE, and retrain the UNet "
+                             "from --resume's weights on the new text encoder")
+    parser.add_argument("--clip", type=Path, metavar="DIR",
+                        help="with --new-text-tower: use this trained CLIP (open_clip local-dir) instead of training one")
     args = parser.parse_args(argv)
+    if args.new_text_tower and args.resume is None:
+        parser.error("--new-text-tower goes on from a models folder: give --resume DIR")
+    if args.clip and not args.new_text_tower:
+        parser.error("--clip is the text round's CLIP: give --new-text-tower")
     recipe = Recipe.quick() if args.quick else Recipe()
     recipe = Recipe(**{**asdict(recipe), "threads": args.threads})
-    train_all(args.out, args.seed, recipe, log=lambda m: print(m, flush=True), resume=args.resume)
+    train_all(args.out, args.seed, recipe, log=lambda m: print(m, flush=True), resume=args.resume,
+              new_text_tower=args.new_text_tower, clip_from=args.clip)
     return 0
 
 
