@@ -11,7 +11,7 @@ from PIL import Image, ImageFilter, ImageFont
 from pipeline.campaign import fonts
 from pipeline.campaign.colour import contrast_ratio, relative_luminance
 from pipeline.campaign.layout import canvas_size, intersects, plan_layout, zone_boxes
-from pipeline.campaign.overlay import TEXT_COLOURS, Copy, CopyDoesNotFit, draw_copy
+from pipeline.campaign.overlay import TEXT_COLOURS, Copy, CopyDoesNotFit, _dilate, _plate_alpha, _worst, draw_copy
 from pipeline.markets import load_profile
 
 LINES = {
@@ -124,6 +124,25 @@ def test_copy_is_fitted_in_its_area_and_legible(market):
     ink_x = np.nonzero((np.asarray(drawn.image) != np.asarray(image)).any(-1).any(0))[0]
     centre = (ink_x.min() + ink_x.max()) / 2
     assert (centre > 256) == (profile.direction == "rtl")  # Arabic is set from the right
+
+
+def test_the_plate_is_the_least_legible_opacity_and_the_halo_is_pillows_max_filter():
+    """The bisection finds the opacity a scan of all 21 steps finds; the separable dilation
+    equals Pillow's MaxFilter (edges included)."""
+    for seed in range(6):
+        crop = np.asarray(_busy_background((160, 60), seed))
+        if seed % 2:
+            crop = np.clip(crop.astype(int) // 2 + 120, 0, 255).astype(np.uint8)  # light: dark text
+        text_rgb = max(TEXT_COLOURS, key=lambda c: _worst(c, crop))
+        plate = TEXT_COLOURS[1] if text_rgb == TEXT_COLOURS[0] else TEXT_COLOURS[0]
+        scan = next((step / 20 for step in range(21)
+                     if _worst(text_rgb, crop * (1 - step / 20) + np.array(plate) * step / 20) >= 4.55), 1.0)
+        assert _plate_alpha(text_rgb, plate, crop) == scan > 0
+    mask = np.random.default_rng(0).random((40, 70)) > 0.97
+    mask[0, 5] = mask[-1, -1] = True
+    for size in (3, 5, 9):
+        pillow = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(size)), bool)
+        assert np.array_equal(_dilate(mask, size), pillow)
 
 
 def test_plain_backgrounds_need_no_plate_and_long_copy_wraps_or_shrinks():

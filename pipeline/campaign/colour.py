@@ -23,9 +23,19 @@ def hex_to_rgb(value: str) -> tuple[int, int, int]:
     return int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)
 
 
-def _linear(rgb: np.ndarray) -> np.ndarray:
+def _linear_float(rgb) -> np.ndarray:
     c = np.asarray(rgb, dtype=np.float64) / 255.0
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+_LINEAR_U8 = _linear_float(np.arange(256))  # 8-bit pixels: a table lookup, not a power per channel
+
+
+def _linear(rgb) -> np.ndarray:
+    """sRGB 0-255 -> linear light; uint8 input (pixels) goes through a 256-entry table."""
+    if isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8:
+        return _LINEAR_U8[rgb]
+    return _linear_float(rgb)
 
 
 def relative_luminance(rgb: np.ndarray) -> np.ndarray:
