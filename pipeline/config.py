@@ -267,6 +267,9 @@ class JobConfig(_Strict):
     model: str = "tiny"
     scorer: str | None = None
     image_format: Literal["png", "webp"] = "png"
+    # zlib level of PNG files: 1 encodes a 512 px creative ~4x faster than Pillow's default 6 for
+    # ~25% more bytes (OpenCV's default is 1 too); 9 for the smallest files. Lossless either way.
+    png_compress_level: int = Field(1, ge=0, le=9)
     out: str = "./out"
     max_bad_row_share: float = Field(0.2, ge=0, le=1)
     columns: dict[str, str] = Field(default_factory=dict)

@@ -130,7 +130,8 @@ def prepare(request: RunRequest) -> dict:
     model_sha256 = weights_sha256(model.path)
     steps = generation.steps or model.steps
     guidance = model.guidance_scale if generation.guidance_scale is None else generation.guidance_scale
-    fingerprint = _plan_fingerprint(items, f"{model_sha256}|{steps}|{guidance}|{config.image_format}")
+    encoding = f"{config.image_format}|{config.png_compress_level}"
+    fingerprint = _plan_fingerprint(items, f"{model_sha256}|{steps}|{guidance}|{encoding}")
     _check_resumable(staging, fingerprint)
     staging.mkdir(parents=True, exist_ok=True)
     pq.write_table(items, staging / "plan.parquet")
@@ -205,7 +206,8 @@ def build_stages(state: dict) -> list:
                        engine=config.engine),
             config.engine),
         *campaign_stages(config),  # composite, overlay, integrity (pipeline/campaign/chain.py)
-        EncodeStage(config.image_format, resources=config.resources.encode),
+        EncodeStage(config.image_format, resources=config.resources.encode,
+                    png_compress_level=config.png_compress_level),
     ]
 
 

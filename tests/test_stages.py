@@ -148,6 +148,16 @@ def test_encode_is_lossless_and_hashes_the_bytes(generated, fmt):
     assert decoded.tobytes() == generated.column("pixels")[0].as_py()
 
 
+def test_png_compress_level_changes_bytes_not_pixels(generated):
+    fast, small = (EncodeStage("png", png_compress_level=level)(generated) for level in (1, 9))
+    for a, b, raw in zip(fast.column("image").to_pylist(), small.column("image").to_pylist(),
+                         generated.column("pixels").to_pylist()):
+        assert len(b["bytes"]) <= len(a["bytes"])
+        for data in (a["bytes"], b["bytes"]):
+            assert Image.open(io.BytesIO(data)).convert("RGB").tobytes() == raw
+    assert fast.column("image_phash").to_pylist() == small.column("image_phash").to_pylist()
+
+
 def test_gate_rejects_low_scores_and_exact_duplicates(generated, score):
     table = EncodeStage()(score(generated))
     # plant an exact duplicate: the last row gets the first row's image
