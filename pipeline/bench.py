@@ -1,7 +1,9 @@
 """`synthcat bench`: naive diffusers loop vs synthcat's engine vs the whole pipeline, same items.
 
-All three run in one process on the same planned items (same prompts and seeds), so their
-ratios are meaningful on a shared, noisy machine. Model loading is outside the naive and engine
+All three run in one process on the same planned items (same prompts and seeds) and do the
+same generation work, so their ratios are meaningful on a shared, noisy machine: campaign rows
+of a SKU with a product photo get their background inpainted around the product in all three
+(the naive loop with diffusers' inpainting pipeline at batch 1, as a plain script would). Model loading is outside the naive and engine
 timings (and so is torch.compile's first call, reported as `compile_warmup_s`); the end-to-end
 figure includes everything a run does once Ray is up: the actors importing their libraries and
 loading their models, Ray Data streaming, generation, scoring, encoding, gates, validation and
@@ -132,6 +134,11 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
     import diffusers
     import torch
 
+    import numpy as np
+
+    from pipeline.campaign.chain import campaign_generation
+    from pipeline.campaign.generation import PHOTO_SEED_OFFSET, start_and_mask
+    from pipeline.campaign.layout import canvas_size
     from pipeline.executor import init_ray, make_batches
     from pipeline.models.presets import resolve_model, resolve_scorer, weights_sha256
     from pipeline.plan import plan_items
@@ -156,30 +163,47 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
     limit_threads(config.engine.torch_threads or config.resources.generate.num_cpus)
 
     # 1. The naive baseline: a plain pipeline (fp16 on a GPU, as diffusers' docs load it),
-    #    called once per item at batch 1, PIL out
+    #    called once per item at batch 1, PIL out; a product photo's row then inpaints its
+    #    background with the inpainting pipeline of the same weights, also at batch 1
     diffusers.utils.logging.disable_progress_bar()
     pipe = getattr(diffusers, model.pipeline_class).from_pretrained(
         str(model.path), local_files_only=True, use_safetensors=True,
         dtype=torch.float16 if device == "cuda" else torch.float32).to(device)
     pipe.set_progress_bar_config(disable=True)
+    inpaint = diffusers.AutoPipelineForInpainting.from_pipe(pipe)
+    inpaint.set_progress_bar_config(disable=True)
     naive_rows = plan.slice(0, naive_items or items).to_pylist()
     _reset_gpu_peak(device)
     tick = time.perf_counter()
     for row in naive_rows:
         generator = torch.Generator(device).manual_seed(row["seed"])
         with torch.inference_mode():
-            pipe(prompt=row["prompt"], negative_prompt=row["negative_prompt"], generator=generator,
-                 num_inference_steps=model.steps, guidance_scale=model.guidance_scale,
-                 width=row["width"], height=row["height"], output_type="pil")
+            image = pipe(prompt=row["prompt"], negative_prompt=row["negative_prompt"], generator=generator,
+                         num_inference_steps=model.steps, guidance_scale=model.guidance_scale,
+                         width=row["width"], height=row["height"], output_type="pil").images[0]
+            if row.get("product_image"):
+                start, mask = start_and_mask(np.asarray(image), row["product_image"], row["product_image_sha256"],
+                                             row["product_box"], canvas_size(row["width"], row["height"],
+                                                                             config.campaign.canvas))
+                inpaint(prompt=row["prompt"], negative_prompt=row["negative_prompt"], image=start,
+                        mask_image=mask, width=row["width"], height=row["height"],
+                        strength=config.campaign.background_strength, num_inference_steps=model.steps,
+                        guidance_scale=model.guidance_scale,
+                        generator=torch.Generator(device).manual_seed(row["seed"] ^ PHOTO_SEED_OFFSET),
+                        output_type="pil")
     _sync(device)
     naive_s, naive_peak = time.perf_counter() - tick, _gpu_peak_mb(device)
     flops, evaluations = _flops_per_image(pipe, model.steps, model.guidance_scale, model.width, model.height)
-    del pipe
+    del pipe, inpaint
 
-    # 2. The engine: synthcat's generate stage (engine options of the job config), batched
-    stage = GenerateStage(model.path, model.name, weights_sha256(model.path), model.pipeline_class,
+    # 2. The engine: synthcat's generate stage (engine options of the job config), batched,
+    #    with the campaign generation (product-photo backgrounds) the run gives it
+    sha256 = weights_sha256(model.path)
+    campaign = campaign_generation(config, {"path": str(model.path), "steps": model.steps,
+                                            "guidance_scale": model.guidance_scale})
+    stage = GenerateStage(model.path, model.name, sha256, model.pipeline_class,
                           model.steps, model.guidance_scale, resources=config.resources.generate,
-                          engine=config.engine)
+                          engine=config.engine, campaign=campaign)
     stage.setup()
     batches = make_batches(plan, batch_size)
     warmup_s = None
@@ -200,7 +224,9 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
     engine_img_s, naive_img_s = items / engine_s, len(naive_rows) / naive_s
     record = {
         "preset": preset, "device": device, "device_name": _device_name(device), "items": items,
-        "naive_items": len(naive_rows), "batch_size": batch_size, "steps": model.steps,
+        "photo_items": sum(bool(p) for p in plan.column("product_image").to_pylist()),
+        "naive_items": len(naive_rows), "naive_photo_items": sum(bool(r.get("product_image")) for r in naive_rows),
+        "batch_size": batch_size, "steps": model.steps,
         "unet_evaluations": evaluations, "guidance_scale": model.guidance_scale, "width": model.width,
         "height": model.height, "torch": torch.__version__, "diffusers": diffusers.__version__,
         "engine": config.engine.model_dump(), "compile_warmup_s": warmup_s,

@@ -74,7 +74,7 @@ class CampaignGeneration:
         starts, masks = [], []
         for k in todo:
             row = rows[k]
-            start, mask = _start_and_mask(images[k], paths[row], col["product_image_sha256"][row],
+            start, mask = start_and_mask(images[k], paths[row], col["product_image_sha256"][row],
                                           col["product_box"][row], canvas_size(width, height, self.canvas))
             starts.append(start)
             masks.append(mask)
@@ -97,8 +97,8 @@ class CampaignGeneration:
         return out
 
 
-def _start_and_mask(scene: np.ndarray, path: str, sha256: str, box: list[int],
-                    canvas: tuple[int, int]) -> tuple[Image.Image, Image.Image]:
+def start_and_mask(scene: np.ndarray, path: str, sha256: str, box: list[int],
+                   canvas: tuple[int, int]) -> tuple[Image.Image, Image.Image]:
     """At the model's size: the scene with the product pasted in, and the repaint mask."""
     height, width = scene.shape[:2]
     sx, sy = width / canvas[0], height / canvas[1]
