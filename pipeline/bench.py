@@ -3,8 +3,8 @@
 All three run in one process on the same planned items (same prompts and seeds) and do the
 same generation work, so their ratios are meaningful on a shared, noisy machine: campaign rows
 of a SKU with a product photo get their background inpainted around the product in all three
-(the naive loop with diffusers' inpainting pipeline at batch 1, as a plain script would). Model loading is outside the naive and engine
-timings (and so is torch.compile's first call, reported as `compile_warmup_s`); the end-to-end
+(the naive loop with diffusers' inpainting pipeline at batch 1, as a plain script would).
+Model loading is outside the naive and engine timings (and so is torch.compile's first call, reported as `compile_warmup_s`); the end-to-end
 figure includes everything a run does once Ray is up: the actors importing their libraries and
 loading their models, Ray Data streaming, generation, scoring, encoding, gates, validation and
 the atomic Parquet publish.
@@ -132,9 +132,8 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
     run starts (its e2e fields None), so a run cut short still leaves those figures.
     """
     import diffusers
-    import torch
-
     import numpy as np
+    import torch
 
     from pipeline.campaign.chain import campaign_generation
     from pipeline.campaign.generation import PHOTO_SEED_OFFSET, start_and_mask
@@ -198,10 +197,9 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
 
     # 2. The engine: synthcat's generate stage (engine options of the job config), batched,
     #    with the campaign generation (product-photo backgrounds) the run gives it
-    sha256 = weights_sha256(model.path)
     campaign = campaign_generation(config, {"path": str(model.path), "steps": model.steps,
                                             "guidance_scale": model.guidance_scale})
-    stage = GenerateStage(model.path, model.name, sha256, model.pipeline_class,
+    stage = GenerateStage(model.path, model.name, weights_sha256(model.path), model.pipeline_class,
                           model.steps, model.guidance_scale, resources=config.resources.generate,
                           engine=config.engine, campaign=campaign)
     stage.setup()
