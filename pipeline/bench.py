@@ -4,10 +4,10 @@ All three run in one process on the same planned items (same prompts and seeds) 
 same generation work, so their ratios are meaningful on a shared, noisy machine: campaign rows
 of a SKU with a product photo get their background inpainted around the product in all three
 (the naive loop with diffusers' inpainting pipeline at batch 1, as a plain script would).
-Model loading is outside the naive and engine timings (and so is torch.compile's first call, reported as `compile_warmup_s`); the end-to-end
-figure includes everything a run does once Ray is up: the actors importing their libraries and
-loading their models, Ray Data streaming, generation, scoring, encoding, gates, validation and
-the atomic Parquet publish.
+Model loading is outside the naive and engine timings (and so is torch.compile's first call,
+reported as `compile_warmup_s`); the end-to-end figure includes everything a run does once Ray
+is up: the actors importing their libraries and loading their models, Ray Data streaming,
+generation, scoring, encoding, gates, validation and the atomic Parquet publish.
 """
 
 from __future__ import annotations
