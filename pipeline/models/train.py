@@ -19,7 +19,8 @@ from pipeline.models.arch import write_atomically
 
 @dataclass(frozen=True)
 class Recipe:
-    """Sizes of one training run; `default` is what the committed weights were trained with.
+    """Sizes of one training run (the default: a from-scratch run; MODEL_CARD.md says which rounds made the
+    committed weights).
 
     Two rounds. Round 1 trains everything from scratch. Round 2 goes on from round 1's weights
     (warm restarts: a new cosine cycle each) without moving what the parts share: the CLIP image
