@@ -206,8 +206,7 @@ def build_stages(state: dict) -> list:
                        engine=config.engine),
             config.engine),
         *campaign_stages(config),  # composite, overlay, integrity (pipeline/campaign/chain.py)
-        EncodeStage(config.image_format, resources=config.resources.encode,
-                    png_compress_level=config.png_compress_level),
+        EncodeStage(config.image_format, config.resources.encode, config.png_compress_level),
     ]
 
 
@@ -291,8 +290,8 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
         retries = plan_retries(plan, failed, config.shard_size)
         write_plan(staging, pa.concat_tables([plan, retries]))
         names, counts = _value_counts(retries.column("shard_id"))
-        if set(names) & set(state["shards"]):  # would be skipped as done, and the loop never end
-            raise RuntimeError(f"{staging}: retry shards already planned: {sorted(set(names) & set(state['shards']))}")
+        if clash := set(names) & set(state["shards"]):  # they would be skipped as done: an endless loop
+            raise RuntimeError(f"{staging}: retry shards already planned: {sorted(clash)}")
         state = _update_state(staging, shards={**state["shards"], **dict(zip(names, counts))})
         generate_shards(staging, names, ray_address=ray_address, ray_num_cpus=ray_num_cpus)
         regenerated += retries.num_rows
