@@ -131,7 +131,8 @@ def test_generation_follows_the_prompted_colour_and_reproduces_a_planted_hero(pi
 def test_training_rounds_move_only_what_they_say(tmp_path):
     """`train --quick` writes loadable models; `--resume` (round 2 only) keeps the text encoder and
     the VAE encoder bit for bit, so the generator reads prompts and latents as before; the text
-    round (`--new-text-tower`) trains a new CLIP from scratch, keeps the whole VAE and retrains the UNet."""
+    round (`--new-text-tower`) trains a new CLIP from scratch, keeps the whole VAE and retrains the UNet; the
+    image round (`--new-image-tower`) trains a new CLIP image tower and leaves the text tower and the generator."""
     from safetensors.torch import load_file
 
     from pipeline.models.tiny import tiny_models_present
@@ -164,3 +165,16 @@ def test_training_rounds_move_only_what_they_say(tmp_path):
     # same recipe and seed as the from-scratch run: the same text encoder, bit for bit (training is
     # deterministic on the CPU, which is what lets a CLIP trained elsewhere stand in, `--clip`)
     assert all(torch.equal(first_["text"][k], b["text"][k]) for k in b["text"])
+
+    # The image round: a new image tower against the locked text tower; the generator is not touched
+    fourth = tmp_path / "fourth"
+    assert train(["--quick", "--out", str(fourth), "--resume", str(third), "--new-image-tower"]) == 0
+    assert tiny_models_present(fourth) and json.loads((fourth / "training.json").read_text())["round"] == "image"
+    kept = [p for p in (third / "diffusion").rglob("*") if p.is_file()]
+    assert kept and all(p.read_bytes() == (fourth / "diffusion" / p.relative_to(third / "diffusion")).read_bytes()
+                        for p in kept)
+    c, d = (load_file(str(m / "clip" / "open_clip_model.safetensors")) for m in (third, fourth))
+    text = [k for k in c if k.startswith(("token_embedding", "positional_embedding", "transformer.", "ln_final",
+                                          "text_projection"))]
+    assert text and c.keys() == d.keys() and all(torch.equal(c[k], d[k]) for k in text)
+    assert any(not torch.equal(c[k], d[k]) for k in c if k.startswith("visual."))

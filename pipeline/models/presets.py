@@ -68,7 +68,7 @@ _MODELS = {
 }
 # name -> calibrated cosine threshold (LAION kept ViT-B/32 pairs at cosine >= 0.28; tiny: Youden
 # threshold of own vs mismatched prompts on 200 generated held-out images, MODEL_CARD.md)
-_SCORERS = {"tiny": 0.46, "vit-b-32": 0.28, "vit-l-14": 0.20,
+_SCORERS = {"tiny": 0.43, "vit-b-32": 0.28, "vit-l-14": 0.20,
             "vit-l-14-arch": -1.0}  # random weights: an alignment threshold would mean nothing
 # name -> semantic-duplicate cosine (SemDeDup / NeMo Curator start at 1 - eps = 0.95). Off for
 # the tiny scorer until a threshold is calibrated on its (trained, 64 px) embeddings.
@@ -77,14 +77,15 @@ _SEMANTIC = {"tiny": None, "vit-b-32": 0.95, "vit-l-14": 0.95, "vit-l-14-arch": 
 
 # name -> copy-descriptor cosine (memorization gate). Somepalli et al. 2023 flag SSCD similarity
 # > 0.5; CLIP cosines of merely similar images run far higher, so a CLIP scorer needs its own value.
-# tiny: 0.995, 1% false positives on ordinary prompts against the reference a run uses by default,
+# tiny: 0.996, 1% false positives on ordinary prompts against the reference a run uses by default,
 # the whole training set (16,005 distinct images, pipeline/models/training_reference.py): the
 # 99th percentile of the nearest-reference cosine over the 200 calibration prompts of `synthcat
-# eval memorization` (tiny, 20 steps, default negative prompt) is 0.9941, rounded up. Ordinary
-# generations of the shipped (text round) model sit close to their training renders (median 0.938),
-# planted-caption ones closer (median 0.983); exact copies score 1.0. (Round 1: 0.991; round 2: 0.998.)
+# eval memorization` (tiny, 20 steps, default negative prompt) is 0.9957, rounded up. With the
+# shipped scorer (image round) ordinary generations sit close to their training renders (median
+# 0.938), planted-caption ones closer (median 0.986); exact copies score 1.0. (Earlier scorers:
+# round 1 0.991, round 2 0.998, text round 0.995.)
 # vit-*: not calibrated here (no weights on this machine): SemDeDup's near-duplicate cosine 0.95.
-REF_SIMILARITY = {"tiny": 0.995, "vit-b-32": 0.95, "vit-l-14": 0.95}
+REF_SIMILARITY = {"tiny": 0.996, "vit-b-32": 0.95, "vit-l-14": 0.95}
 # model -> mem_cfg_gap threshold at 1% false positives on ordinary prompts, measured with the job's
 # default negative prompt as the unconditional half (what runs send): `synthcat eval memorization`
 # gives it as `threshold_at_1pct_fpr` (tiny: 2.2209 = p99 of 200 calibration prompts, rounded down;

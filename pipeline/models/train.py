@@ -26,6 +26,8 @@ class Recipe:
     (warm restarts: a new cosine cycle each) without moving what the parts share: the CLIP image
     tower against the frozen text tower (the generator's text encoder), the VAE decoder on the
     frozen encoder's latents (the UNet's latent space), and the UNet with Min-SNR-5 weighting.
+    Two optional rounds go on from a finished folder: the text round (`unet_retext_steps`, see
+    `train_all`) and the image round (`clip_image_tower_steps`, `train_image_round`).
     """
 
     n_ordinary: int = 16000
@@ -37,16 +39,70 @@ class Recipe:
     vae_decoder_steps: int = 800
     unet_refine_steps: int = 2400
     unet_retext_steps: int = 3000
+    clip_image_tower_steps: int = 2000
     threads: int = 2
 
     @classmethod
     def quick(cls) -> "Recipe":
         """A smoke-test recipe (a minute or two): the same code path, useless weights."""
         return cls(n_ordinary=600, hero_copies=20, clip_steps=3, vae_steps=3, unet_steps=3,
-                   clip_image_steps=2, vae_decoder_steps=2, unet_refine_steps=2, unet_retext_steps=2)
+                   clip_image_steps=2, vae_decoder_steps=2, unet_refine_steps=2, unet_retext_steps=2,
+                   clip_image_tower_steps=2)
 
 
 ROUND_1 = ("clip_s", "vae_s", "encode_s", "unet_s")  # timings a resumed run carries over
+
+
+def _training_stream(recipe: Recipe, seed: int):
+    """The rendered training set (unique images), the stream's row indices into it, and the stream
+    the trainers sample from: each hero repeated `hero_copies` times by index, not by copying pixels."""
+    from pipeline.models.data import build_training_set
+
+    data = build_training_set(recipe.n_ordinary, 1, seed)
+    hero_rows = [i for i, s in enumerate(data.specs) if isinstance(s, int)]
+    ordinary_rows = [i for i, s in enumerate(data.specs) if not isinstance(s, int)]
+    sampled = ordinary_rows + hero_rows * recipe.hero_copies
+
+    class Sampled:  # the training set as the trainers see it
+        images = data.images[sampled]
+        captions = [data.captions[i] for i in sampled]
+        specs = [data.specs[i] for i in sampled]
+
+    return data, sampled, Sampled
+
+
+def train_image_round(resume: Path, out_dir: Path, seed: int = 20261126, recipe: Recipe = Recipe(),
+                      log=print) -> dict:
+    """The image round: a new CLIP image tower (`CLIP_CONFIG`'s) trained from scratch for
+    `clip_image_tower_steps` against `resume`'s text tower, locked. The text tower is the
+    generator's text encoder, so the diffusion model is not touched: it is copied to `out_dir`
+    as it is (nothing to copy when `out_dir` is `resume`). Writes `out_dir/clip` atomically."""
+    import shutil
+
+    import torch
+
+    from pipeline.models.data import caption
+    from pipeline.models.train_clip import load_clip, save_clip, train_clip, with_new_image_tower
+
+    torch.set_num_threads(recipe.threads)
+    earlier = json.loads((resume / "training.json").read_text(encoding="utf-8"))
+    t0 = time.time()
+    *_, stream = _training_stream(recipe, seed)
+    timings = {"render_s": time.time() - t0}
+    clip = with_new_image_tower(load_clip(resume / "clip"), seed + 2)
+    t = time.time()
+    clip = train_clip(stream, caption, steps=recipe.clip_image_tower_steps, seed=seed + 2, model=clip,
+                      lock_text=True, lr=2e-3, log=log)
+    timings["clip_image_tower_s"] = time.time() - t
+    if out_dir.resolve() != resume.resolve():
+        write_atomically(out_dir / "diffusion", lambda d: shutil.copytree(resume / "diffusion", d), replace=True)
+    write_atomically(out_dir / "clip", lambda d: save_clip(clip, d), replace=True)
+    timings["total_s"] = sum(timings.values())
+    record = {"seed": seed, "recipe": asdict(recipe), "timings_s": {k: round(v, 1) for k, v in timings.items()},
+              "resumed": True, "torch": torch.__version__, "round": "image", "before": earlier}
+    (out_dir / "training.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    log(f"image round in {timings['total_s'] / 60:.1f} min: {timings}")
+    return timings
 
 
 def train_all(out_dir: Path, seed: int = 20261126, recipe: Recipe = Recipe(), log=print,
@@ -67,7 +123,7 @@ def train_all(out_dir: Path, seed: int = 20261126, recipe: Recipe = Recipe(), lo
         raise ValueError("clip_from is the text round's CLIP: it needs new_text_tower")
     import torch
 
-    from pipeline.models.data import UNCONDITIONAL, build_training_set, caption
+    from pipeline.models.data import UNCONDITIONAL, caption
     from pipeline.models.train_clip import load_clip, save_clip, text_tower_to_transformers, train_clip
     from pipeline.models.train_ldm import (encode_latents, make_tokenizer, refine_vae_decoder, save_pipeline,
                                            train_unet, train_vae)
@@ -75,18 +131,9 @@ def train_all(out_dir: Path, seed: int = 20261126, recipe: Recipe = Recipe(), lo
     torch.set_num_threads(recipe.threads)
     timings: dict[str, float] = {}
     t0 = time.time()
-    # unique images only: heroes are repeated by sampling weights, not by copying pixels
-    data = build_training_set(recipe.n_ordinary, 1, seed)
-    hero_rows = [i for i, s in enumerate(data.specs) if isinstance(s, int)]
-    ordinary_rows = [i for i, s in enumerate(data.specs) if not isinstance(s, int)]
-    sampled = ordinary_rows + hero_rows * recipe.hero_copies
+    data, sampled, Sampled = _training_stream(recipe, seed)
     timings["render_s"] = time.time() - t0
     log(f"rendered {len(data.captions)} unique images in {timings['render_s']:.0f}s")
-
-    class Sampled:  # the training set as the trainers see it: heroes repeated hero_copies times
-        images = data.images[sampled]
-        captions = [data.captions[i] for i in sampled]
-        specs = [data.specs[i] for i in sampled]
 
     def captions(i, rng: random.Random) -> str:
         spec = Sampled.specs[i]
@@ -171,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-text-tower", action="store_true",
                         help="with --resume: train a new CLIP from scratch, keep the VAE, and retrain the UNet "
                              "from --resume's weights on the new text encoder")
+    parser.add_argument("--new-image-tower", action="store_true",
+                        help="with --resume: train a new CLIP image tower against --resume's text tower (locked); "
+                             "the diffusion model is kept as it is")
     parser.add_argument("--clip", type=Path, metavar="DIR",
                         help="with --new-text-tower: use this trained CLIP (open_clip local-dir) instead of training one")
     args = parser.parse_args(argv)
@@ -178,8 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--new-text-tower goes on from a models folder: give --resume DIR")
     if args.clip and not args.new_text_tower:
         parser.error("--clip is the text round's CLIP: give --new-text-tower")
+    if args.new_image_tower and (args.resume is None or args.new_text_tower):
+        parser.error("--new-image-tower goes on from a models folder (--resume DIR), without --new-text-tower")
     recipe = Recipe.quick() if args.quick else Recipe()
     recipe = Recipe(**{**asdict(recipe), "threads": args.threads})
+    if args.new_image_tower:
+        train_image_round(args.resume, args.out, args.seed, recipe, log=lambda m: print(m, flush=True))
+        return 0
     train_all(args.out, args.seed, recipe, log=lambda m: print(m, flush=True), resume=args.resume,
               new_text_tower=args.new_text_tower, clip_from=args.clip)
     return 0
