@@ -8,6 +8,7 @@ local Ray, or on a Ray cluster. Results stream back to the caller batch by batch
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -91,7 +92,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         # A cluster (or the Ray job we run inside) brings its own runtime env and settings.
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, runtime_env={"env_vars": HF_OFFLINE_ENV}, **kwargs)
+        # The local Ray's workers inherit this process's environment. Set there rather than as a
+        # job runtime_env, the idle workers Ray starts with it serve the first tasks and actors; with
+        # a job runtime_env they wait for workers started for it (first task 2.0 s, not 0.6 s, here).
+        os.environ.update(HF_OFFLINE_ENV)
+        ray.init(num_cpus=num_cpus, **kwargs)
     return True
 
 
@@ -131,7 +136,11 @@ def run_ray(stages: Sequence[Stage], batches: Sequence[pa.Table], *, address: st
     # Ray Data insists on a batch size for GPU stages: there the first stage asks for the
     # largest block, which leaves whole-batch blocks whole (a shard's short tail batch may be
     # topped up from the next block; GPU kernels are not bit-stable across shapes anyway).
-    ds = ray.data.from_arrow(list(batches))
+    # `from_blocks` reads each block's metadata here; `from_arrow` sends a Ray task per block for
+    # it, so the run first waits for worker processes to boot (6 s of a 304-item CPU run) before
+    # the generate actors even start. Both keep one block per batch. (A DeveloperAPI of Ray Data.)
+    from_blocks = getattr(ray.data, "from_blocks", ray.data.from_arrow)
+    ds = from_blocks(list(batches))
     for position, stage in enumerate(stages):
         r = stage.resources
         batch_size = r.batch_size if position else None

@@ -14,9 +14,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline.report_charts import CHART_CSS, gate_charts
+from pipeline.thumbnail import THUMB, report_thumbnail, thumbnail_side
 from pipeline.training.report import training_section
 
-THUMB = 160
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;background:#f6f7f9;color:#1d2433}
@@ -33,26 +33,28 @@ table{border-collapse:collapse;background:#fff} td,th{padding:4px 10px;border-bo
 """
 
 
-def _thumbnail(image: dict, side: int = THUMB) -> str:
+def _thumbnail(image: dict, side: int = THUMB) -> bytes:
     from PIL import Image
 
     with Image.open(io.BytesIO(image["bytes"])) as im:
-        im.thumbnail((side, side))
-        buffer = io.BytesIO()
-        im.convert("RGB").save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+        return report_thumbnail(im, side)
 
 
-def _attach_thumbnails(rows: list[dict]) -> None:
-    """Every row's thumbnail (`row["thumbnail"]`), made once and on every core: PIL releases the
-    GIL while it decodes, resizes and encodes, and made one by one in the driver they were
-    about 90% of the publish step for 512 px creatives (bench/README.md)."""
+def _attach_thumbnails(rows: list[dict], stored: dict[tuple[str, int], bytes] | None = None) -> None:
+    """Every row's thumbnail as a data URI (`row["thumbnail"]`): the one the encode stage stored,
+    keyed by (item_id, attempt), or else made here from the image, on every core (PIL releases
+    the GIL while it decodes, resizes and encodes)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    sides = [2 * THUMB if row.get("overlay_text") else THUMB for row in rows]  # as `_card` shows them
+    stored = stored or {}
+    missing = [row for row in rows if stored.get((row["item_id"], row["attempt"])) is None]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for row, thumbnail in zip(rows, pool.map(_thumbnail, [row["image"] for row in rows], sides)):
-            row["thumbnail"] = thumbnail
+        made = dict(zip(map(id, missing), pool.map(
+            _thumbnail, [row["image"] for row in missing],
+            [thumbnail_side(bool(row.get("overlay_text"))) for row in missing])))
+    for row in rows:
+        data = made.get(id(row)) or stored[(row["item_id"], row["attempt"])]
+        row["thumbnail"] = "data:image/png;base64," + base64.b64encode(data).decode()
 
 
 def _campaign(row: dict) -> str:
@@ -77,10 +79,10 @@ def _card(row: dict) -> str:
     reasons = "".join(f"<div class=reason>{e(r)}</div>" for r in row["gate_reasons"] or [])
     status = row["gate_status"]
     wide = bool(row.get("overlay_text"))  # creative with copy: big enough to read it
-    side = 2 * THUMB if wide else THUMB
+    side = thumbnail_side(wide)
     return (
         f"<div class='card {e(status)}{' wide' if wide else ''}'><img alt='{e(row['item_id'])}' "
-        f"style='width:{side}px;height:{side}px' src='{row.get('thumbnail') or _thumbnail(row['image'], side)}'>"
+        f"style='width:{side}px;height:{side}px' src='{row['thumbnail']}'>"
         f"<div><b>{e(row['kind'])} · v{row['variant']} · {e(row['format'])}</b></div>"
         f"{_campaign(row)}<div class=muted>{e(row['prompt'])}</div>"
         f"<div>seed {row['seed']} · attempt {row['attempt']}</div>"
@@ -122,17 +124,18 @@ def _cost_stats(cost: dict | None) -> list[tuple[str, str]]:
 
 
 def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, validation: dict,
-                 thresholds: dict | None = None) -> Path:
+                 thresholds: dict | None = None, thumbnails: dict[tuple[str, int], bytes] | None = None) -> Path:
     """Write `report.html` for a run (temporary name, then rename).
 
     `thresholds`: the gate thresholds the run used (min_clip_score, max_ref_similarity, ...),
-    drawn on the histograms."""
+    drawn on the histograms. `thumbnails`: PNG thumbnails by (item_id, attempt), as the encode
+    stage stored them; rows without one get theirs made here."""
     e = html.escape
     columns = ["item_id", "sku", "market", "title", "kind", "variant", "format", "prompt", "seed",
                "attempt", "clip_score", "dup_group", "gate_status", "gate_reasons", "image",
                "overlay_text", "overlay_font", "overlay_contrast", "product_diff", "palette_distance"]
     rows = accepted.select(columns).to_pylist() + rejected.select(columns).to_pylist()
-    _attach_thumbnails(rows)
+    _attach_thumbnails(rows, thumbnails)
     stats = [("items", summary.items), ("accepted", summary.accepted), ("rejected", summary.rejected),
              ("regenerated", summary.regenerated), ("bad manifest rows", summary.bad_rows),
              ("images/s", f"{summary.images_per_s:.2f}")] + _cost_stats(getattr(summary, "cost", None))

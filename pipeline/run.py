@@ -27,6 +27,7 @@ import pipeline
 from pipeline.config import JobConfig, parse_job_config
 from pipeline.errors import BadInputError, GateFailedError
 from pipeline.schema import OUTPUT_SCHEMA
+from pipeline.shards import ShardStore, shard_sizes
 
 STATE = "run.json"  # the staging folder's record of the run: request, models, step results
 
@@ -137,7 +138,6 @@ def prepare(request: RunRequest) -> dict:
     pq.write_table(items, staging / "plan.parquet")
     if ingest.rejects.num_rows:
         pq.write_table(ingest.rejects, staging / "input_rejects.parquet")
-    names, counts = _value_counts(items.column("shard_id"))
     (staging / STATE).unlink(missing_ok=True)  # later steps' results belong to the earlier attempt
     state = _update_state(
         staging, plan_sha256=fingerprint, run_id=request.run_id, run_date=request.run_date, dataset=config.dataset,
@@ -153,7 +153,7 @@ def prepare(request: RunRequest) -> dict:
                 else config.gates.min_semantic_cosine,
                 **memorization_thresholds(config.gates, model, scorer)},
         reference=reference,
-        items=items.num_rows, shards=dict(zip(names, counts)),
+        items=items.num_rows, shards=shard_sizes(items),
         timings={"prepare": time.perf_counter() - tick},
     )
     return {"staging": str(staging), "items": state["items"], "shards": sorted(state["shards"]),
@@ -181,11 +181,6 @@ def _check_resumable(staging: Path, fingerprint: str) -> None:
             f"resume it with the same inputs, or use a new --run-id (staging: {staging})")
 
 
-def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:
-    counts = pc.value_counts(column)
-    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
-
-
 # --- 2. generate, score and encode shards -------------------------------------------------------
 def build_stages(state: dict) -> list:
     """The stage chain of a prepared run (models as resolved by `prepare`)."""
@@ -211,16 +206,16 @@ def build_stages(state: dict) -> list:
 
 
 def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_address: str | None = None,
-                    ray_num_cpus: int | None = None, show_progress: bool = False) -> dict:
+                    ray_num_cpus: int | None = None, show_progress: bool = False, on_first_batch=None) -> dict:
     """Generate every listed shard (default: all) whose file is not already there.
 
     With an `http(s)://` Ray address the work is submitted to that cluster through the Ray
     Jobs API (see `pipeline.jobs`); otherwise it runs on a local or connected Ray (or in
     process, `executor: local`). A shard file appears only when the shard is complete.
+    `on_first_batch()` is called once, when the first generated batch is back.
     """
     from pipeline.executor import make_batches, run_stages
     from pipeline.progress import Progress
-    from pipeline.shards import ShardStore
 
     state = read_state(staging)
     wanted = sorted(state["shards"]) if shards is None else list(shards)
@@ -247,6 +242,9 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
         results = run_stages(stages, batches, executor=config.executor,
                              ray_address=ray_address, num_cpus=ray_num_cpus)
         for _, rows in store.collect(results, {s: state["shards"][s] for s in todo_shards}):
+            on_first_batch, first = None, on_first_batch
+            if first:
+                first()
             bar.advance(rows)
     seconds = time.perf_counter() - tick
     if todo.num_rows:  # the devices were held for this round, model loading included
@@ -264,7 +262,6 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
     with their next seed up to `gates.max_attempts`; write accepted and rejected rows."""
     from pipeline.consolidate import (gate_settings, plan_retries, published_history, reference_index,
                                       run_gates, write_plan)
-    from pipeline.shards import ShardStore
 
     state, tick = read_state(staging), time.perf_counter()
     config = parse_job_config(state["config"])
@@ -289,11 +286,11 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
         plan = pq.read_table(staging / "plan.parquet")
         retries = plan_retries(plan, failed, config.shard_size)
         write_plan(staging, pa.concat_tables([plan, retries]))
-        names, counts = _value_counts(retries.column("shard_id"))
-        if clash := set(names) & set(state["shards"]):  # they would be skipped as done: an endless loop
+        sizes = shard_sizes(retries)
+        if clash := set(sizes) & set(state["shards"]):  # they would be skipped as done: an endless loop
             raise RuntimeError(f"{staging}: retry shards already planned: {sorted(clash)}")
-        state = _update_state(staging, shards={**state["shards"], **dict(zip(names, counts))})
-        generate_shards(staging, names, ray_address=ray_address, ray_num_cpus=ray_num_cpus)
+        state = _update_state(staging, shards={**state["shards"], **sizes})
+        generate_shards(staging, list(sizes), ray_address=ray_address, ray_num_cpus=ray_num_cpus)
         regenerated += retries.num_rows
     (staging / "gated").mkdir(exist_ok=True)
     pq.write_table(gated.accepted, staging / "gated" / "accepted.parquet")
@@ -358,7 +355,8 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
         regenerated=state["gate"].get("regenerated", 0),
         cost=run_cost(state.get("device"), accepted.num_rows, parse_job_config(state["config"]).cost),
     )
-    write_report(summary.report_path, accepted, rejected, summary, state["validation"], thresholds=state["scorer"])
+    write_report(summary.report_path, accepted, rejected, summary, state["validation"], thresholds=state["scorer"],
+                 thumbnails=ShardStore(staging / "shards").thumbnails())
     stage_run(staging / "publish", accepted, rejected, run_id)
     manifest = {
         "run_id": run_id, "run_date": state["run_date"], "dataset": state["dataset"],
@@ -386,11 +384,12 @@ def run_job(request: RunRequest) -> RunSummary:
     started = time.perf_counter()
     prepared = prepare(request)
     staging = Path(prepared["staging"])
-    # Great Expectations takes seconds to import; the driver only waits on its workers while
-    # the shards generate, so it imports it meanwhile instead of after them.
-    threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()
+    # Great Expectations takes seconds to import; the driver only waits on its workers while the
+    # shards generate, so it imports it then, once the first batch is back (not while the workers
+    # start: the import holds the GIL the driver's Ray Data start-up needs, ~3 s later actors).
+    load_ge = threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True)
     generated = generate_shards(staging, ray_address=request.ray_address, ray_num_cpus=request.ray_num_cpus,
-                                show_progress=request.show_progress)
+                                show_progress=request.show_progress, on_first_batch=load_ge.start)
     _update_state(staging, timings={**read_state(staging)["timings"], "generate": generated.get("seconds", 0.0)})
     consolidate(staging, ray_address=request.ray_address, ray_num_cpus=request.ray_num_cpus)
     validate(staging)

@@ -134,6 +134,14 @@ ENCODE_FIELDS = [
     pa.field("pixel_std", pa.float32()),
 ]
 
+# Small images later steps of the run read, made by the encode stage while the pixels are at hand
+# so the driver does not decode every image again after the last one was generated. Kept in the
+# shards, never published.
+STAGING_FIELDS = [
+    pa.field("thumbnail", pa.binary()),       # the run report's thumbnail (PNG, pipeline/thumbnail.py)
+    pa.field("copy_thumbnail", pa.binary()),  # the 64 px PNG the memorization gate's pixel check compares
+]
+
 # --- gate ---------------------------------------------------------------------------------------
 GATE_FIELDS = [
     pa.field("dup_group", pa.string()),      # item_id of the group's kept image; null when unique
@@ -159,7 +167,7 @@ OUTPUT_SCHEMA = pa.schema(
     + SCORE_FIELDS + ENCODE_FIELDS + GATE_FIELDS + CAMPAIGN_FIELDS + REGION_FIELDS
 )
 SHARD_SCHEMA = pa.schema(list(ITEM_SCHEMA) + [f for f in GENERATION_FIELDS if f.name != "pixels"]
-                         + SCORE_FIELDS + ENCODE_FIELDS + CAMPAIGN_FIELDS + REGION_FIELDS)
+                         + SCORE_FIELDS + ENCODE_FIELDS + STAGING_FIELDS + CAMPAIGN_FIELDS + REGION_FIELDS)
 
 PARTITION_COLUMNS = ("run_date", "market")
 

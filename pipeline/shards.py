@@ -19,6 +19,12 @@ import pyarrow.parquet as pq
 from pipeline.schema import SHARD_SCHEMA, conform
 
 
+def shard_sizes(items: pa.Table) -> dict[str, int]:
+    """Planned items per shard (`shard_id`)."""
+    counts = pc.value_counts(items.column("shard_id"))
+    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
+
+
 class ShardStore:
     """The `shards/` folder of one run's staging area."""
 
@@ -50,6 +56,17 @@ class ShardStore:
         if not files:
             return SHARD_SCHEMA.empty_table()
         return pa.concat_tables(conform(pq.read_table(f), SHARD_SCHEMA) for f in files)
+
+    def thumbnails(self) -> dict[tuple[str, int], bytes]:
+        """The report thumbnails the encode stage stored, by (item_id, attempt); shards written
+        before thumbnails were stored have none (the report then makes them)."""
+        found: dict[tuple[str, int], bytes] = {}
+        for path in sorted(self.root.glob("shard-*.parquet")):
+            if "thumbnail" not in pq.read_schema(path).names:
+                continue
+            part = pq.read_table(path, columns=["item_id", "attempt", "thumbnail"])
+            found |= {(i, a): t for i, a, t in zip(*(part.column(c).to_pylist() for c in part.column_names)) if t}
+        return found
 
     def collect(self, batches: Iterable[pa.Table], expected: dict[str, int]) -> Iterator[tuple[str, int]]:
         """Buffer streamed rows per shard; write each shard as soon as it is complete.

@@ -62,6 +62,24 @@ def test_tiled_l2_is_the_worst_tile():
     assert against_two.shape == (2,) and against_two[1] == 0.0 < against_two[0]
 
 
+def test_the_encode_stage_copy_thumbnail_is_what_the_pixel_check_compares():
+    """The gate reads the 64 px `copy_thumbnail` the encode stage made instead of decoding each
+    full-size image again; both give the same pixels, so the same tiled L2."""
+    import pyarrow as pa
+
+    from pipeline.copy_detection import comparison_pixels
+    from pipeline.stages.encode import EncodeStage
+    from pipeline.stages.memorization_gate import _comparison_images
+
+    pixels = np.random.default_rng(3).integers(0, 256, (512, 384, 3), dtype=np.uint8)
+    table = pa.table({"item_id": ["a"], "pixels": [pixels.tobytes()], "width": [384], "height": [512]})
+    encoded = EncodeStage()(table)
+    small, image = encoded.column("copy_thumbnail")[0].as_py(), encoded.column("image")[0].as_py()["bytes"]
+    assert np.array_equal(comparison_pixels(small), comparison_pixels(image))
+    assert _comparison_images(encoded) == [small]
+    assert _comparison_images(encoded.drop_columns(["copy_thumbnail"])) == [image]  # shards made before it
+
+
 def test_memorization_gate_flags_pixel_copies_and_cfg_gaps(tmp_path, models_dir):
     import hashlib
     from datetime import datetime, timezone

@@ -30,3 +30,25 @@ def test_report_inlines_images_and_escapes_user_text(tmp_path):
     assert page.count("data:image/png;base64,") == 3  # every image inlined, no external file
     assert "clip_score: 0.1000 &lt; 0.2000" in page
     assert "src='http" not in page and 'src="http' not in page
+
+
+def test_report_inlines_the_stored_thumbnails_and_makes_the_missing_ones(tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    table = make_output_table(2)
+    summary = RunSummary("run-x", "2026-11-26", tmp_path, 2, 2, 0, 2, 0, {}, 0, 1.0, 2.0,
+                         tmp_path / "manifest.json", tmp_path / "report.html", {"generate": 1.0})
+    buffer = io.BytesIO()
+    Image.new("RGB", (3, 5), (1, 2, 3)).save(buffer, format="PNG")  # no image of the run looks like it
+    first = table.slice(0, 1).to_pylist()[0]
+    stored = {(first["item_id"], first["attempt"]): buffer.getvalue()}
+    page = Path(write_report(tmp_path / "report.html", table, table.slice(0, 0), summary, {"results": []},
+                             thumbnails=stored)).read_text(encoding="utf-8")
+    inlined = [base64.b64decode(part.split("'", 1)[0]) for part in page.split("data:image/png;base64,")[1:]]
+    assert len(inlined) == 2 and inlined.count(buffer.getvalue()) == 1
+    made = next(data for data in inlined if data != buffer.getvalue())  # the other row's, made from its image
+    with Image.open(io.BytesIO(made)) as small, Image.open(io.BytesIO(table.column("image")[1]["bytes"].as_py())) as im:
+        assert small.size == im.size  # never enlarged

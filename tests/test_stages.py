@@ -140,12 +140,32 @@ def test_score_is_a_cosine_and_keeps_normalised_embeddings(generated, score):
 def test_encode_is_lossless_and_hashes_the_bytes(generated, fmt):
     encoded = EncodeStage(fmt)(generated)
     assert "pixels" not in encoded.column_names
-    assert encoded.schema.names[-len(ENCODE_FIELDS):] == [f.name for f in ENCODE_FIELDS]
+    assert encoded.schema.names[-len(ENCODE_FIELDS) - 2:] == [f.name for f in ENCODE_FIELDS] + ["thumbnail", "copy_thumbnail"]
     image = encoded.column("image")[0].as_py()
     assert image["path"].endswith(f".{fmt}")
     assert hashlib.sha256(image["bytes"]).hexdigest() == encoded.column("image_sha256")[0].as_py()
     decoded = Image.open(io.BytesIO(image["bytes"])).convert("RGB")
     assert decoded.tobytes() == generated.column("pixels")[0].as_py()
+
+
+def test_encode_stores_the_report_thumbnail_of_the_same_pixels(generated):
+    """The report's thumbnail is made from the encoded pixels, at the side the report shows the
+    image: never enlarged (a 64 px image stays 64 px), a 512 px creative with copy at 320 px."""
+    from pipeline.thumbnail import thumbnail_side
+
+    encoded = EncodeStage()(generated)
+    for raw, data, width, height in zip(generated.column("pixels").to_pylist(), encoded.column("thumbnail").to_pylist(),
+                                        generated.column("width").to_pylist(), generated.column("height").to_pylist()):
+        assert Image.open(io.BytesIO(data)).convert("RGB").tobytes() == raw  # 64 px: the image itself
+    big = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    row = generated.slice(0, 1)
+    row = row.set_column(row.schema.get_field_index("pixels"), "pixels", pa.array([big.tobytes()], pa.binary()))
+    for name, value in (("width", 512), ("height", 512)):
+        row = row.set_column(row.schema.get_field_index(name), name, pa.array([value], pa.int32()))
+    plain = EncodeStage()(row).column("thumbnail")[0].as_py()
+    creative = EncodeStage()(row.append_column("overlay_text", pa.array(["Sale"]))).column("thumbnail")[0].as_py()
+    assert Image.open(io.BytesIO(plain)).size == (thumbnail_side(False),) * 2 == (160, 160)
+    assert Image.open(io.BytesIO(creative)).size == (thumbnail_side(True),) * 2 == (320, 320)
 
 
 def test_png_compress_level_changes_bytes_not_pixels(generated):
@@ -201,6 +221,23 @@ def test_ray_and_local_executors_give_the_same_images(items, models_dir, ray_ses
     local = local.sort_by("item_id")
     assert on_ray.column("image_sha256").to_pylist() == local.column("image_sha256").to_pylist()
     assert np.allclose(on_ray.column("clip_score").to_pylist(), local.column("clip_score").to_pylist(), atol=1e-5)
+
+
+def test_a_local_ray_started_by_synthcat_runs_its_workers_offline():
+    """The local Ray's workers get the offline settings from the driver's environment (not a job
+    runtime_env, which would keep them from reusing Ray's idle workers), even when the caller's
+    environment had none."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, ray\nfrom pipeline.executor import init_ray\nassert init_ray(num_cpus=1)\n"
+            "probe = ray.remote(lambda: [os.environ.get(k) for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE')])\n"
+            "print(ray.get(probe.remote()))\nray.shutdown()")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "RAY_ADDRESS")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['1', '1']"
 
 
 def test_encode_and_gate_accept_empty_input(generated, score):

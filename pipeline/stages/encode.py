@@ -1,7 +1,8 @@
 """Encode: raw pixels become PNG/WebP bytes in the Hugging Face `Image` struct (CPU only).
 
-It also computes what the gates read from pixels, while they are at hand: the perceptual
-hash (pHash) and the pixel mean and spread (black or blank images).
+It also computes what later steps read from pixels, while they are at hand: the perceptual
+hash (pHash), the pixel mean and spread (black or blank images) and the 64 px image of the
+pixel copy check for the gates, and the run report's thumbnail.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import StageResources
-from pipeline.schema import ENCODE_FIELDS
+from pipeline.copy_detection import thumbnail_png
+from pipeline.schema import ENCODE_FIELDS, STAGING_FIELDS
+from pipeline.thumbnail import report_thumbnail, thumbnail_side
 
 
 @dataclass
 class EncodeStage:
-    """Compress images off the GPU workers; drops `pixels`, adds `image` and `image_sha256`.
+    """Compress images off the GPU workers; drops `pixels`, adds `image`, `image_sha256`, the
+    gates' pixel evidence, the report's `thumbnail` and the copy check's `copy_thumbnail`.
 
     PNG is lossless and byte-for-byte deterministic; WebP is written lossless too, so
     the published pixels of an item never depend on encoder settings. `png_compress_level`
@@ -39,10 +43,12 @@ class EncodeStage:
         import imagehash
         from PIL import Image
 
-        images, hashes, phashes, means, stds = [], [], [], [], []
+        images, hashes, phashes, means, stds, thumbnails, copy_thumbnails = [], [], [], [], [], [], []
+        copy = (batch.column("overlay_text").to_pylist() if "overlay_text" in batch.column_names
+                else [None] * batch.num_rows)
         rows = zip(batch.column("item_id").to_pylist(), batch.column("pixels").to_pylist(),
-                   batch.column("width").to_pylist(), batch.column("height").to_pylist())
-        for item, raw, width, height in rows:
+                   batch.column("width").to_pylist(), batch.column("height").to_pylist(), copy)
+        for item, raw, width, height, text in rows:
             buffer = io.BytesIO()
             image = Image.frombytes("RGB", (width, height), raw)
             if self.image_format == "png":
@@ -56,9 +62,12 @@ class EncodeStage:
             values = np.frombuffer(raw, dtype=np.uint8)
             means.append(float(values.mean()) if values.size else 0.0)
             stds.append(float(values.std()) if values.size else 0.0)
+            thumbnails.append(report_thumbnail(image, thumbnail_side(bool(text))))
+            copy_thumbnails.append(thumbnail_png(image))
         out = batch.drop_columns(["pixels"])
         columns = {"image": images, "image_sha256": hashes, "image_phash": phashes,
-                   "pixel_mean": means, "pixel_std": stds}
-        for f in ENCODE_FIELDS:
+                   "pixel_mean": means, "pixel_std": stds, "thumbnail": thumbnails,
+                   "copy_thumbnail": copy_thumbnails}
+        for f in ENCODE_FIELDS + STAGING_FIELDS:
             out = out.append_column(f, pa.array(columns[f.name], type=f.type))
         return out

@@ -33,8 +33,17 @@ class MemorizationEvidence:
     reasons: list[list[str]]
 
 
-def _pixel_copy_distance(images: list[dict | None], rows: np.ndarray, reference) -> tuple[list, list]:
-    """Per image: (smallest tiled L2 to its candidate references, that reference's row)."""
+def _comparison_images(table: pa.Table) -> list[bytes | None]:
+    """Per row, the encoded image the pixel check compares: the 64 px copy the encode stage made
+    (`copy_thumbnail`, the same pixels `comparison_pixels` gives), else the image itself."""
+    images = [image["bytes"] if image else None for image in table.column("image").to_pylist()]
+    if "copy_thumbnail" not in table.column_names:
+        return images
+    return [small or image for small, image in zip(table.column("copy_thumbnail").to_pylist(), images)]
+
+
+def _pixel_copy_distance(images: list[bytes | None], rows: np.ndarray, reference) -> tuple[list, list]:
+    """Per image (encoded bytes): (smallest tiled L2 to its candidate references, that reference's row)."""
     from pipeline.copy_detection import comparison_pixels, tiled_l2
 
     thumbs = reference.thumbnails(rows.ravel())
@@ -43,11 +52,11 @@ def _pixel_copy_distance(images: list[dict | None], rows: np.ndarray, reference)
     closest: list[int | None] = []
     for image, candidates in zip(images, rows):
         usable = [r for r in candidates if r in decoded]
-        if not image or not image.get("bytes") or not usable:
+        if not image or not usable:
             distances.append(None)
             closest.append(None)
             continue
-        d = tiled_l2(comparison_pixels(image["bytes"])[None], np.stack([decoded[r] for r in usable]))
+        d = tiled_l2(comparison_pixels(image)[None], np.stack([decoded[r] for r in usable]))
         best = int(np.argmin(d))
         distances.append(float(d[best]))
         closest.append(int(usable[best]))
@@ -71,7 +80,7 @@ def memorization_evidence(table: pa.Table, embeddings: np.ndarray | None, refere
         rows, scores = reference.neighbours(embeddings, CANDIDATES)
         ids = [reference.ids[r] if r >= 0 else None for r in rows[:, 0]]
         similarity = [float(s) if r >= 0 else None for r, s in zip(rows[:, 0], scores[:, 0])]
-        tile_l2, closest = _pixel_copy_distance(table.column("image").to_pylist(), rows, reference)
+        tile_l2, closest = _pixel_copy_distance(_comparison_images(table), rows, reference)
         for row in range(n):
             if max_ref_similarity is not None and similarity[row] is not None \
                     and similarity[row] >= max_ref_similarity:

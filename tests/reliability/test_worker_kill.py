@@ -68,10 +68,11 @@ def test_a_ray_worker_killed_mid_shard_is_replaced_without_loss_or_duplicates(
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
     outcome: dict = {}
+    first_batches: list[float] = []
 
     def generate() -> None:
         try:
-            outcome["result"] = run.generate_shards(staging)
+            outcome["result"] = run.generate_shards(staging, on_first_batch=lambda: first_batches.append(time.time()))
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             outcome["error"] = exc
 
@@ -89,6 +90,7 @@ def test_a_ray_worker_killed_mid_shard_is_replaced_without_loss_or_duplicates(
     assert not thread.is_alive(), "the run never recovered from the killed worker"
     assert "error" not in outcome, outcome.get("error")
     assert outcome["result"]["generated"] == 2
+    assert len(first_batches) == 1  # once, whatever the number of batches (run_job imports GE then)
 
     store = ShardStore(staging / "shards")
     assert store.done() == set(run.read_state(staging)["shards"])
