@@ -53,6 +53,16 @@ class Recipe:
 ROUND_1 = ("clip_s", "vae_s", "encode_s", "unet_s")  # timings a resumed run carries over
 
 
+def _write_record(out_dir: Path, seed: int, recipe: Recipe, timings: dict, **extra) -> None:
+    """`out_dir/training.json`: seed, recipe, timings (their total added) and what `extra` says."""
+    import torch
+
+    timings["total_s"] = sum(timings.values())
+    record = {"seed": seed, "recipe": asdict(recipe), "timings_s": {k: round(v, 1) for k, v in timings.items()},
+              "torch": torch.__version__} | extra
+    (out_dir / "training.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+
+
 def _training_stream(recipe: Recipe, seed: int):
     """The rendered training set (unique images), the stream's row indices into it, and the stream
     the trainers sample from: each hero repeated `hero_copies` times by index, not by copying pixels."""
@@ -97,10 +107,7 @@ def train_image_round(resume: Path, out_dir: Path, seed: int = 20261126, recipe:
     if out_dir.resolve() != resume.resolve():
         write_atomically(out_dir / "diffusion", lambda d: shutil.copytree(resume / "diffusion", d), replace=True)
     write_atomically(out_dir / "clip", lambda d: save_clip(clip, d), replace=True)
-    timings["total_s"] = sum(timings.values())
-    record = {"seed": seed, "recipe": asdict(recipe), "timings_s": {k: round(v, 1) for k, v in timings.items()},
-              "resumed": True, "torch": torch.__version__, "round": "image", "before": earlier}
-    (out_dir / "training.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    _write_record(out_dir, seed, recipe, timings, resumed=True, round="image", before=earlier)
     log(f"image round in {timings['total_s'] / 60:.1f} min: {timings}")
     return timings
 
@@ -197,12 +204,10 @@ def train_all(out_dir: Path, seed: int = 20261126, recipe: Recipe = Recipe(), lo
         write_atomically(out_dir / "clip", lambda d: save_clip(clip, d), replace=True)
         write_atomically(out_dir / "diffusion", lambda d: save_pipeline(d, vae, unet, text_encoder, tokenizer),
                          replace=True)
-    timings["total_s"] = sum(v for k, v in timings.items())
-    record = {"seed": seed, "recipe": asdict(recipe), "timings_s": {k: round(v, 1) for k, v in timings.items()},
-              "resumed": resume is not None, "torch": torch.__version__}
+    extra = {"resumed": resume is not None}
     if new_text_tower:  # what this round went on from, and where its CLIP came from
-        record |= {"round": "text", "clip_from": str(clip_from) if clip_from else None, "before": earlier}
-    (out_dir / "training.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+        extra |= {"round": "text", "clip_from": str(clip_from) if clip_from else None, "before": earlier}
+    _write_record(out_dir, seed, recipe, timings, **extra)
     log(f"trained in {timings['total_s'] / 60:.1f} min: {timings}")
     return timings
 

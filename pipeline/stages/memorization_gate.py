@@ -36,10 +36,12 @@ class MemorizationEvidence:
 def _comparison_images(table: pa.Table) -> list[bytes | None]:
     """Per row, the encoded image the pixel check compares: the 64 px copy the encode stage made
     (`copy_thumbnail`, the same pixels `comparison_pixels` gives), else the image itself."""
-    images = [image["bytes"] if image else None for image in table.column("image").to_pylist()]
-    if "copy_thumbnail" not in table.column_names:
-        return images
-    return [small or image for small, image in zip(table.column("copy_thumbnail").to_pylist(), images)]
+    small = (table.column("copy_thumbnail").to_pylist() if "copy_thumbnail" in table.column_names
+             else [None] * table.num_rows)
+    if all(small):  # the full images are only read for rows without one
+        return small
+    images = table.column("image").to_pylist()
+    return [s or (image["bytes"] if image else None) for s, image in zip(small, images)]
 
 
 def _pixel_copy_distance(images: list[bytes | None], rows: np.ndarray, reference) -> tuple[list, list]:
