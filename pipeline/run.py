@@ -206,13 +206,13 @@ def build_stages(state: dict) -> list:
 
 
 def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_address: str | None = None,
-                    ray_num_cpus: int | None = None, show_progress: bool = False, on_first_batch=None) -> dict:
+                    ray_num_cpus: int | None = None, show_progress: bool = False, on_first_batch=lambda: None) -> dict:
     """Generate every listed shard (default: all) whose file is not already there.
 
     With an `http(s)://` Ray address the work is submitted to that cluster through the Ray
     Jobs API (see `pipeline.jobs`); otherwise it runs on a local or connected Ray (or in
-    process, `executor: local`). A shard file appears only when the shard is complete.
-    `on_first_batch()` is called once, when the first generated batch is back.
+    process, `executor: local`). A shard file appears only when the shard is complete; the
+    first one back calls `on_first_batch()` and ends `first_batch_s`, the start-up.
     """
     from pipeline.executor import make_batches, run_stages
     from pipeline.progress import Progress
@@ -235,16 +235,16 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
     config = parse_job_config(state["config"])
     plan = pq.read_table(staging / "plan.parquet")
     todo = plan.filter(pc.is_in(plan.column("shard_id"), pa.array(todo_shards, pa.string())))
-    tick = time.perf_counter()
+    tick, first_batch_s = time.perf_counter(), None
     stages = build_stages(state)
     with Progress("generate", total=todo.num_rows, enabled=show_progress) as bar:
         batches = make_batches(todo, config.resources.generate.batch_size)
         results = run_stages(stages, batches, executor=config.executor,
                              ray_address=ray_address, num_cpus=ray_num_cpus)
         for _, rows in store.collect(results, {s: state["shards"][s] for s in todo_shards}):
-            on_first_batch, first = None, on_first_batch
-            if first:
-                first()
+            if first_batch_s is None:  # start-up ends here: Ray Data, the actors, their models
+                first_batch_s = time.perf_counter() - tick
+                on_first_batch()
             bar.advance(rows)
     seconds = time.perf_counter() - tick
     if todo.num_rows:  # the devices were held for this round, model loading included
@@ -253,7 +253,7 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
         _update_state(staging, device=add_device_seconds(read_state(staging).get("device"),
                                                          *devices_held(stages), seconds))
     return {"shards": len(wanted), "generated": todo.num_rows, "skipped": len(wanted) - len(todo_shards),
-            "seconds": seconds}
+            "seconds": seconds, "first_batch_s": first_batch_s}
 
 
 # --- 3. consolidate: the global gates -----------------------------------------------------------
@@ -384,13 +384,13 @@ def run_job(request: RunRequest) -> RunSummary:
     started = time.perf_counter()
     prepared = prepare(request)
     staging = Path(prepared["staging"])
-    # Great Expectations takes seconds to import; the driver only waits on its workers while the
-    # shards generate, so it imports it then, once the first batch is back (not while the workers
-    # start: the import holds the GIL the driver's Ray Data start-up needs, ~3 s later actors).
+    # Great Expectations takes seconds to import: once the first batch is back, not while the workers
+    # start (the import holds the GIL the driver's Ray Data start-up needs: ~3 s later actors).
     load_ge = threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True)
     generated = generate_shards(staging, ray_address=request.ray_address, ray_num_cpus=request.ray_num_cpus,
                                 show_progress=request.show_progress, on_first_batch=load_ge.start)
-    _update_state(staging, timings={**read_state(staging)["timings"], "generate": generated.get("seconds", 0.0)})
+    _update_state(staging, timings={**read_state(staging)["timings"], "generate": generated.get("seconds", 0.0),
+                                    "generate_first_batch": generated.get("first_batch_s") or 0.0})
     consolidate(staging, ray_address=request.ray_address, ray_num_cpus=request.ray_num_cpus)
     validate(staging)
     seconds = generated.get("seconds") or 0.0

@@ -25,7 +25,11 @@ def test_bench_writes_ratios_for_the_same_items(tmp_path, models_dir, ray_sessio
     # DPM-Solver++: one UNet evaluation per step; CPU: no compile, no GPU memory figures
     assert record["unet_evaluations"] == record["steps"] == 20
     assert record["compile_warmup_s"] is None and record["peak_gpu_mb_e2e"] is None
-    assert set(record["e2e_timings_s"]) >= {"prepare", "generate", "validate", "publish"}
+    assert set(record["e2e_timings_s"]) >= {"prepare", "generate", "generate_first_batch", "validate", "publish"}
+    # start-up ends at the first written batch; the rest of the items over the rest of the run
+    assert 0 < record["e2e_startup_s"] < record["items"] / record["e2e_img_s"]
+    assert record["e2e_steady_img_s"] > 0 and record["e2e_steady_vs_engine"] == pytest.approx(
+        record["e2e_steady_img_s"] / record["engine_img_s"])
     cost = record["e2e_cost"]  # the run's own cost record: CPU core-seconds held by generation
     assert cost["device"] == "cpu" and cost["device_seconds"] > 0
     assert cost["usd_per_1000_accepted"] == pytest.approx(

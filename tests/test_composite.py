@@ -172,3 +172,34 @@ def test_a_photo_that_changed_after_planning_is_refused(tmp_path):
     render_cutout(RenderSpec("mug", "blue"), size=64).save(path)
     with pytest.raises(PhotoError, match="changed since the run was planned"):
         load_cutout(str(path), sha)
+
+
+def test_photo_backgrounds_never_recompile_a_compiled_unet(ingested, config, models_dir):
+    """A batch holds any number of photo rows; under torch.compile the inpainting pass must not
+    hand the compiled UNet or decoder a new shape for each count (a recompile per count)."""
+    import torch._dynamo
+
+    from pipeline.config import Engine, StageResources
+
+    model = resolve_model("tiny", models_dir)
+    items = plan_items(ingested.products, config, run_id="r", run_date="2026-11-26", width=64, height=64,
+                       models_dir=models_dir)
+    square = [i for i, r in enumerate(items.to_pylist()) if r["format"] == "1:1"]
+    photo = next(i for i in square if items.column("product_image")[i].as_py())
+    plain = next(i for i in square if not items.column("product_image")[i].as_py())
+    torch._dynamo.reset()
+    # The eager backend runs dynamo's tracing and guards without inductor's C++ build (CPU test).
+    stage = GenerateStage(model.path, model.name, "x", model.pipeline_class, 2, 7.5,
+                          resources=StageResources(batch_size=4), engine=Engine(compile=True, compile_backend="eager"),
+                          campaign=campaign_generation(config, {"path": str(model.path), "steps": 2,
+                                                                "guidance_scale": 7.5}))
+    stage.setup()
+    stage(items.take([plain]))  # the warm-up batch: no photo row
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    one = stage(items.take([photo, plain]))  # one photo row in the batch
+    two = stage(items.take([photo, photo, photo]))  # three: another count
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs > 0
+    torch._dynamo.reset()
+    # the same photo row, the same seed: the same pixels whatever else is in the batch
+    first, again = (np.frombuffer(t.column("pixels")[0].as_py(), np.uint8).astype(int) for t in (one, two))
+    assert np.abs(first - again).max() <= 2

@@ -86,7 +86,7 @@ class GenerateStage:
                                                  [seeds[i] for i in call], *size, guidance)
             images, gap = images[:len(rows)], None if gap is None else gap[:len(rows)]
             if self.campaign:  # product photos: a new background inpainted around the product
-                images = self.campaign.composite(self._current, batch, rows, images)
+                images = self.campaign.composite(self._current, batch, rows, images, self.engine.vae_decode_chunk)
             for k, (row, image) in enumerate(zip(rows, images)):
                 pixels[row] = image.tobytes()
                 gaps[row] = None if gap is None else float(gap[k])
