@@ -17,6 +17,8 @@ from pipeline.report_charts import CHART_CSS, gate_charts
 from pipeline.thumbnail import THUMB, report_thumbnail, thumbnail_side
 from pipeline.training.report import training_section
 
+# timing keys that are not steps of their own
+TIMING_LABELS = {"generate_first_batch": "generate: until the first batch was written (start-up; part of generate)"}
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;background:#f6f7f9;color:#1d2433}
@@ -148,7 +150,8 @@ def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, va
     )
     total = len(validation.get("results", []))
     passed = sum(1 for r in validation.get("results", []) if r.get("success"))
-    timings = "".join(f"<tr><td>{e(k)}</td><td>{v:.2f} s</td></tr>" for k, v in summary.timings.items())
+    timings = "".join(f"<tr><td>{e(TIMING_LABELS.get(k, k))}</td><td>{v:.2f} s</td></tr>"
+                      for k, v in summary.timings.items())
     page = (
         f"<!doctype html><html><head><meta charset=utf-8><title>synthcat run {e(summary.run_id)}</title>"
         f"<style>{_CSS}{CHART_CSS}</style></head><body><h1>synthcat run {e(summary.run_id)}</h1>"

@@ -60,7 +60,12 @@ def test_layout_and_manifest_written_last(published):
     assert not any(x.startswith("memorization:") for r in rows for x in r["gate_reasons"] or [])
     cost = manifest["cost"]  # CPU core-seconds held by generation, priced per 1,000 accepted images
     assert cost["device"] == "cpu" and cost["device_seconds"] > 0 and cost["usd_per_1000_accepted"] > 0
-    assert "CPU core-s / accepted image" in (root / "_runs" / "run-a" / "report.html").read_text()
+    report = (root / "_runs" / "run-a" / "report.html").read_text()
+    assert "CPU core-s / accepted image" in report
+    # start-up: from the generate step's start to the first written batch, within that step
+    timings = manifest["timings_s"]
+    assert 0 < timings["generate_first_batch"] <= timings["generate"]
+    assert "until the first batch was written" in report and ">generate_first_batch<" not in report
     for record in manifest["files"]:
         assert hashlib.sha256((root / record["path"]).read_bytes()).hexdigest() == record["sha256"]
     assert (root / "_runs" / "run-a" / "report.html").stat().st_size > 1000
