@@ -72,6 +72,24 @@ def test_fonts_come_from_installed_packages_and_cover_each_markets_copy():
     assert loaded.layout_engine == ImageFont.Layout.RAQM
 
 
+def test_a_missing_font_package_is_a_font_error_naming_it(monkeypatch):
+    """A font wheel missing from an environment: a FontError naming the package to install (the
+    overlay stage rejects that row, as for any line no packaged font draws), never an ImportError
+    that stops the whole run."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "noto_cjk_sans_jp_regular", None)  # `import` raises ImportError
+    fonts.face.cache_clear()
+    try:
+        with pytest.raises(fonts.FontError, match="pip install noto-cjk-sans-jp-regular"):
+            fonts.face("Noto Sans CJK JP")
+        with pytest.raises(fonts.FontError, match="noto-cjk-sans-jp-regular"):
+            fonts.pick_face(("Noto Sans",), "Sale: ラグ")  # a Latin line that needs the CJK face
+        assert fonts.pick_face(("Noto Sans",), "Sale").family == "Noto Sans"  # other lines still drawn
+    finally:
+        fonts.face.cache_clear()
+
+
 def _mask(text: str, family: str, language: str, direction=None, engine=ImageFont.Layout.RAQM, size=48):
     font = ImageFont.truetype(str(fonts.face(family).path), size, layout_engine=engine)
     image = Image.new("L", (900, 120), 0)

@@ -58,16 +58,19 @@ def face(family: str, weight: int = 700) -> FontFace:
     """The installed file of `family` at `weight` (the nearest weight a static family has)."""
     if family not in FONT_PACKAGES:
         raise FontError(f"font family {family!r} is not one the project installs; known: {', '.join(FONT_PACKAGES)}")
-    if family == "Noto Sans CJK JP":
-        import noto_cjk_sans_jp_regular
-
-        return FontFace(family, 400, Path(str(noto_cjk_sans_jp_regular.FONT_PATH)), False)
-    import fontpkg
-
     try:
-        fam = fontpkg.family(family)
-        chosen = fontpkg.select_file(fam, weight, "normal", nearest=True)
-    except fontpkg.FontpkgError as exc:
+        if family == "Noto Sans CJK JP":
+            import noto_cjk_sans_jp_regular
+
+            return FontFace(family, 400, Path(str(noto_cjk_sans_jp_regular.FONT_PATH)), False)
+        import fontpkg
+
+        try:
+            fam = fontpkg.family(family)
+            chosen = fontpkg.select_file(fam, weight, "normal", nearest=True)
+        except fontpkg.FontpkgError as exc:
+            raise ImportError(str(exc)) from None
+    except ImportError as exc:  # a FontError: the overlay stage rejects the row, the run goes on
         raise FontError(f"font family {family!r} is not installed ({exc}); pip install "
                         f"{FONT_PACKAGES[family]}") from None
     return FontFace(family, weight if chosen.variable else (chosen.weight or 400), Path(chosen.path), chosen.variable)
