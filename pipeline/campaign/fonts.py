@@ -58,22 +58,25 @@ def face(family: str, weight: int = 700) -> FontFace:
     """The installed file of `family` at `weight` (the nearest weight a static family has)."""
     if family not in FONT_PACKAGES:
         raise FontError(f"font family {family!r} is not one the project installs; known: {', '.join(FONT_PACKAGES)}")
-    try:
-        if family == "Noto Sans CJK JP":
-            import noto_cjk_sans_jp_regular
-
-            return FontFace(family, 400, Path(str(noto_cjk_sans_jp_regular.FONT_PATH)), False)
-        import fontpkg
-
+    # A wheel missing from the environment is a FontError: the overlay stage rejects that row and
+    # the run goes on (an ImportError inside a Ray task would abort it).
+    if family == "Noto Sans CJK JP":
         try:
-            fam = fontpkg.family(family)
-            chosen = fontpkg.select_file(fam, weight, "normal", nearest=True)
-        except fontpkg.FontpkgError as exc:
-            raise ImportError(str(exc)) from None
-    except ImportError as exc:  # a FontError: the overlay stage rejects the row, the run goes on
-        raise FontError(f"font family {family!r} is not installed ({exc}); pip install "
-                        f"{FONT_PACKAGES[family]}") from None
+            import noto_cjk_sans_jp_regular
+        except ImportError as exc:
+            raise _not_installed(family, exc) from None
+        return FontFace(family, 400, Path(str(noto_cjk_sans_jp_regular.FONT_PATH)), False)
+    import fontpkg
+
+    try:
+        chosen = fontpkg.select_file(fontpkg.family(family), weight, "normal", nearest=True)
+    except fontpkg.FontpkgError as exc:
+        raise _not_installed(family, exc) from None
     return FontFace(family, weight if chosen.variable else (chosen.weight or 400), Path(chosen.path), chosen.variable)
+
+
+def _not_installed(family: str, cause: Exception) -> FontError:
+    return FontError(f"font family {family!r} is not installed ({cause}); pip install {FONT_PACKAGES[family]}")
 
 
 @lru_cache(maxsize=None)
