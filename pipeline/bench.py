@@ -210,9 +210,12 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
         stage(batches[0])
         warmup_s = time.perf_counter() - tick
     _reset_gpu_peak(device)
+    batch_s = []  # per batch: a recompile or a slow photo-row pass shows as an outlier
     tick = time.perf_counter()
     for batch in batches:
-        stage(batch)
+        start = time.perf_counter()
+        stage(batch)  # returns host bytes, so each batch's GPU work is done when it returns
+        batch_s.append(round(time.perf_counter() - start, 3))
     _sync(device)
     engine_s, engine_peak = time.perf_counter() - tick, _gpu_peak_mb(device)
     del stage
@@ -227,7 +230,8 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
         "batch_size": batch_size, "steps": model.steps,
         "unet_evaluations": evaluations, "guidance_scale": model.guidance_scale, "width": model.width,
         "height": model.height, "torch": torch.__version__, "diffusers": diffusers.__version__,
-        "engine": config.engine.model_dump(), "compile_warmup_s": warmup_s,
+        "engine": config.engine.model_dump(), "compile_warmup_s": warmup_s, "engine_batch_s": batch_s,
+        "compile_counters": _compile_counters(),
         "naive_img_s": naive_img_s, "engine_img_s": engine_img_s, "engine_vs_naive": engine_img_s / naive_img_s,
         "e2e_img_s": None, "e2e_items": None, "e2e_accepted": None, "e2e_vs_engine": None,
         "e2e_startup_s": None, "e2e_steady_img_s": None, "e2e_steady_vs_engine": None,
@@ -271,6 +275,17 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
         "peak_gpu_mb_e2e": e2e_peak.peak_mb if device == "cuda" else None,
     })
     return record
+
+
+def _compile_counters() -> dict[str, int]:
+    """torch.compile's counters of this process: graphs traced, recompiles, on-disk cache hits."""
+    from torch._dynamo.utils import counters
+
+    wanted = {("stats", "unique_graphs"), ("inductor", "fxgraph_cache_hit"), ("inductor", "fxgraph_cache_miss"),
+              ("aot_autograd", "autograd_cache_hit"), ("aot_autograd", "autograd_cache_miss")}
+    found = {f"{group}.{key}": counters[group][key] for group, key in sorted(wanted)}
+    found["recompiles"] = sum(counters["recompiles"].values())
+    return found
 
 
 def _sync(device: str) -> None:

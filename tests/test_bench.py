@@ -25,6 +25,10 @@ def test_bench_writes_ratios_for_the_same_items(tmp_path, models_dir, ray_sessio
     # DPM-Solver++: one UNet evaluation per step; CPU: no compile, no GPU memory figures
     assert record["unet_evaluations"] == record["steps"] == 20
     assert record["compile_warmup_s"] is None and record["peak_gpu_mb_e2e"] is None
+    assert record["compile_counters"]["stats.unique_graphs"] == record["compile_counters"]["recompiles"] == 0
+    # one time per engine batch (batches of 4, never spanning a shard), adding up to the engine phase
+    assert len(record["engine_batch_s"]) >= record["items"] / 4
+    assert sum(record["engine_batch_s"]) <= record["items"] / record["engine_img_s"]
     assert set(record["e2e_timings_s"]) >= {"prepare", "generate", "generate_first_batch", "validate", "publish"}
     # start-up ends at the first written batch; the rest of the items over the rest of the run
     assert 0 < record["e2e_startup_s"] < record["items"] / record["e2e_img_s"]
