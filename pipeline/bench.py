@@ -136,7 +136,7 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
     import torch
 
     from pipeline.campaign.chain import campaign_generation
-    from pipeline.campaign.generation import PHOTO_SEED_OFFSET, start_and_mask
+    from pipeline.campaign.generation import PHOTO_SEED_OFFSET, inpaint_steps, start_and_mask
     from pipeline.campaign.layout import canvas_size
     from pipeline.executor import init_ray, make_batches
     from pipeline.models.presets import resolve_model, resolve_scorer, weights_sha256
@@ -186,7 +186,8 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
                                                                              config.campaign.canvas))
                 inpaint(prompt=row["prompt"], negative_prompt=row["negative_prompt"], image=start,
                         mask_image=mask, width=row["width"], height=row["height"],
-                        strength=config.campaign.background_strength, num_inference_steps=model.steps,
+                        strength=config.campaign.background_strength,
+                        num_inference_steps=inpaint_steps(model.steps, config.campaign.background_strength),
                         guidance_scale=model.guidance_scale,
                         generator=torch.Generator(device).manual_seed(row["seed"] ^ PHOTO_SEED_OFFSET),
                         output_type="pil")

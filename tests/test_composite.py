@@ -203,3 +203,29 @@ def test_photo_backgrounds_never_recompile_a_compiled_unet(ingested, config, mod
     # the same photo row, the same seed: the same pixels whatever else is in the batch
     first, again = (np.frombuffer(t.column("pixels")[0].as_py(), np.uint8).astype(int) for t in (one, two))
     assert np.abs(first - again).max() <= 2
+
+
+@pytest.mark.parametrize("steps,strength,expected", [(20, 0.9, 20), (1, 1.0, 1), (1, 0.9, 2), (1, 0.3, 4), (2, 0.5, 2)])
+def test_inpainting_always_runs_at_least_one_step(steps, strength, expected):
+    from pipeline.campaign.generation import inpaint_steps
+
+    assert inpaint_steps(steps, strength) == expected
+    assert int(expected * strength) >= 1  # diffusers runs int(steps * strength) of them
+
+
+def test_a_one_step_model_inpaints_product_photo_backgrounds(ingested, config, models_dir):
+    """SD-Turbo-style presets sample in one step; at strength 0.9 that would leave the inpainting
+    pass no step at all (diffusers refuses the call), so it runs the fewest steps that leave one."""
+    model = resolve_model("tiny", models_dir)
+    items = plan_items(ingested.products, config, run_id="r", run_date="2026-11-26", width=64, height=64,
+                       models_dir=models_dir)
+    photo = next(i for i, r in enumerate(items.to_pylist()) if r["product_image"])
+    stage = GenerateStage(model.path, model.name, "x", model.pipeline_class, 1, 0.0,
+                          campaign=campaign_generation(config, {"path": str(model.path), "steps": 1,
+                                                                "guidance_scale": 0.0}))
+    scene = GenerateStage(model.path, model.name, "x", model.pipeline_class, 1, 0.0)
+    stage.setup()
+    scene.setup()
+    inpainted, plain = (np.frombuffer(s(items.take([photo])).column("pixels")[0].as_py(), np.uint8)
+                        for s in (stage, scene))
+    assert inpainted.shape == plain.shape and not np.array_equal(inpainted, plain)

@@ -98,13 +98,23 @@ class CampaignGeneration:
             result = inpaint(prompt=[col["prompt"][rows[k]] for k in todo],
                              negative_prompt=[col["negative_prompt"][rows[k]] or "" for k in todo],
                              image=starts, mask_image=masks, height=height, width=width, strength=self.strength,
-                             num_inference_steps=self.steps, guidance_scale=self.guidance_scale,
-                             generator=generators, output_type="latent")
+                             num_inference_steps=inpaint_steps(self.steps, self.strength),
+                             guidance_scale=self.guidance_scale, generator=generators, output_type="latent")
             done = decode(pipe.vae, result.images, decode_chunk, fixed=compiled).cpu().numpy()
         out = images.copy()
         for k, image in zip(todo, done):
             out[k] = image
         return out
+
+
+def inpaint_steps(steps: int, strength: float) -> int:
+    """The inpainting pass's `num_inference_steps`: the model's, or more where the model's would leave
+    no step at this strength (diffusers runs int(steps * strength) of them; a one-step model such as
+    SD-Turbo at strength 0.9 would run none, and diffusers refuses that call)."""
+    n = steps
+    while int(n * strength) < 1:
+        n += 1
+    return n
 
 
 def start_and_mask(scene: np.ndarray, path: str, sha256: str, box: list[int],
