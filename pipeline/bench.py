@@ -143,11 +143,13 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
     from pipeline.plan import plan_items
     from pipeline.run import RunRequest, run_job
     from pipeline.stages._torch import limit_threads, pick_device
+    from pipeline.stages.engine import compile_counters
     from pipeline.stages.generate import GenerateStage
 
     model = resolve_model(preset, models_dir)  # random-weight presets are materialised here, untimed
     resolve_scorer(model.scorer, models_dir)
-    config = JobConfig(model=preset, markets=("en-US",), shard_size=batch_size * 4, engine=Engine(compile=compile),
+    config = JobConfig(model=preset, markets=("en-US",), shard_size=batch_size * 4,
+                       engine=Engine(compile=compile, compile_min_items=0),  # every phase alike
                        resources={"generate": {"num_gpus": num_gpus, "num_cpus": 1, "batch_size": batch_size},
                                   "score": {"num_gpus": num_gpus, "num_cpus": 0.5, "batch_size": 32}})
     # The e2e run reads a copy of the products from a temporary folder: product photos stay
@@ -232,10 +234,10 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
         "unet_evaluations": evaluations, "guidance_scale": model.guidance_scale, "width": model.width,
         "height": model.height, "torch": torch.__version__, "diffusers": diffusers.__version__,
         "engine": config.engine.model_dump(), "compile_warmup_s": warmup_s, "engine_batch_s": batch_s,
-        "compile_counters": _compile_counters(),
+        "compile_counters": compile_counters(),
         "naive_img_s": naive_img_s, "engine_img_s": engine_img_s, "engine_vs_naive": engine_img_s / naive_img_s,
         "e2e_img_s": None, "e2e_items": None, "e2e_accepted": None, "e2e_vs_engine": None,
-        "e2e_startup_s": None, "e2e_steady_img_s": None, "e2e_steady_vs_engine": None,
+        "e2e_startup_s": None, "e2e_steady_img_s": None, "e2e_steady_vs_engine": None, "e2e_overhead_s": None,
         "steady_flop_bound_share": None,
         "e2e_timings_s": None, "e2e_cost": None,
         "flops_per_image": flops, "peak_tflops": peak, "flop_bound_img_s": bound,
@@ -268,6 +270,7 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
     record.update({
         "e2e_img_s": e2e_img_s, "e2e_items": summary.items, "e2e_accepted": summary.accepted,
         "e2e_vs_engine": e2e_img_s / engine_img_s, "e2e_startup_s": startup_s, "e2e_steady_img_s": steady,
+        "e2e_overhead_s": e2e_s - items / engine_img_s,
         "e2e_steady_vs_engine": steady / engine_img_s if steady else None,
         "steady_flop_bound_share": steady / bound if steady and bound else None,
         "e2e_timings_s": {k: round(v, 3) for k, v in summary.timings.items()}, "e2e_cost": summary.cost,
@@ -276,17 +279,6 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
         "peak_gpu_mb_e2e": e2e_peak.peak_mb if device == "cuda" else None,
     })
     return record
-
-
-def _compile_counters() -> dict[str, int]:
-    """torch.compile's counters of this process: graphs traced, recompiles, on-disk cache hits."""
-    from torch._dynamo.utils import counters
-
-    wanted = {("stats", "unique_graphs"), ("inductor", "fxgraph_cache_hit"), ("inductor", "fxgraph_cache_miss"),
-              ("aot_autograd", "autograd_cache_hit"), ("aot_autograd", "autograd_cache_miss")}
-    found = {f"{group}.{key}": counters[group][key] for group, key in sorted(wanted)}
-    found["recompiles"] = sum(counters["recompiles"].values())
-    return found
 
 
 def _sync(device: str) -> None:

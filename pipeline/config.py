@@ -185,6 +185,10 @@ class Engine(_Strict):
     channels_last: bool | None = None
     fuse_qkv: bool | None = None          # fused QKV projections (pipe.fuse_qkv_projections())
     compile: bool | None = None           # torch.compile of the UNet and the VAE decoder
+    # With `compile` unset, a round of fewer items than this runs eagerly: compiling costs a minute
+    # or more per worker start and saves ~0.04 s per 512² image (bench/README.md), so a small round
+    # (a regeneration round, a short run) finishes sooner without it. 0: always compile on CUDA.
+    compile_min_items: int = Field(1000, ge=0)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     compile_backend: Literal["inductor", "cudagraphs", "aot_eager", "eager"] = "inductor"  # eager: tracing only
     pad_batches: bool | None = None       # pad each call to the batch size (None: when compiled)

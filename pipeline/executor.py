@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -60,15 +61,47 @@ def run_local(stages: Sequence[Stage], batches: Sequence[pa.Table]) -> Iterator[
         yield batch
 
 
+def worker_log() -> logging.Logger:
+    """The logger of code running in a Ray worker: INFO lines with a timestamp on the worker's stderr,
+    i.e. in Ray's `worker-*.err` files (we start Ray without forwarding worker output to the driver)."""
+    logger = logging.getLogger("pipeline.worker")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
 class _ActorStage:
-    """Ray actor wrapper: the stage's model loads once per actor, in `__init__` (= setup)."""
+    """Ray actor wrapper: the stage's model loads once per actor, in `__init__` (= setup).
+
+    It logs what a run's start-up is made of: the set-up (imports, model load) and the first
+    batch (with torch.compile: tracing, and compiling or loading the kernels from the cache).
+    """
 
     def __init__(self, stage: Stage) -> None:
+        tick = time.perf_counter()
         stage.setup()
         self.stage = stage
+        self._first = True
+        worker_log().info("%s: actor set up in %.1f s (pid %d)", stage.name, time.perf_counter() - tick,
+                          os.getpid())
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.stage(batch)
+        if not self._first:
+            return self.stage(batch)
+        tick = time.perf_counter()
+        out = self.stage(batch)
+        self._first = False
+        from pipeline.stages.engine import compile_counters
+
+        counters = compile_counters()
+        compiled = f"; torch.compile {counters}" if counters.get("stats.unique_graphs") else ""
+        worker_log().info("%s: first batch (%d rows) in %.1f s%s", self.stage.name, batch.num_rows,
+                          time.perf_counter() - tick, compiled)
+        return out
 
 
 def _stateless(stage: Stage):

@@ -182,8 +182,8 @@ def _check_resumable(staging: Path, fingerprint: str) -> None:
 
 
 # --- 2. generate, score and encode shards -------------------------------------------------------
-def build_stages(state: dict) -> list:
-    """The stage chain of a prepared run (models as resolved by `prepare`)."""
+def build_stages(state: dict, items: int | None = None) -> list:
+    """The stage chain of a prepared run (models as resolved by `prepare`) for `items` items."""
     from pipeline.campaign.chain import campaign_generation, campaign_stages
     from pipeline.stages.encode import EncodeStage
     from pipeline.stages.engine import engine_for
@@ -196,7 +196,7 @@ def build_stages(state: dict) -> list:
         *generate_and_score(  # one worker for both when they share a device kind (engine.fuse_score)
             GenerateStage(Path(gen["path"]), gen["id"], gen["sha256"], gen["class"], gen["steps"],
                           gen["guidance_scale"], resources=config.resources.generate,
-                          campaign=campaign_generation(config, gen), engine=engine_for(config)),
+                          campaign=campaign_generation(config, gen), engine=engine_for(config, items)),
             ScoreStage(Path(scorer["path"]), scorer["id"], resources=config.resources.score,
                        engine=config.engine),
             config.engine),
@@ -236,7 +236,7 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
     plan = pq.read_table(staging / "plan.parquet")
     todo = plan.filter(pc.is_in(plan.column("shard_id"), pa.array(todo_shards, pa.string())))
     tick, first_batch_s = time.perf_counter(), None
-    stages = build_stages(state)
+    stages = build_stages(state, todo.num_rows)
     with Progress("generate", total=todo.num_rows, enabled=show_progress) as bar:
         batches = make_batches(todo, config.resources.generate.batch_size)
         results = run_stages(stages, batches, executor=config.executor,

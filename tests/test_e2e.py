@@ -75,6 +75,18 @@ def test_layout_and_manifest_written_last(published):
         assert all(metadata.row_group(i).num_rows <= 100 for i in range(metadata.num_row_groups))
 
 
+def test_the_generate_actor_logs_its_start_up(published):
+    """A run's start-up is the actor's set-up and its first batch: each is a line of its Ray log."""
+    import re
+
+    import ray
+
+    logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path())
+    text = "".join(p.read_text(errors="replace") for p in logs.glob("worker-*.err"))
+    assert re.search(r"INFO pipeline\.worker: generate: actor set up in \d+\.\d s \(pid \d+\)", text)
+    assert re.search(r"INFO pipeline\.worker: generate: first batch \(\d+ rows\) in \d+\.\d s", text)
+
+
 def test_pyarrow_and_pandas_read_lineage_and_images(published):
     import pandas as pd
 

@@ -117,6 +117,18 @@ def test_brand_adapters_turn_off_the_options_that_would_hide_them():
     assert engine_for(other_model).compile is True
 
 
+def test_a_small_round_runs_eagerly_unless_compile_is_asked_for():
+    from pipeline.stages.engine import engine_for
+
+    auto = JobConfig(engine={"compile_min_items": 100})
+    assert engine_for(auto).compile is None  # round size unknown: the device decides (on for CUDA)
+    assert engine_for(auto, 99).compile is False  # a regeneration round: the compile would not pay
+    assert engine_for(auto, 100).compile is None
+    assert engine_for(JobConfig(engine={"compile": True, "compile_min_items": 100}), 5).compile is True
+    always = JobConfig(engine={"compile_min_items": 0})
+    assert engine_for(always, 1).compile is None
+
+
 def test_compiled_unet_sees_one_shape_and_never_recompiles(items, models_dir):
     import torch._dynamo
 

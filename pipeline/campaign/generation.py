@@ -75,7 +75,7 @@ class CampaignGeneration:
         import torch
         from diffusers import AutoPipelineForInpainting
 
-        from pipeline.stages.engine import decode
+        from pipeline.stages.engine import decode, encode
 
         col = column_lists(batch, ("product_image_sha256", "product_box", "prompt", "negative_prompt", "seed"))
         height, width = images.shape[1:3]
@@ -95,9 +95,15 @@ class CampaignGeneration:
         device = pipe.device
         generators = [torch.Generator(device).manual_seed(int(col["seed"][rows[k]]) ^ PHOTO_SEED_OFFSET) for k in todo]
         with torch.inference_mode():
+            # diffusers encodes each start image alone, and the masked image too, which only a
+            # 9-channel inpainting UNet reads (`from_pipe` of text-to-image weights has 4): here one
+            # batched encode, the same draw from each row's generator, and the latents handed over.
+            pixels = inpaint.image_processor.preprocess(starts, height=height, width=width).to(device)
+            latents = encode(pipe.vae, pixels, generators, decode_chunk)
             result = inpaint(prompt=[col["prompt"][rows[k]] for k in todo],
                              negative_prompt=[col["negative_prompt"][rows[k]] or "" for k in todo],
-                             image=starts, mask_image=masks, height=height, width=width, strength=self.strength,
+                             image=latents, masked_image_latents=torch.zeros_like(latents),
+                             mask_image=masks, height=height, width=width, strength=self.strength,
                              num_inference_steps=inpaint_steps(self.steps, self.strength),
                              guidance_scale=self.guidance_scale, generator=generators, output_type="latent")
             done = decode(pipe.vae, result.images, decode_chunk, fixed=compiled).cpu().numpy()

@@ -16,8 +16,11 @@ from pipeline.config import Engine, JobConfig
 
 log = logging.getLogger(__name__)
 
-def engine_for(config: JobConfig) -> Engine:
-    """The job's engine options, safe for its brand adapters.
+def engine_for(config: JobConfig, items: int | None = None) -> Engine:
+    """The job's engine options for a round of `items` items, safe for its brand adapters.
+
+    With `compile` unset (on for CUDA), a round shorter than `compile_min_items` runs eagerly:
+    the compile would cost more than it saves.
 
     Brand LoRA adapters are fused into copies of the base UNet when a worker first needs them
     (pipeline/campaign/brand.py): fused QKV projections computed before would keep the weights
@@ -26,6 +29,10 @@ def engine_for(config: JobConfig) -> Engine:
     without those two (bf16 and channels_last stay on).
     """
     engine = config.engine
+    if engine.compile is None and items is not None and items < engine.compile_min_items:
+        log.info("engine: %d items, fewer than compile_min_items=%d: no torch.compile", items,
+                 engine.compile_min_items)
+        engine = engine.model_copy(update={"compile": False})
     if not any(config.model in brand.adapters for brand in config.campaign.brands.values()):
         return engine
     if engine.fuse_qkv or engine.compile:
@@ -114,3 +121,34 @@ def decode(vae, latents, chunk: int, fixed: bool = False):
         image = vae.decode(part / vae.config.scaling_factor, return_dict=False)[0]
         out.append(to_uint8(image[:n]))
     return torch.cat(out)
+
+
+def encode(vae, images, generators: list, chunk: int):
+    """VAE-encode `images` (NCHW in [-1, 1], on the VAE's device) `chunk` at a time into scaled
+    latents, each row sampling its latent with its own generator: what diffusers' img2img and
+    inpainting pipelines do one image at a time (`_encode_vae_image`), in batched calls."""
+    import torch
+
+    out = []
+    for start in range(0, images.shape[0], chunk):
+        part = images[start:start + chunk].to(dtype=vae.dtype)
+        dist = vae.encode(part).latent_dist
+        out.append(dist.sample(generator=generators[start:start + chunk]) * vae.config.scaling_factor)
+    return torch.cat(out)
+
+
+def compile_counters() -> dict[str, int]:
+    """torch.compile's counters in this process: graphs traced, recompiles, on-disk cache hits and
+    misses (FX graphs and AOT autograd); all zero where nothing was compiled."""
+    import sys
+
+    if "torch._dynamo" not in sys.modules:
+        return {}
+    from torch._dynamo.utils import counters
+
+    wanted = [("stats", "unique_graphs"), ("aot_autograd", "autograd_cache_hit"),
+              ("aot_autograd", "autograd_cache_miss"), ("inductor", "fxgraph_cache_hit"),
+              ("inductor", "fxgraph_cache_miss")]
+    found = {f"{group}.{key}": counters[group][key] for group, key in wanted}
+    found["recompiles"] = sum(counters["recompiles"].values())
+    return found
