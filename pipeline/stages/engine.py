@@ -139,7 +139,8 @@ def encode(vae, images, generators: list, chunk: int):
 
 def compile_counters() -> dict[str, int]:
     """torch.compile's counters in this process: graphs traced, recompiles, on-disk cache hits and
-    misses (FX graphs and AOT autograd); all zero where nothing was compiled."""
+    misses (FX graphs and AOT autograd); zeros where nothing was compiled, empty where torch._dynamo
+    was never imported."""
     import sys
 
     if "torch._dynamo" not in sys.modules:

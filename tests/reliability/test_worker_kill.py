@@ -63,8 +63,8 @@ def test_a_ray_worker_killed_mid_shard_is_replaced_without_loss_or_duplicates(
     staging = Path(run.prepare(request)["staging"])
     marker = folder / "worker.pid"
     real_build = run.build_stages
-    monkeypatch.setattr(run, "build_stages", lambda state: [
-        BlockOnceThenWork(stage, str(marker)) if i == 0 else stage for i, stage in enumerate(real_build(state))])
+    monkeypatch.setattr(run, "build_stages", lambda *args: [
+        BlockOnceThenWork(stage, str(marker)) if i == 0 else stage for i, stage in enumerate(real_build(*args))])
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
     outcome: dict = {}
