@@ -64,6 +64,20 @@ def _wait_for_jobs_api(address: str, env: dict, timeout: float = 120) -> None:
         time.sleep(1)
 
 
+def _wait_for_second_node(gcs_port: int, env: dict, worker: subprocess.Popen,
+                          timeout: float = 90) -> tuple[bool, str]:
+    """(joined, `ray status` output) once the cluster has two nodes, the worker exited, or time ran out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run([str(VENV_BIN / "ray"), "status", f"--address=127.0.0.1:{gcs_port}"],
+                             capture_output=True, text=True, env=env)
+        if out.stdout.count("node_") >= 2:
+            return True, out.stdout
+        if worker.poll() is not None or time.monotonic() > deadline:
+            return False, out.stdout + out.stderr
+        time.sleep(1)
+
+
 @pytest.fixture
 def two_node_cluster(models_dir, monkeypatch):
     # Token authentication on, as on a real cluster: nodes and clients share the token.
@@ -81,15 +95,14 @@ def two_node_cluster(models_dir, monkeypatch):
     try:
         address = f"http://127.0.0.1:{dashboard_port}"
         _wait_for_jobs_api(address, env)
-        nodes.append(_start_node([f"--address=127.0.0.1:{gcs_port}", "--num-cpus=1", *_own_ports()], env))
-        deadline = time.monotonic() + 60
-        while True:  # wait until the worker node has joined
-            out = subprocess.run([str(VENV_BIN / "ray"), "status", f"--address=127.0.0.1:{gcs_port}"],
-                                 capture_output=True, text=True, env=env)
-            if out.stdout.count("node_") >= 2 or time.monotonic() > deadline:
+        for _ in range(2):  # a port picked free can be taken before the node binds it: start it again
+            worker = _start_node([f"--address=127.0.0.1:{gcs_port}", "--num-cpus=1", *_own_ports()], env)
+            nodes.append(worker)
+            joined, status = _wait_for_second_node(gcs_port, env, worker)
+            if joined:
                 break
-            time.sleep(1)
-        assert out.stdout.count("node_") >= 2, out.stdout + out.stderr
+            _stop(nodes.pop())
+        assert joined, f"the worker node never joined (exit code {worker.poll()}):\n{status}"
         yield {"address": address, "env": env}
     finally:
         for node in reversed(nodes):
