@@ -174,6 +174,25 @@ def test_a_photo_that_changed_after_planning_is_refused(tmp_path):
         load_cutout(str(path), sha)
 
 
+def _square_items(ingested, config, models_dir):
+    """The catalog's items at the tiny model's 64², and the indices of its square-format rows."""
+    items = plan_items(ingested.products, config, run_id="r", run_date="2026-11-26", width=64, height=64,
+                       models_dir=models_dir)
+    return items, [i for i, r in enumerate(items.to_pylist()) if r["format"] == "1:1"]
+
+
+def _background_and_scene(config, models_dir, steps: int, guidance: float):
+    """Two set-up generate stages of the tiny model: with the campaign's photo backgrounds, and without."""
+    model = resolve_model("tiny", models_dir)
+    generator = {"path": str(model.path), "steps": steps, "guidance_scale": guidance}
+    stages = (GenerateStage(model.path, model.name, "x", model.pipeline_class, steps, guidance,
+                            campaign=campaign_generation(config, generator)),
+              GenerateStage(model.path, model.name, "x", model.pipeline_class, steps, guidance))
+    for stage in stages:
+        stage.setup()
+    return stages
+
+
 def test_photo_backgrounds_never_recompile_a_compiled_unet(ingested, config, models_dir):
     """A batch holds any number of photo rows; under torch.compile the inpainting pass must not
     hand the compiled UNet or decoder a new shape for each count (a recompile per count)."""
@@ -182,9 +201,7 @@ def test_photo_backgrounds_never_recompile_a_compiled_unet(ingested, config, mod
     from pipeline.config import Engine, StageResources
 
     model = resolve_model("tiny", models_dir)
-    items = plan_items(ingested.products, config, run_id="r", run_date="2026-11-26", width=64, height=64,
-                       models_dir=models_dir)
-    square = [i for i, r in enumerate(items.to_pylist()) if r["format"] == "1:1"]
+    items, square = _square_items(ingested, config, models_dir)
     photo = next(i for i in square if items.column("product_image")[i].as_py())
     plain = next(i for i in square if not items.column("product_image")[i].as_py())
     torch._dynamo.reset()
@@ -216,16 +233,9 @@ def test_inpainting_always_runs_at_least_one_step(steps, strength, expected):
 def test_a_one_step_model_inpaints_product_photo_backgrounds(ingested, config, models_dir):
     """SD-Turbo-style presets sample in one step; at strength 0.9 that would leave the inpainting
     pass no step at all (diffusers refuses the call), so it runs the fewest steps that leave one."""
-    model = resolve_model("tiny", models_dir)
-    items = plan_items(ingested.products, config, run_id="r", run_date="2026-11-26", width=64, height=64,
-                       models_dir=models_dir)
+    items, _ = _square_items(ingested, config, models_dir)
     photo = next(i for i, r in enumerate(items.to_pylist()) if r["product_image"])
-    stage = GenerateStage(model.path, model.name, "x", model.pipeline_class, 1, 0.0,
-                          campaign=campaign_generation(config, {"path": str(model.path), "steps": 1,
-                                                                "guidance_scale": 0.0}))
-    scene = GenerateStage(model.path, model.name, "x", model.pipeline_class, 1, 0.0)
-    stage.setup()
-    scene.setup()
+    stage, scene = _background_and_scene(config, models_dir, steps=1, guidance=0.0)
     inpainted, plain = (np.frombuffer(s(items.take([photo])).column("pixels")[0].as_py(), np.uint8)
                         for s in (stage, scene))
     assert inpainted.shape == plain.shape and not np.array_equal(inpainted, plain)
@@ -242,20 +252,13 @@ def test_background_pass_matches_diffusers_inpainting_row_by_row(ingested, confi
     from pipeline.campaign.layout import canvas_size
     from pipeline.stages.engine import decode
 
-    model = resolve_model("tiny", models_dir)
-    items = plan_items(ingested.products, config, run_id="r", run_date="2026-11-26", width=64, height=64,
-                       models_dir=models_dir)
-    square = [(i, r) for i, r in enumerate(items.to_pylist()) if r["format"] == "1:1"]
-    rows = [i for i, r in square if r["product_image"]][:3]
-    plain = [i for i, r in square if not r["product_image"]][:1]
+    items, square = _square_items(ingested, config, models_dir)
+    photos = items.column("product_image").to_pylist()
+    rows = [i for i in square if photos[i]][:3]
+    plain = [i for i in square if not photos[i]][:1]
     assert len(rows) >= 2 and plain  # several photo rows share the batched encode
     batch = items.take(rows + plain)
-    stage = GenerateStage(model.path, model.name, "x", model.pipeline_class, 4, 7.5,
-                          campaign=campaign_generation(config, {"path": str(model.path), "steps": 4,
-                                                                "guidance_scale": 7.5}))
-    scene = GenerateStage(model.path, model.name, "x", model.pipeline_class, 4, 7.5)
-    stage.setup()
-    scene.setup()
+    stage, scene = _background_and_scene(config, models_dir, steps=4, guidance=7.5)
     got = [np.frombuffer(p, np.uint8).reshape(64, 64, 3) for p in stage(batch).column("pixels").to_pylist()]
     scenes = [np.frombuffer(p, np.uint8).reshape(64, 64, 3) for p in scene(batch).column("pixels").to_pylist()]
     assert np.array_equal(got[-1], scenes[-1])  # a row without a photo keeps its scene
