@@ -131,6 +131,44 @@ def gpu_group_problems(spec: dict) -> list[str]:
     return problems
 
 
+def compile_cache_problems(spec: dict) -> list[str]:
+    """Every GPU container keeps torch.compile's cache (TORCHINDUCTOR_CACHE_DIR) on a persistent
+    volume it can write, and no other pod of the cluster mounts that volume."""
+    problems, cache_claims, gpu_templates = [], set(), []
+    for g in spec.get("workerGroupSpecs", []):
+        pod = g["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for c in containers(g["template"]):
+            if not gpu_limit(c):
+                continue
+            gpu_templates.append(g["template"])
+            where = f"{g['groupName']}/{c['name']}"
+            path = env_of(c).get("TORCHINDUCTOR_CACHE_DIR", {}).get("value")
+            if not path:
+                problems.append(f"{where}: no TORCHINDUCTOR_CACHE_DIR")
+                continue
+            mounts = [m for m in c.get("volumeMounts", []) if (path + "/").startswith(m["mountPath"].rstrip("/") + "/")]
+            if not mounts:
+                problems.append(f"{where}: {path} is on no volume (a fresh pod's own disk)")
+                continue
+            mount = max(mounts, key=lambda m: len(m["mountPath"]))
+            claim = volumes.get(mount["name"], {}).get("persistentVolumeClaim")
+            if not claim:
+                problems.append(f"{where}: {path} is on volume {mount['name']}, not a persistent volume claim")
+            elif mount.get("readOnly") or claim.get("readOnly"):
+                problems.append(f"{where}: {path} is read-only")
+            else:
+                cache_claims.add(claim["claimName"])
+    others = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec.get("workerGroupSpecs", [])
+                                                    if g["template"] not in gpu_templates]
+    for t in others:
+        shared = {v["persistentVolumeClaim"]["claimName"] for v in t["spec"].get("volumes", [])
+                  if "persistentVolumeClaim" in v} & cache_claims
+        if shared:
+            problems.append(f"a pod without a GPU mounts the compile cache {sorted(shared)}")
+    return problems
+
+
 def image_problem(ref: str) -> str | None:
     if "@sha256:" in ref:
         return None

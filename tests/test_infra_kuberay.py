@@ -97,6 +97,47 @@ def test_ray_pods_are_non_root_and_mount_models_read_only():
                 assert volumes[models[0]["name"]]["persistentVolumeClaim"]["readOnly"] is True
 
 
+@pytest.mark.parametrize("name, spec", cluster_specs(), ids=[n for n, _ in cluster_specs()])
+def test_gpu_workers_keep_compiled_kernels_on_a_shared_volume(name, spec):
+    assert compile_cache_problems(spec) == []
+    claims = {d["metadata"]["name"] for d in of_kind("PersistentVolumeClaim")}
+    assert "synthcat-compile-cache" in claims
+
+
+def test_compile_cache_check_catches_a_pod_local_or_shared_cache():
+    _, spec = cluster_specs()[0]
+    gpu = next(g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu-workers")
+
+    def broken(change):
+        s = copy.deepcopy(spec)
+        change(next(g for g in s["workerGroupSpecs"] if g["groupName"] == "gpu-workers"), s)
+        return compile_cache_problems(s)
+
+    def no_env(g, _):
+        g["template"]["spec"]["containers"][0]["env"] = [
+            e for e in g["template"]["spec"]["containers"][0]["env"] if e["name"] != "TORCHINDUCTOR_CACHE_DIR"]
+
+    def on_tmp(g, _):
+        env = env_of(g["template"]["spec"]["containers"][0])["TORCHINDUCTOR_CACHE_DIR"]
+        env["value"] = "/tmp/torchinductor"
+
+    def empty_dir(g, _):
+        for v in g["template"]["spec"]["volumes"]:
+            if v["name"] == "compile-cache":
+                v.pop("persistentVolumeClaim")
+                v["emptyDir"] = {}
+
+    def head_mounts_it(g, s):
+        volume = next(v for v in g["template"]["spec"]["volumes"] if v["name"] == "compile-cache")
+        s["headGroupSpec"]["template"]["spec"]["volumes"].append(copy.deepcopy(volume))
+
+    assert any(v["name"] == "compile-cache" for v in gpu["template"]["spec"]["volumes"])
+    assert "no TORCHINDUCTOR_CACHE_DIR" in broken(no_env)[0]
+    assert "on no volume" in broken(on_tmp)[0]
+    assert "not a persistent volume claim" in broken(empty_dir)[0]
+    assert "without a GPU mounts" in broken(head_mounts_it)[0]
+
+
 def test_ray_nodes_share_one_image_and_one_ray_version():
     instructions = parse_dockerfile(WORKER_DOCKERFILE)
     ray_version = arg_default(instructions, "RAY_VERSION")
