@@ -12,6 +12,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -116,11 +117,17 @@ def published_history(dataset_root: Path, run_date: str, clip_model: str) -> pa.
 
 
 def latest_attempts(rows: pa.Table) -> pa.Table:
-    """One row per item: its highest attempt."""
-    ordered = rows.sort_by([("item_id", "ascending"), ("attempt", "descending")])
-    ids = ordered.column("item_id").to_pylist()
-    first = [i for i in range(len(ids)) if i == 0 or ids[i] != ids[i - 1]]
-    return ordered.take(pa.array(first, pa.int64()))
+    """One row per item, its highest attempt; rows keep their order.
+
+    Only the two key columns are sorted; the rows (with every image's bytes) are copied once
+    when some item has several attempts, and not at all when none has (a run without retries).
+    """
+    order = pc.sort_indices(rows.select(["item_id", "attempt"]),
+                            sort_keys=[("item_id", "ascending"), ("attempt", "descending")]).to_numpy()
+    ids = rows.column("item_id").take(order).to_pylist()
+    keep = np.zeros(rows.num_rows, dtype=bool)
+    keep[order[[i == 0 or ids[i] != ids[i - 1] for i in range(len(ids))]]] = True
+    return rows if keep.all() else rows.filter(pa.array(keep))
 
 
 def plan_retries(plan: pa.Table, failed: pa.Table, shard_size: int) -> pa.Table:

@@ -127,6 +127,17 @@ def test_retries_take_the_next_attempt_and_seed():
     assert not set(later.column("shard_id").to_pylist()) & set(plan.column("shard_id").to_pylist())
 
 
+def test_latest_attempts_keeps_each_items_highest_attempt():
+    rows = pa.table({"item_id": ["i2", "i0", "i1", "i2", "i0"], "attempt": [0, 1, 0, 2, 0],
+                     "pixels": [b"a", b"b", b"c", b"d", b"e"]})
+    latest = latest_attempts(rows)
+    assert latest.column("item_id").to_pylist() == ["i0", "i1", "i2"]  # the rows' own order
+    assert latest.column("attempt").to_pylist() == [1, 0, 2]
+    assert latest.column("pixels").to_pylist() == [b"b", b"c", b"d"]
+    assert latest_attempts(latest) is latest  # one row per item already: nothing copied
+    assert latest_attempts(rows.slice(0, 0)).num_rows == 0
+
+
 def test_memorization_gate_against_a_built_reference_index(tmp_path, models_dir, capsys):
     from pipeline.cli import main
     from pipeline.errors import BadInputError
