@@ -39,6 +39,22 @@ def _bench_job(config: JobConfig, manifest: Path, count: int) -> tuple[JobConfig
     return config.model_copy(update={"variants": variants}), products
 
 
+def naive_sample(plan: pa.Table, count: int | None) -> pa.Table:
+    """`count` of the plan's items for the naive loop, in plan order, with the plan's share of
+    product-photo rows (each costs a second, inpainting pass): evenly spaced among the photo rows
+    and among the others. The first `count` items would hold whatever the plan's order puts first."""
+    n = plan.num_rows
+    if not count or count >= n:
+        return plan
+    photo = [bool(p) for p in plan.column("product_image").to_pylist()]
+    with_photo = [i for i in range(n) if photo[i]]
+    plain = [i for i in range(n) if not photo[i]]
+    k_photo = min(len(with_photo), max(count - len(plain), round(count * len(with_photo) / n)))
+    picks = [rows[j * len(rows) // k] for rows, k in ((with_photo, k_photo), (plain, count - k_photo))
+             for j in range(k)]
+    return plan.take(pa.array(sorted(picks), pa.int64()))
+
+
 def _unet_evaluations(pipe, steps: int) -> int:
     """UNet calls per image: the scheduler's timesteps for `steps` (PNDM adds one, DPM-Solver none)."""
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
@@ -173,7 +189,7 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
     pipe.set_progress_bar_config(disable=True)
     inpaint = diffusers.AutoPipelineForInpainting.from_pipe(pipe)
     inpaint.set_progress_bar_config(disable=True)
-    naive_rows = plan.slice(0, naive_items or items).to_pylist()
+    naive_rows = naive_sample(plan, naive_items).to_pylist()
     _reset_gpu_peak(device)
     tick = time.perf_counter()
     for row in naive_rows:

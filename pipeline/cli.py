@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=16, help="engine batch size (default: 16)")
     bench.add_argument("--gpus", type=float, default=0, help="GPUs per generate/score actor (default: 0)")
     bench.add_argument("--peak-tflops", type=float, help="device peak for the FLOP-bound share")
-    bench.add_argument("--naive-items", type=int, help="items of the naive batch-1 loop (default: all)")
+    bench.add_argument("--naive-items", type=int, help="items of the naive batch-1 loop, spread over the plan with its share of photo rows (default: all)")
     bench.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="torch.compile the UNet and VAE decoder (default: on for CUDA, off for CPU)")
     bench.add_argument("--manifest", default=str(Path(__file__).resolve().parents[1] / "examples" / "catalog.csv"),

@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pytest
 
 from conftest import EXAMPLE_CATALOG
+from pipeline.bench import naive_sample
 from pipeline.cli import main
+
+
+def test_the_naive_sample_has_the_plans_share_of_photo_rows():
+    # photo rows bunched at the end, as a plan's order may put them: the first 10 would have none
+    photos = [None] * 36 + ["p.png"] * 4
+    plan = pa.table({"item": list(range(40)), "product_image": photos})
+    sample = naive_sample(plan, 10)
+    assert sample.num_rows == 10
+    assert sum(p is not None for p in sample.column("product_image").to_pylist()) == 1
+    items = sample.column("item").to_pylist()
+    assert items == sorted(items) and items[0] == 0 and max(items[:-1]) > 30  # spread, plan order
+    assert naive_sample(plan, None) is plan and naive_sample(plan, 40) is plan
+    assert naive_sample(plan, 38).column("product_image").null_count == 34  # every photo row fits
 
 
 def test_bench_writes_ratios_for_the_same_items(tmp_path, models_dir, ray_session, capsys):
