@@ -186,8 +186,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     def partial(record: dict) -> None:  # naive and engine figures survive an end-to-end run cut short
         write(record)
-        print(f"bench: naive {record['naive_img_s']:.2f} img/s, engine {record['engine_img_s']:.2f} img/s; "
-              "end to end next", file=sys.stderr, flush=True)
+        print(f"bench: naive {record['naive_img_s']:.2f} img/s, engine {record['engine_img_s']:.2f} img/s "
+              "(its first half); end to end next, then the engine's second half", file=sys.stderr, flush=True)
 
     record = run_bench(args.preset, _models_dir(None), Path(args.manifest), items=args.items,
                        batch_size=args.batch_size, num_gpus=args.gpus, peak_tflops=args.peak_tflops,

@@ -44,6 +44,10 @@ def test_bench_writes_ratios_for_the_same_items(tmp_path, models_dir, ray_sessio
     # one time per engine batch (batches of 4, never spanning a shard), adding up to the engine phase
     assert len(record["engine_batch_s"]) >= record["items"] / 4
     rounding = 0.0005 * len(record["engine_batch_s"])  # each time is rounded to the millisecond
+    # half the engine's batches ran before the end-to-end run, half after it
+    before, after = record["engine_s_before_after"]
+    assert before > 0 and after > 0
+    assert before + after == pytest.approx(record["items"] / record["engine_img_s"], abs=0.002)
     assert sum(record["engine_batch_s"]) <= record["items"] / record["engine_img_s"] + rounding
     assert set(record["e2e_timings_s"]) >= {"prepare", "generate", "generate_first_batch", "validate", "publish"}
     # start-up ends at the first written batch; the rest of the items over the rest of the run
