@@ -273,6 +273,7 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
         on_partial(dict(record))
 
     # 3. End to end: a real run of the same items on Ray (Ray itself started before timing)
+    _reset_gpu_peak(device)  # the engine keeps its weights for its second half, not its activations
     init_ray(num_cpus=None)
     with tempfile.TemporaryDirectory() as tmp, _DevicePeak(device) as e2e_peak:
         catalog = Path(tmp) / "catalog.parquet"
