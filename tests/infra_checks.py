@@ -100,6 +100,11 @@ def gpu_limit(container: dict) -> float:
     return float(container.get("resources", {}).get("limits", {}).get(GPU, 0))
 
 
+def gpu_groups(spec: dict) -> list[dict]:
+    """The worker groups whose pods have a container with a GPU limit."""
+    return [g for g in spec.get("workerGroupSpecs", []) if any(gpu_limit(c) for c in containers(g["template"]))]
+
+
 def gpu_group_problems(spec: dict) -> list[str]:
     problems = []
     if spec.get("enableInTreeAutoscaling") is not True:
@@ -112,7 +117,7 @@ def gpu_group_problems(spec: dict) -> list[str]:
     ports = {p["containerPort"] for c in containers(head["template"]) for p in c.get("ports", [])}
     if not {6379, 8265, 10001} <= ports:
         problems.append(f"head ports {sorted(ports)} lack one of 6379, 8265, 10001")
-    groups = [g for g in spec.get("workerGroupSpecs", []) if any(gpu_limit(c) for c in containers(g["template"]))]
+    groups = gpu_groups(spec)
     if not groups:
         problems.append(f"no worker group with a {GPU} limit")
     for g in groups:
@@ -134,33 +139,28 @@ def gpu_group_problems(spec: dict) -> list[str]:
 def compile_cache_problems(spec: dict) -> list[str]:
     """Every GPU container keeps torch.compile's cache (TORCHINDUCTOR_CACHE_DIR) on a persistent
     volume it can write, and no other pod of the cluster mounts that volume."""
-    problems, cache_claims, gpu_templates = [], set(), []
-    for g in spec.get("workerGroupSpecs", []):
-        pod = g["template"]["spec"]
-        volumes = {v["name"]: v for v in pod.get("volumes", [])}
-        for c in containers(g["template"]):
-            if not gpu_limit(c):
-                continue
-            gpu_templates.append(g["template"])
+    problems, cache_claims, groups = [], set(), gpu_groups(spec)
+    for g in groups:
+        volumes = {v["name"]: v for v in g["template"]["spec"].get("volumes", [])}
+        for c in filter(gpu_limit, containers(g["template"])):
             where = f"{g['groupName']}/{c['name']}"
             path = env_of(c).get("TORCHINDUCTOR_CACHE_DIR", {}).get("value")
+            mounts = [m for m in c.get("volumeMounts", [])
+                      if path and (path + "/").startswith(m["mountPath"].rstrip("/") + "/")]
+            mount = max(mounts, key=lambda m: len(m["mountPath"]), default=None)
+            claim = volumes.get(mount["name"], {}).get("persistentVolumeClaim") if mount else None
             if not path:
                 problems.append(f"{where}: no TORCHINDUCTOR_CACHE_DIR")
-                continue
-            mounts = [m for m in c.get("volumeMounts", []) if (path + "/").startswith(m["mountPath"].rstrip("/") + "/")]
-            if not mounts:
+            elif not mount:
                 problems.append(f"{where}: {path} is on no volume (a fresh pod's own disk)")
-                continue
-            mount = max(mounts, key=lambda m: len(m["mountPath"]))
-            claim = volumes.get(mount["name"], {}).get("persistentVolumeClaim")
-            if not claim:
+            elif not claim:
                 problems.append(f"{where}: {path} is on volume {mount['name']}, not a persistent volume claim")
             elif mount.get("readOnly") or claim.get("readOnly"):
                 problems.append(f"{where}: {path} is read-only")
             else:
                 cache_claims.add(claim["claimName"])
     others = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec.get("workerGroupSpecs", [])
-                                                    if g["template"] not in gpu_templates]
+                                                    if g not in groups]
     for t in others:
         shared = {v["persistentVolumeClaim"]["claimName"] for v in t["spec"].get("volumes", [])
                   if "persistentVolumeClaim" in v} & cache_claims
