@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from pipeline.config import StageResources
 from pipeline.errors import BadInputError
+from pipeline.warm_models import HostedStage, hosted_stages, keep_models_warm
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,16 @@ def make_batches(items: pa.Table, batch_size: int, group_by: str = "shard_id") -
 
 
 def run_local(stages: Sequence[Stage], batches: Sequence[pa.Table]) -> Iterator[pa.Table]:
-    """Run every stage in this process: each model loads once, batches flow through in order."""
+    """Run every stage in this process: each model loads once (once per run inside
+    `keep_models_warm()`), batches flow through in order."""
     if not batches:
         return
-    for stage in stages:
-        stage.setup()
-    for batch in batches:
-        for stage in stages:
-            batch = stage(batch)
-        yield batch
+    with keep_models_warm() as warm:
+        stages = [warm.set_up(stage) for stage in stages]
+        for batch in batches:
+            for stage in stages:
+                batch = stage(batch)
+            yield batch
 
 
 def worker_log() -> logging.Logger:
@@ -86,8 +88,19 @@ class _ActorStage:
         stage.setup()
         self.stage = stage
         self._first = True
+        self._proxies = 0  # as a warm model's host: the Ray Data proxies bound to it
         worker_log().info("%s: actor set up in %.1f s (pid %d)", stage.name, time.perf_counter() - tick,
                           os.getpid())
+
+    def proxies(self) -> int:
+        return self._proxies
+
+    def bind(self, expected: int) -> bool:
+        """A proxy binds this host if no other proxy did since it read `proxies()` (compare-and-set)."""
+        if self._proxies != expected:
+            return False
+        self._proxies += 1
+        return True
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if not self._first:
@@ -152,7 +165,8 @@ def run_ray(stages: Sequence[Stage], batches: Sequence[pa.Table], *, address: st
 
     Stages with a model run in an actor pool (`actors` actors, each loading the model
     once); stateless stages (`stateless = True`, e.g. encoding) run as plain CPU tasks,
-    so GPU actors never wait on image encoding.
+    so GPU actors never wait on image encoding. On a single-node Ray, model stages run in
+    host actors that outlive this execution inside `keep_models_warm()` (pipeline/warm_models.py).
     """
     if not batches:
         return
@@ -164,6 +178,7 @@ def run_ray(stages: Sequence[Stage], batches: Sequence[pa.Table], *, address: st
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    hosted = hosted_stages(stages)
     # One block per first-stage batch: every actor gets work from the start, and the first
     # stage takes each block whole (batch_size=None), keeping the batches' composition.
     # Ray Data insists on a batch size for GPU stages: there the first stage asks for the
@@ -173,24 +188,28 @@ def run_ray(stages: Sequence[Stage], batches: Sequence[pa.Table], *, address: st
     # it, so the run first waits for worker processes to boot (6 s of a 304-item CPU run) before
     # the generate actors even start. Both keep one block per batch. (A DeveloperAPI of Ray Data.)
     from_blocks = getattr(ray.data, "from_blocks", ray.data.from_arrow)
-    ds = from_blocks(list(batches))
-    for position, stage in enumerate(stages):
-        r = stage.resources
-        batch_size = r.batch_size if position else None
-        if position == 0 and r.num_gpus:
-            batch_size = max(batch.num_rows for batch in batches)
-        if position and getattr(stage, "stateless", False):
-            # A CPU task never waits for a second upstream batch: the stream's tail after the
-            # last generated batch is then one batch of CPU work, not two.
-            batch_size = min(batch_size, stages[0].resources.batch_size)
-        options = dict(batch_size=batch_size, batch_format="pyarrow", zero_copy_batch=True,
-                       num_cpus=r.num_cpus, num_gpus=r.num_gpus or None)
-        if getattr(stage, "stateless", False):
-            ds = ds.map_batches(_stateless(stage), **options)
-        else:
-            ds = ds.map_batches(_ActorStage, fn_constructor_args=(stage,),
-                                compute=ray.data.ActorPoolStrategy(size=r.actors), **options)
-    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    with keep_models_warm() as warm:
+        ds = from_blocks(list(batches))
+        for position, (stage, in_host) in enumerate(zip(stages, hosted)):
+            r = stage.resources
+            batch_size = r.batch_size if position else None
+            if position == 0 and r.num_gpus and not in_host:
+                batch_size = max(batch.num_rows for batch in batches)
+            if position and getattr(stage, "stateless", False):
+                # A CPU task never waits for a second upstream batch: the stream's tail after the
+                # last generated batch is then one batch of CPU work, not two.
+                batch_size = min(batch_size, stages[0].resources.batch_size)
+            options = dict(batch_size=batch_size, batch_format="pyarrow", zero_copy_batch=True,
+                           num_cpus=r.num_cpus, num_gpus=r.num_gpus or None)
+            pool = ray.data.ActorPoolStrategy(size=r.actors)
+            if getattr(stage, "stateless", False):
+                ds = ds.map_batches(_stateless(stage), **options)
+            elif in_host:  # the proxies hold nothing: their hosts hold the stage's CPUs and GPUs
+                ds = ds.map_batches(HostedStage, fn_constructor_args=(warm.hosts_for(stage),), compute=pool,
+                                    **{**options, "num_cpus": 0, "num_gpus": None})
+            else:
+                ds = ds.map_batches(_ActorStage, fn_constructor_args=(stage,), compute=pool, **options)
+        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def run_stages(stages: Sequence[Stage], batches: Sequence[pa.Table], *, executor: str,

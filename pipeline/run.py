@@ -28,6 +28,7 @@ from pipeline.config import JobConfig, parse_job_config
 from pipeline.errors import BadInputError, GateFailedError
 from pipeline.schema import OUTPUT_SCHEMA
 from pipeline.shards import ShardStore, shard_sizes
+from pipeline.warm_models import keep_models_warm
 
 STATE = "run.json"  # the staging folder's record of the run: request, models, step results
 
@@ -239,15 +240,14 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
     stages = build_stages(state, todo.num_rows)
     with Progress("generate", total=todo.num_rows, enabled=show_progress) as bar:
         batches = make_batches(todo, config.resources.generate.batch_size)
-        results = run_stages(stages, batches, executor=config.executor,
-                             ray_address=ray_address, num_cpus=ray_num_cpus)
+        results = run_stages(stages, batches, executor=config.executor, ray_address=ray_address, num_cpus=ray_num_cpus)
         for _, rows in store.collect(results, {s: state["shards"][s] for s in todo_shards}):
             if first_batch_s is None:  # start-up ends here: Ray Data, the actors, their models
                 first_batch_s = time.perf_counter() - tick
                 on_first_batch()
             bar.advance(rows)
     seconds = time.perf_counter() - tick
-    if todo.num_rows:  # the devices were held for this round, model loading included
+    if todo.num_rows:  # the devices were held for this round (and set up, unless a warm model was reused)
         from pipeline.cost import add_device_seconds, devices_held
 
         _update_state(staging, device=add_device_seconds(read_state(staging).get("device"),
@@ -257,6 +257,7 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
 
 
 # --- 3. consolidate: the global gates -----------------------------------------------------------
+@keep_models_warm()  # each regeneration round reuses the models the first one loaded
 def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: int | None = None) -> dict:
     """Gate the whole run at once (duplicates are a global property); regenerate failing items
     with their next seed up to `gates.max_attempts`; write accepted and rejected rows."""
@@ -315,8 +316,7 @@ def validate(staging: Path) -> dict:
     state, tick = read_state(staging), time.perf_counter()
     accepted, _ = _gated(staging)
     report = validate_accepted(accepted, min_clip_score=state["scorer"]["min_clip_score"]).to_dict()
-    _update_state(staging, validation=report,
-                  timings={**state["timings"], "validate": time.perf_counter() - tick})
+    _update_state(staging, validation=report, timings={**state["timings"], "validate": time.perf_counter() - tick})
     if not report["success"]:
         failed = [r for r in report["results"] if not r["success"]]
         names = "; ".join(f"{r['expectation']}({r.get('column') or ''}): observed {r.get('observed')}"
@@ -367,8 +367,7 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
         "regenerated": summary.regenerated, "images_per_s": summary.images_per_s,
         "timings_s": {k: round(v, 3) for k, v in state["timings"].items()}, "cost": summary.cost,
     }
-    training = training_metrics(accepted, rejected)
-    if training:  # counts per class and split, Vendi diversity, clip_score, duplicates: the card reads them
+    if training := training_metrics(accepted, rejected):  # per class and split: Vendi, clip_score, duplicates
         manifest["training"] = training
     publish_run(root, staging / "publish", run_id, [state["run_date"]], manifest)
     if wants_card(root, parse_job_config(state["config"])):
@@ -387,11 +386,12 @@ def run_job(request: RunRequest) -> RunSummary:
     # Great Expectations takes seconds to import: once the first batch is back, not while the workers
     # start (the import holds the GIL the driver's Ray Data start-up needs: ~3 s later actors).
     load_ge = threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True)
-    generated = generate_shards(staging, ray_address=request.ray_address, ray_num_cpus=request.ray_num_cpus,
-                                show_progress=request.show_progress, on_first_batch=load_ge.start)
-    _update_state(staging, timings={**read_state(staging)["timings"], "generate": generated.get("seconds", 0.0),
-                                    "generate_first_batch": generated.get("first_batch_s") or 0.0})
-    consolidate(staging, ray_address=request.ray_address, ray_num_cpus=request.ray_num_cpus)
+    with keep_models_warm():  # the regeneration rounds reuse the models generation loaded
+        generated = generate_shards(staging, ray_address=request.ray_address, ray_num_cpus=request.ray_num_cpus,
+                                    show_progress=request.show_progress, on_first_batch=load_ge.start)
+        _update_state(staging, timings={**read_state(staging)["timings"], "generate": generated.get("seconds", 0.0),
+                                        "generate_first_batch": generated.get("first_batch_s") or 0.0})
+        consolidate(staging, ray_address=request.ray_address, ray_num_cpus=request.ray_num_cpus)
     validate(staging)
     seconds = generated.get("seconds") or 0.0
     rate = generated["generated"] / seconds if generated["generated"] and seconds else 0.0

@@ -151,8 +151,20 @@ def test_failed_gate_exits_3_and_keeps_published_data(published, tmp_path, capsy
 # Crashes (SIGKILL at generate, score, publish) and resume: tests/reliability/test_crash_resume.py
 
 
-def test_failing_items_are_regenerated_with_their_next_seed(published, tmp_path):
+def test_failing_items_are_regenerated_with_their_next_seed(published, tmp_path, monkeypatch):
+    import pipeline.run as run
     from pipeline.identity import seed_for
+    from pipeline.warm_models import warm_session
+
+    hosts = []  # the generator's host actors after each generation round of the run
+
+    def generate_shards(*args, **kwargs):
+        result = real_generate_shards(*args, **kwargs)
+        hosts.append(list(warm_session().hosts.get("generate", [])))
+        return result
+
+    real_generate_shards = run.generate_shards
+    monkeypatch.setattr(run, "generate_shards", generate_shards)
 
     scores = sorted(pq.read_table(published["root"] / "data").column("clip_score").to_pylist())
     threshold = scores[len(scores) // 2]  # about half the first attempts fail
@@ -172,6 +184,8 @@ def test_failing_items_are_regenerated_with_their_next_seed(published, tmp_path)
     assert retried, "some first attempts scored under the median and were regenerated"
     assert all(r["seed"] == seed_for(r["item_id"], 1) for r in retried)
     assert all(r["clip_score"] >= threshold for r in rows if r["attempt"] == 0)
+    # the regeneration round ran on the generator the first round set up (pipeline/warm_models.py)
+    assert len(hosts) == 2 and len(hosts[0]) == 1 and hosts[0] == hosts[1]
 
 
 def test_report_command_rebuilds_the_report_of_a_published_run(published, tmp_path, capsys):

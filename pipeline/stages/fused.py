@@ -25,6 +25,7 @@ class GenerateScoreStage:
     generate: GenerateStage
     score: ScoreStage
     name: str = "generate"  # it takes the generate stage's resources (resources.generate.*)
+    holds_model = True  # stays set up across a run's rounds (pipeline/warm_models.py)
 
     @property
     def resources(self) -> StageResources:

@@ -31,6 +31,7 @@ class GenerateStage:
     guidance_scale: float
     resources: StageResources = field(default_factory=StageResources)
     name: str = "generate"
+    holds_model = True  # stays set up across a run's rounds (pipeline/warm_models.py)
     # Campaign rows: brand LoRA adapters and product-photo backgrounds (pipeline/campaign/generation.py)
     campaign: CampaignGeneration | None = None
     # How the model is driven: dtype, channels_last, fused QKV, compile, padding, VAE chunks

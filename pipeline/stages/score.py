@@ -29,6 +29,7 @@ class ScoreStage:
     clip_model: str
     resources: StageResources = field(default_factory=lambda: StageResources(batch_size=32))
     name: str = "score"
+    holds_model = True  # stays set up across a run's rounds (pipeline/warm_models.py)
     engine: Engine = field(default_factory=Engine)  # dtype (bf16 on CUDA) and CPU threads
 
     def __post_init__(self) -> None:

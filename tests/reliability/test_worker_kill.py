@@ -1,9 +1,11 @@
 """A Ray worker SIGKILLed in the middle of a shard: the run recovers with no item lost or doubled.
 
-The generator actor blocks on its first batch and tells the test its process id; the test kills
-that process. Ray Data restarts the actor and retries the batch (its actor pools default to
-`max_restarts=-1`, `max_task_retries=-1`); the shard store must then hold every item once,
-with the images of an undisturbed run.
+The generator blocks on its first batch and tells the test its process id; the test kills that
+process. Both ways a model stage runs on Ray are covered: in a warm model's host actor (a
+single-node Ray, pipeline/warm_models.py), which Ray restarts before running the batch again
+while Ray Data's proxy waits; and in Ray Data's own actor pool (a cluster), which restarts the
+actor and retries the batch (both `max_restarts=-1`, `max_task_retries=-1`). The shard store
+must then hold every item once, with the images of an undisturbed run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 import ray.cloudpickle
 
 from pipeline.config import load_job_config
@@ -30,6 +33,7 @@ class BlockOnceThenWork:
 
     stage: object
     marker: str
+    holds_model: bool = True  # False: run as Ray Data's own actor, as on a cluster
 
     @property
     def name(self) -> str:
@@ -50,13 +54,14 @@ class BlockOnceThenWork:
         return self.stage(batch)
 
 
+@pytest.mark.parametrize("hosted", [True, False], ids=["warm-model-host", "ray-data-actor"])
 def test_a_ray_worker_killed_mid_shard_is_replaced_without_loss_or_duplicates(
-        tmp_path_factory, models_dir, ray_session, monkeypatch):
+        tmp_path_factory, models_dir, ray_session, monkeypatch, hosted):
     import pipeline.run as run
     from pipeline.shards import ShardStore
 
     clean = clean_run(tmp_path_factory.getbasetemp())
-    folder = tmp_path_factory.mktemp("ray-kill")
+    folder = tmp_path_factory.mktemp(f"ray-kill-{hosted}")
     manifest, config = write_job(folder, executor="ray")
     request = run.RunRequest(manifest=manifest, config=load_job_config(config), out=folder / "out",
                              run_date=RUN_DATE, run_id="ray-kill", models_dir=models_dir, show_progress=False)
@@ -64,7 +69,7 @@ def test_a_ray_worker_killed_mid_shard_is_replaced_without_loss_or_duplicates(
     marker = folder / "worker.pid"
     real_build = run.build_stages
     monkeypatch.setattr(run, "build_stages", lambda *args: [
-        BlockOnceThenWork(stage, str(marker)) if i == 0 else stage for i, stage in enumerate(real_build(*args))])
+        BlockOnceThenWork(stage, str(marker), hosted) if i == 0 else stage for i, stage in enumerate(real_build(*args))])
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
     outcome: dict = {}

@@ -1,0 +1,144 @@
+"""Warm models: a run's later generation rounds reuse the model its first round set up.
+
+The stage here is a real stage for the executors (set-up, batches of Arrow rows, resources) whose
+"model" is its process id and set-up count, so each output row tells which process and which
+set-up produced it. The executors and Ray are real.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pytest
+import ray.cloudpickle
+
+from pipeline.config import StageResources
+from pipeline.executor import make_batches, run_stages
+from pipeline.warm_models import HostedStage, hosted_stages, keep_models_warm, warm_session
+
+
+@dataclass
+class WhoRanIt:
+    """Adds the process id and the number of set-ups of the stage object that ran each row."""
+
+    resources: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=2))
+    name: str = "generate"
+    holds_model = True
+
+    def __post_init__(self) -> None:
+        self.setups = 0
+
+    def setup(self) -> None:
+        self.setups += 1
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        time.sleep(0.05)  # long enough that two proxies both get batches
+        n = batch.num_rows
+        return (batch.append_column("pid", pa.array([os.getpid()] * n, pa.int64()))
+                .append_column("setups", pa.array([self.setups] * n, pa.int64())))
+
+
+@dataclass
+class PassOn:
+    """A CPU stage after the model stage, as encoding is: a plain Ray task."""
+
+    resources: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=2))
+    name: str = "pass_on"
+    stateless = True
+
+    def setup(self) -> None:
+        pass
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return batch
+
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _round(executor: str, rows: int = 6, stage: WhoRanIt | None = None) -> pa.Table:
+    items = pa.table({"item_id": [f"i{k}" for k in range(rows)], "shard_id": ["s0"] * rows})
+    return pa.concat_tables(run_stages([stage or WhoRanIt()], make_batches(items, 2), executor=executor))
+
+
+def _gone(pid: int, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_rounds_in_one_session_share_one_set_up_model_host_then_it_is_released(ray_session):
+    with keep_models_warm():
+        first, second = _round("ray"), _round("ray")
+    pids = set(first.column("pid").to_pylist()) | set(second.column("pid").to_pylist())
+    assert len(pids) == 1 and pids != {os.getpid()}, pids  # one host, in its own worker process
+    assert set(first.column("setups").to_pylist()) == set(second.column("setups").to_pylist()) == {1}
+    assert _gone(pids.pop()), "the session's host outlived the session"
+
+
+def test_without_a_session_each_round_sets_its_model_up_again(ray_session):
+    first, second = _round("ray"), _round("ray")
+    one, two = set(first.column("pid").to_pylist()), set(second.column("pid").to_pylist())
+    assert len(one) == len(two) == 1 and one != two
+    assert _gone(one.pop())
+
+
+def test_two_hosts_take_one_proxy_each_and_share_the_batches(ray_session):
+    stage = WhoRanIt(resources=StageResources(num_cpus=0.5, actors=2, batch_size=2))
+    with keep_models_warm() as warm:
+        hosts = warm.hosts_for(stage)
+        # the compare-and-set on the hosts: two proxies never bind the same host while one is free
+        assert {HostedStage(hosts).host, HostedStage(hosts).host} == set(hosts)
+        out = _round("ray", rows=16, stage=stage)
+    assert len(set(out.column("pid").to_pylist())) == 2
+    assert set(out.column("setups").to_pylist()) == {1}
+
+
+def test_hosts_leave_the_cpu_stages_room_or_the_rounds_run_without_them(ray_session):
+    """The suite's Ray has 2 CPUs: a host holding both would starve the CPU stage for good
+    (Ray Data frees a finished pool's CPUs, a host keeps them), so that chain is not hosted."""
+    fits, too_big = (WhoRanIt(resources=StageResources(num_cpus=cpus, batch_size=2)) for cpus in (1.5, 2))
+    assert hosted_stages([fits, PassOn()]) == [True, False]
+    assert hosted_stages([too_big, PassOn()]) == [False, False]
+    items = pa.table({"item_id": ["i0", "i1", "i2"], "shard_id": ["s0"] * 3})
+    with keep_models_warm() as warm:
+        out = pa.concat_tables(run_stages([too_big, PassOn()], make_batches(items, 2), executor="ray"))
+        assert not warm.hosts  # it ran in Ray Data's own pool, which ends with the round
+    assert out.num_rows == 3 and set(out.column("setups").to_pylist()) == {1}
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_the_local_executor_keeps_the_set_up_stage_for_the_session(warm):
+    stage = WhoRanIt()
+    if warm:
+        with keep_models_warm():
+            rounds = [_round("local", stage=stage), _round("local", stage=WhoRanIt())]
+    else:
+        rounds = [_round("local", stage=stage), _round("local", stage=stage)]
+    setups = [set(r.column("setups").to_pylist()) for r in rounds]
+    # warm: the second round's fresh stage object is never set up, the first one runs again
+    assert setups == ([{1}, {1}] if warm else [{1}, {2}])
+    assert {pid for r in rounds for pid in r.column("pid").to_pylist()} == {os.getpid()}
+
+
+def test_a_session_belongs_to_its_thread_and_ends_with_its_block():
+    import threading
+
+    seen = []
+    with keep_models_warm() as warm:
+        with keep_models_warm() as inner:  # a step inside the run (consolidate in run_job) shares it
+            assert inner is warm
+        other = threading.Thread(target=lambda: seen.append(warm_session()))
+        other.start()
+        other.join()
+        assert warm_session() is warm
+    assert seen == [None] and warm_session() is None
