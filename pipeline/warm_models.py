@@ -46,8 +46,9 @@ class WarmModels:
             r = stage.resources
             # Like Ray Data's own pools: a host killed mid-batch restarts (setting the model up
             # again) and the batch it was given runs again; the waiting proxy just waits longer.
-            host = ray.remote(_ActorStage).options(num_cpus=r.num_cpus, num_gpus=r.num_gpus or None,
-                                                   max_restarts=-1, max_task_retries=-1)
+            # Binding runs in its own thread ("control"), never queued behind a batch the host runs.
+            host = ray.remote(concurrency_groups={"control": 1})(_ActorStage).options(
+                num_cpus=r.num_cpus, num_gpus=r.num_gpus or None, max_restarts=-1, max_task_retries=-1)
             self.hosts[stage.name] = [host.remote(stage) for _ in range(r.actors)]
         return self.hosts[stage.name]
 
@@ -124,9 +125,9 @@ class HostedStage:
 
         tick = time.perf_counter()
         while True:
-            counts = ray.get([h.proxies.remote() for h in hosts])
+            counts = ray.get([h.proxies.options(concurrency_group="control").remote() for h in hosts])
             index = min(range(len(hosts)), key=counts.__getitem__)
-            if ray.get(hosts[index].bind.remote(counts[index])):
+            if ray.get(hosts[index].bind.options(concurrency_group="control").remote(counts[index])):
                 break
         self.host = hosts[index]
         from pipeline.executor import worker_log

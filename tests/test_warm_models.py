@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -27,6 +28,7 @@ class WhoRanIt:
 
     resources: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=2))
     name: str = "generate"
+    meet: str | None = None  # a folder: each process's first batch waits there for a second process
     holds_model = True
 
     def __post_init__(self) -> None:
@@ -36,7 +38,11 @@ class WhoRanIt:
         self.setups += 1
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        time.sleep(0.05)  # long enough that two proxies both get batches
+        if self.meet:  # proxies start one by one: without this, the first could take every batch
+            Path(self.meet, str(os.getpid())).touch()
+            deadline = time.monotonic() + 60
+            while len(list(Path(self.meet).iterdir())) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
         n = batch.num_rows
         return (batch.append_column("pid", pa.array([os.getpid()] * n, pa.int64()))
                 .append_column("setups", pa.array([self.setups] * n, pa.int64())))
@@ -92,8 +98,8 @@ def test_without_a_session_each_round_sets_its_model_up_again(ray_session):
     assert _gone(one.pop())
 
 
-def test_two_hosts_take_one_proxy_each_and_share_the_batches(ray_session):
-    stage = WhoRanIt(resources=StageResources(num_cpus=0.5, actors=2, batch_size=2))
+def test_two_hosts_take_one_proxy_each_and_share_the_batches(ray_session, tmp_path):
+    stage = WhoRanIt(resources=StageResources(num_cpus=0.5, actors=2, batch_size=2), meet=str(tmp_path))
     with keep_models_warm() as warm:
         hosts = warm.hosts_for(stage)
         # the compare-and-set on the hosts: two proxies never bind the same host while one is free
