@@ -180,6 +180,7 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
     items, device = plan.num_rows, pick_device(num_gpus)
     # Every measurement gets the same CPU threads as the generate actor of the e2e run.
     limit_threads(config.engine.torch_threads or config.resources.generate.num_cpus)
+    compiled_before = compile_counters()  # this bench's own compiles only, whatever ran before it
 
     # 1. The naive baseline: a plain pipeline (fp16 on a GPU, as diffusers' docs load it),
     #    called once per item at batch 1, PIL out; a product photo's row then inpaints its
@@ -259,7 +260,7 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
         "unet_evaluations": evaluations, "guidance_scale": model.guidance_scale, "width": model.width,
         "height": model.height, "torch": torch.__version__, "diffusers": diffusers.__version__,
         "engine": config.engine.model_dump(), "compile_warmup_s": warmup_s, "engine_batch_s": batch_s,
-        "compile_counters": compile_counters(),
+        "compile_counters": compile_counters(compiled_before),
         "naive_img_s": naive_img_s, "engine_img_s": engine_img_s, "engine_vs_naive": engine_img_s / naive_img_s,
         "e2e_img_s": None, "e2e_items": None, "e2e_accepted": None, "e2e_vs_engine": None,
         "e2e_startup_s": None, "e2e_steady_img_s": None, "e2e_steady_vs_engine": None, "e2e_overhead_s": None,
@@ -294,7 +295,7 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
     engine_peak = max((p for p in (engine_peak, after_peak) if p is not None), default=None)
     record.update({"engine_img_s": engine_img_s, "engine_vs_naive": engine_img_s / naive_img_s,
                    "engine_s_before_after": [round(before_s, 3), round(after_s, 3)],
-                   "compile_counters": compile_counters(),  # engine_batch_s: the same list, grown
+                   "compile_counters": compile_counters(compiled_before),  # engine_batch_s: the same list, grown
                    "engine_flop_bound_share": engine_img_s / bound if bound else None,
                    "peak_gpu_mb_engine": engine_peak})
 

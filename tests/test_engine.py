@@ -14,7 +14,7 @@ from pipeline.cost import add_device_seconds, describe_cost, devices_held, run_c
 from pipeline.models.presets import resolve_model, resolve_scorer
 from pipeline.plan import plan_items
 from pipeline.schema import PRODUCT_SCHEMA
-from pipeline.stages.engine import decode, padded, to_uint8
+from pipeline.stages.engine import compile_counters, decode, padded, to_uint8
 from pipeline.stages.fused import GenerateScoreStage, generate_and_score
 from pipeline.stages.generate import GenerateStage
 from pipeline.stages.score import ScoreStage
@@ -139,8 +139,12 @@ def test_compiled_unet_sees_one_shape_and_never_recompiles(items, models_dir):
     assert stage._pad_size == 4  # compile implies fixed-shape batches
     stage(items.slice(0, 4))
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    before = compile_counters()
     stage(items.slice(1, 1))  # a short last batch: padded to 4, so the same graphs serve it
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs > 0
+    # the counters are process-wide; a reading since `before` (what the bench reports) sees none of it
+    assert compile_counters()["stats.unique_graphs"] == graphs
+    assert compile_counters(before)["stats.unique_graphs"] == compile_counters(before)["recompiles"] == 0
     torch._dynamo.reset()
 
 

@@ -137,10 +137,10 @@ def encode(vae, images, generators: list, chunk: int):
     return torch.cat(out)
 
 
-def compile_counters() -> dict[str, int]:
+def compile_counters(since: dict[str, int] | None = None) -> dict[str, int]:
     """torch.compile's counters in this process: graphs traced, recompiles, on-disk cache hits and
     misses (FX graphs and AOT autograd); zeros where nothing was compiled, empty where torch._dynamo
-    was never imported."""
+    was never imported. `since`: an earlier reading, subtracted (the counters are process-wide)."""
     import sys
 
     if "torch._dynamo" not in sys.modules:
@@ -152,4 +152,4 @@ def compile_counters() -> dict[str, int]:
               ("inductor", "fxgraph_cache_miss")]
     found = {f"{group}.{key}": counters[group][key] for group, key in wanted}
     found["recompiles"] = sum(counters["recompiles"].values())
-    return found
+    return {key: value - (since or {}).get(key, 0) for key, value in found.items()}
