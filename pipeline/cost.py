@@ -3,7 +3,9 @@
 The generation step holds its devices from the moment its workers start (model loading
 included) until the last batch is out, so device-seconds = that step's wall time x the devices
 its model stages hold: GPUs when any stage asks for one, else the CPU cores they are granted.
-Regeneration rounds add their own time. Prices come from the job config (`cost:`).
+Regeneration rounds add their own time, and where a run keeps its models set up between rounds
+(pipeline/warm_models.py) the time they sit idle meanwhile, while the gates run, counts too
+(`held_idle_seconds`). Prices come from the job config (`cost:`).
 """
 
 from __future__ import annotations
@@ -25,11 +27,21 @@ def devices_held(stages: Sequence) -> tuple[str, float]:
     return "cpu", sum(s.resources.num_cpus * s.resources.actors for s in workers)
 
 
-def add_device_seconds(previous: dict | None, kind: str, count: float, seconds: float) -> dict:
-    """The run's device record after one more generation round of `seconds` on `count` devices."""
+def add_device_seconds(previous: dict | None, kind: str, count: float, seconds: float, held_idle: float = 0.0) -> dict:
+    """The run's device record after one more generation round of `seconds` on `count` devices,
+    which before it sat `held_idle` seconds set up and idle since the previous round."""
     previous = previous or {}
-    return {"kind": kind, "count": count, "seconds": previous.get("seconds", 0.0) + seconds * count,
+    return {"kind": kind, "count": count, "seconds": previous.get("seconds", 0.0) + (seconds + held_idle) * count,
+            "held_idle_seconds": previous.get("held_idle_seconds", 0.0) + held_idle * count,
             "rounds": previous.get("rounds", 0) + 1}
+
+
+def add_held_idle(previous: dict | None, held_idle: float) -> dict | None:
+    """The record after the last round's models sat `held_idle` seconds set up (the last gate pass)."""
+    if not previous or held_idle <= 0:
+        return previous
+    record = add_device_seconds(previous, previous["kind"], previous["count"], 0.0, held_idle)
+    return {**record, "rounds": previous.get("rounds", 0)}
 
 
 def run_cost(device: dict | None, accepted: int, prices: Cost) -> dict:
@@ -41,6 +53,7 @@ def run_cost(device: dict | None, accepted: int, prices: Cost) -> dict:
     usd = seconds / 3600 * hour_usd
     return {
         "device": kind, "devices": device["count"], "device_seconds": round(seconds, 3),
+        "held_idle_seconds": round(device.get("held_idle_seconds", 0.0), 3),  # included in device_seconds
         "device_s_per_accepted": round(seconds / accepted, 4) if accepted else None,
         "hour_usd": hour_usd, "usd": round(usd, 6),
         "usd_per_1000_accepted": round(usd / accepted * 1000, 4) if accepted else None,

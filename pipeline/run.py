@@ -28,7 +28,7 @@ from pipeline.config import JobConfig, parse_job_config
 from pipeline.errors import BadInputError, GateFailedError
 from pipeline.schema import OUTPUT_SCHEMA
 from pipeline.shards import ShardStore, shard_sizes
-from pipeline.warm_models import keep_models_warm
+from pipeline.warm_models import held_idle, keep_models_warm
 
 STATE = "run.json"  # the staging folder's record of the run: request, models, step results
 
@@ -173,9 +173,7 @@ def _plan_fingerprint(items: pa.Table, generator: str) -> str:
 def _check_resumable(staging: Path, fingerprint: str) -> None:
     """Resuming is only sound when the plan is the one the finished shards were made from."""
     path = staging / STATE
-    if not path.is_file():
-        return
-    previous = json.loads(path.read_text(encoding="utf-8")).get("plan_sha256")
+    previous = json.loads(path.read_text(encoding="utf-8")).get("plan_sha256") if path.is_file() else None
     if previous and previous != fingerprint and any((staging / "shards").glob("shard-*.parquet")):
         raise BadInputError(
             f"run id {staging.name!r} was started with a different manifest, config or model; "
@@ -247,11 +245,11 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
                 on_first_batch()
             bar.advance(rows)
     seconds = time.perf_counter() - tick
-    if todo.num_rows:  # the devices were held for this round (and set up, unless a warm model was reused)
+    if todo.num_rows:  # the devices were held for this round, and idle since the last one in a warm model
         from pipeline.cost import add_device_seconds, devices_held
 
-        _update_state(staging, device=add_device_seconds(read_state(staging).get("device"),
-                                                         *devices_held(stages), seconds))
+        _update_state(staging, device=add_device_seconds(read_state(staging).get("device"), *devices_held(stages),
+                                                         seconds, held_idle(seconds)))
     return {"shards": len(wanted), "generated": todo.num_rows, "skipped": len(wanted) - len(todo_shards),
             "seconds": seconds, "first_batch_s": first_batch_s}
 
@@ -263,6 +261,7 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
     with their next seed up to `gates.max_attempts`; write accepted and rejected rows."""
     from pipeline.consolidate import (gate_settings, plan_retries, published_history, reference_index,
                                       run_gates, write_plan)
+    from pipeline.cost import add_held_idle
 
     state, tick = read_state(staging), time.perf_counter()
     config = parse_job_config(state["config"])
@@ -299,7 +298,8 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
     result = {"accepted": gated.accepted.num_rows, "rejected": gated.rejected.num_rows,
               "reasons": gated.reasons(), "regenerated": regenerated,
               "history_rows": 0 if history is None else history.num_rows}
-    _update_state(staging, gate=result, timings={**state["timings"], "gate": time.perf_counter() - tick})
+    _update_state(staging, gate=result, timings={**state["timings"], "gate": time.perf_counter() - tick},
+                  device=add_held_idle(read_state(staging).get("device"), held_idle()))  # the last gate pass
     return result
 
 

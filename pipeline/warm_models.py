@@ -35,6 +35,7 @@ class WarmModels:
 
     hosts: dict[str, list] = field(default_factory=dict)
     local: dict[str, object] = field(default_factory=dict)
+    round_ended_at: float | None = None  # when the last generation round ended, its models still set up
 
     def hosts_for(self, stage) -> list:
         """The host actors of `stage` (created on first use; set-up starts at once, in the hosts)."""
@@ -61,6 +62,15 @@ class WarmModels:
             stage.setup()
             self.local[stage.name] = stage
         return self.local[stage.name]
+
+    def held_idle(self, round_s: float | None = None) -> float:
+        """Seconds the set-up models sat idle since the last round ended, holding their devices (the
+        gates run meanwhile); `round_s`: a round of that many seconds has just ended, not idle time."""
+        now = time.perf_counter()
+        idle = 0.0 if self.round_ended_at is None else max(0.0, now - self.round_ended_at - (round_s or 0.0))
+        held = round_s is not None and bool(self.hosts or self.local)
+        self.round_ended_at = now if held else None
+        return idle
 
     def close(self) -> None:
         if self.hosts:
@@ -91,6 +101,12 @@ def keep_models_warm() -> Iterator[WarmModels]:
 
 def warm_session() -> WarmModels | None:
     return getattr(_thread, "session", None)
+
+
+def held_idle(round_s: float | None = None) -> float:
+    """This thread's session's `WarmModels.held_idle` (0 without a session): device time to count."""
+    session = warm_session()
+    return session.held_idle(round_s) if session else 0.0
 
 
 def holds_model(stage) -> bool:

@@ -186,6 +186,9 @@ def test_failing_items_are_regenerated_with_their_next_seed(published, tmp_path,
     assert all(r["clip_score"] >= threshold for r in rows if r["attempt"] == 0)
     # the regeneration round ran on the generator the first round set up (pipeline/warm_models.py)
     assert len(hosts) == 2 and len(hosts[0]) == 1 and hosts[0] == hosts[1]
+    # which held its CPU meanwhile, through both gate passes: that time is in the run's cost
+    cost = json.loads(next((root / "_runs" / "run-retry").glob("manifest.json")).read_text())["cost"]
+    assert 0 < cost["held_idle_seconds"] < cost["device_seconds"]
 
 
 def test_report_command_rebuilds_the_report_of_a_published_run(published, tmp_path, capsys):

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import Cost, Engine, JobConfig, StageResources
-from pipeline.cost import add_device_seconds, describe_cost, devices_held, run_cost
+from pipeline.cost import add_device_seconds, add_held_idle, describe_cost, devices_held, run_cost
 from pipeline.models.presets import resolve_model, resolve_scorer
 from pipeline.plan import plan_items
 from pipeline.schema import PRODUCT_SCHEMA
@@ -199,7 +199,12 @@ def test_run_cost_per_accepted_image_and_per_thousand():
     assert devices_held(cpu_stages) == ("cpu", 2.5)
     # two generation rounds (a regeneration) on one GPU: 700 s + 20 s
     device = add_device_seconds(add_device_seconds(None, "gpu", 1, 700.0), "gpu", 1, 20.0)
-    assert device == {"kind": "gpu", "count": 1, "seconds": 720.0, "rounds": 2}
+    assert device == {"kind": "gpu", "count": 1, "seconds": 720.0, "held_idle_seconds": 0.0, "rounds": 2}
+    # a warm generator held between the rounds (3 s of gates) and after the last (2 s), on 2 GPUs
+    warm = add_held_idle(add_device_seconds(add_device_seconds(None, "gpu", 2, 10.0), "gpu", 2, 4.0, 3.0), 2.0)
+    assert warm == {"kind": "gpu", "count": 2, "seconds": 38.0, "held_idle_seconds": 10.0, "rounds": 2}
+    assert add_held_idle(device, 0.0) is device and add_held_idle(None, 5.0) is None
+    assert run_cost(warm, 10, Cost())["held_idle_seconds"] == 10.0
     cost = run_cost(device, accepted=10_000, prices=Cost(gpu_hour_usd=2.5))
     assert cost["device_s_per_accepted"] == pytest.approx(0.072)
     assert cost["usd"] == pytest.approx(0.5) and cost["usd_per_1000_accepted"] == pytest.approx(0.05)

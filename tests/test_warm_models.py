@@ -19,7 +19,7 @@ import ray.cloudpickle
 
 from pipeline.config import StageResources
 from pipeline.executor import make_batches, run_stages
-from pipeline.warm_models import HostedStage, hosted_stages, keep_models_warm, warm_session
+from pipeline.warm_models import HostedStage, held_idle, hosted_stages, keep_models_warm, warm_session
 
 
 @dataclass
@@ -134,6 +134,33 @@ def test_the_local_executor_keeps_the_set_up_stage_for_the_session(warm):
     # warm: the second round's fresh stage object is never set up, the first one runs again
     assert setups == ([{1}, {1}] if warm else [{1}, {2}])
     assert {pid for r in rounds for pid in r.column("pid").to_pylist()} == {os.getpid()}
+
+
+def _timed(call) -> tuple[float, float, object]:
+    before = time.perf_counter()
+    result = call()
+    return before, time.perf_counter(), result
+
+
+def test_time_the_models_sit_set_up_between_rounds_is_counted_once():
+    """The device record's held-idle time (pipeline/cost.py): from the end of one round to the
+    start of the next, and after the last round until the run's gates are done."""
+    assert held_idle() == 0.0  # no session: nothing is held between rounds
+    with keep_models_warm():
+        tick = time.perf_counter()
+        _round("local")
+        a1, b1, idle = _timed(lambda: held_idle(time.perf_counter() - tick))
+        assert idle == 0.0  # nothing was set up before the first round
+        time.sleep(0.3)  # the gates run, the generator stays set up
+        tick = time.perf_counter()
+        _round("local")
+        second = time.perf_counter() - tick
+        a2, b2, idle = _timed(lambda: held_idle(second))
+        assert max(0.3, a2 - b1 - second) <= idle <= b2 - a1 - second  # the round's own time is not idle
+        time.sleep(0.2)  # the last gate pass
+        a3, b3, idle = _timed(held_idle)
+        assert max(0.2, a3 - b2) <= idle <= b3 - a2
+        assert held_idle() == 0.0  # counted once
 
 
 def test_a_session_belongs_to_its_thread_and_ends_with_its_block():
