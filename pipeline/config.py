@@ -195,6 +195,9 @@ class Engine(_Strict):
     vae_decode_chunk: int = Field(8, ge=1)  # images per VAE decode call: bounds decoder memory
     fuse_score: bool = True               # score in the generate actor when both use the same device kind
     torch_threads: int | None = Field(None, ge=1)  # CPU threads per model actor (None: its num_cpus)
+    # On a Ray that outlives the run's steps (`ray start`, a cluster's head): how long a model host
+    # that one step (an Airflow generate task) left set up waits, idle, for the next step of the run.
+    keep_warm_s: float = Field(120.0, ge=0)
 
 
 class Cost(_Strict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Protocol
@@ -83,7 +84,7 @@ class _ActorStage:
     batch (with torch.compile: tracing, and compiling or loading the kernels from the cache).
     """
 
-    def __init__(self, stage: Stage) -> None:
+    def __init__(self, stage: Stage, idle_exit_s: float | None = None) -> None:
         tick = time.perf_counter()
         stage.setup()
         self.stage = stage
@@ -91,6 +92,9 @@ class _ActorStage:
         self._proxies = 0  # as a warm model's host: the Ray Data proxies bound to it
         worker_log().info("%s: actor set up in %.1f s (pid %d)", stage.name, time.perf_counter() - tick,
                           os.getpid())
+        self._lock, self._used, self._busy, self._ending = threading.Lock(), time.monotonic(), 0, False
+        if idle_exit_s:  # a run's named host (pipeline/warm_models.py): it ends itself once left idle
+            threading.Thread(target=self._end_when_idle, args=(idle_exit_s,), daemon=True).start()
 
     def proxies(self) -> int:
         return self._proxies
@@ -102,7 +106,34 @@ class _ActorStage:
         self._proxies += 1
         return True
 
+    def claim(self) -> bool:
+        """A round of the run takes this host up (again): False once it has begun to end itself."""
+        with self._lock:
+            self._used = time.monotonic()
+            return not self._ending
+
+    def _end_when_idle(self, idle_s: float) -> None:
+        import ray
+
+        while True:
+            time.sleep(min(1.0, idle_s / 4))
+            with self._lock:
+                self._ending = not self._busy and time.monotonic() - self._used > idle_s
+            if self._ending:
+                worker_log().info("%s: idle for %.0f s, ending (pid %d)", self.stage.name, idle_s, os.getpid())
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                return
+
     def __call__(self, batch: pa.Table) -> pa.Table:
+        with self._lock:
+            self._busy += 1
+        try:
+            return self._run(batch)
+        finally:
+            with self._lock:
+                self._busy, self._used = self._busy - 1, time.monotonic()
+
+    def _run(self, batch: pa.Table) -> pa.Table:
         if not self._first:
             return self.stage(batch)
         tick = time.perf_counter()

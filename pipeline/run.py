@@ -114,8 +114,7 @@ def prepare(request: RunRequest) -> dict:
     check_bad_row_share(ingest, config.max_bad_row_share)
     products = ingest.products
     if request.skus:
-        unknown = sorted(set(request.skus) - set(products.column("sku").to_pylist()))
-        if unknown:
+        if unknown := sorted(set(request.skus) - set(products.column("sku").to_pylist())):
             raise BadInputError(f"{request.manifest}: skus not in the manifest: {', '.join(unknown)}")
         products = products.filter(pc.is_in(products.column("sku"), pa.array(list(request.skus))))
     model = resolve_model(config.model, request.models_dir)
@@ -218,8 +217,7 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
 
     state = read_state(staging)
     wanted = sorted(state["shards"]) if shards is None else list(shards)
-    unknown = set(wanted) - set(state["shards"])
-    if unknown:
+    if unknown := set(wanted) - set(state["shards"]):
         raise BadInputError(f"{staging}: unknown shards {sorted(unknown)}")
     store = ShardStore(staging / "shards")
     done = store.done()  # one listing of the shard folder, not one per shard
@@ -236,7 +234,8 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
     todo = plan.filter(pc.is_in(plan.column("shard_id"), pa.array(todo_shards, pa.string())))
     tick, first_batch_s = time.perf_counter(), None
     stages = build_stages(state, todo.num_rows)
-    with Progress("generate", total=todo.num_rows, enabled=show_progress) as bar:
+    # a step of the run: the next one (consolidate, on the same Ray) may take the models up
+    with Progress("generate", total=todo.num_rows, enabled=show_progress) as bar, keep_models_warm(state, last=False):
         batches = make_batches(todo, config.resources.generate.batch_size)
         results = run_stages(stages, batches, executor=config.executor, ray_address=ray_address, num_cpus=ray_num_cpus)
         for _, rows in store.collect(results, {s: state["shards"][s] for s in todo_shards}):
@@ -255,7 +254,6 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
 
 
 # --- 3. consolidate: the global gates -----------------------------------------------------------
-@keep_models_warm()  # each regeneration round reuses the models the first one loaded
 def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: int | None = None) -> dict:
     """Gate the whole run at once (duplicates are a global property); regenerate failing items
     with their next seed up to `gates.max_attempts`; write accepted and rejected rows."""
@@ -272,26 +270,28 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
     reference = (reference_index(config, state["scorer"], state["reference"]) if "reference" in state
                  else reference_index(config, state["scorer"]))  # prepared before the reference was recorded
     regenerated = 0
-    while True:
-        missing = sorted(set(state["shards"]) - store.done())
-        if missing:
-            raise RuntimeError(f"{staging}: shards not generated yet: {', '.join(missing[:5])}")
-        gated = run_gates(store.read_all(sorted(state["shards"])), settings, history, reference)
-        if gated.accepted.num_rows + gated.rejected.num_rows != state["items"]:
-            raise RuntimeError(f"{staging}: gated {gated.accepted.num_rows + gated.rejected.num_rows} "
-                               f"items of {state['items']} planned")
-        failed = gated.rejected.filter(pc.less(gated.rejected.column("attempt"), config.gates.max_attempts - 1))
-        if failed.num_rows == 0:
-            break
-        plan = pq.read_table(staging / "plan.parquet")
-        retries = plan_retries(plan, failed, config.shard_size)
-        write_plan(staging, pa.concat_tables([plan, retries]))
-        sizes = shard_sizes(retries)
-        if clash := set(sizes) & set(state["shards"]):  # they would be skipped as done: an endless loop
-            raise RuntimeError(f"{staging}: retry shards already planned: {sorted(clash)}")
-        state = _update_state(staging, shards={**state["shards"], **sizes})
-        generate_shards(staging, list(sizes), ray_address=ray_address, ray_num_cpus=ray_num_cpus)
-        regenerated += retries.num_rows
+    with keep_models_warm(state):  # each regeneration round reuses the models the first one loaded
+        while True:
+            missing = sorted(set(state["shards"]) - store.done())
+            if missing:
+                raise RuntimeError(f"{staging}: shards not generated yet: {', '.join(missing[:5])}")
+            gated = run_gates(store.read_all(sorted(state["shards"])), settings, history, reference)
+            if gated.accepted.num_rows + gated.rejected.num_rows != state["items"]:
+                raise RuntimeError(f"{staging}: gated {gated.accepted.num_rows + gated.rejected.num_rows} "
+                                   f"items of {state['items']} planned")
+            failed = gated.rejected.filter(pc.less(gated.rejected.column("attempt"), config.gates.max_attempts - 1))
+            if failed.num_rows == 0:
+                break
+            plan = pq.read_table(staging / "plan.parquet")
+            retries = plan_retries(plan, failed, config.shard_size)
+            write_plan(staging, pa.concat_tables([plan, retries]))
+            sizes = shard_sizes(retries)
+            if clash := set(sizes) & set(state["shards"]):  # they would be skipped as done: an endless loop
+                raise RuntimeError(f"{staging}: retry shards already planned: {sorted(clash)}")
+            state = _update_state(staging, shards={**state["shards"], **sizes})
+            generate_shards(staging, list(sizes), ray_address=ray_address, ray_num_cpus=ray_num_cpus)
+            regenerated += retries.num_rows
+        idle = held_idle()  # the last gate pass ran with the models still set up: held too
     (staging / "gated").mkdir(exist_ok=True)
     pq.write_table(gated.accepted, staging / "gated" / "accepted.parquet")
     pq.write_table(gated.rejected, staging / "gated" / "rejected.parquet")
@@ -299,7 +299,7 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
               "reasons": gated.reasons(), "regenerated": regenerated,
               "history_rows": 0 if history is None else history.num_rows}
     _update_state(staging, gate=result, timings={**state["timings"], "gate": time.perf_counter() - tick},
-                  device=add_held_idle(read_state(staging).get("device"), held_idle()))  # the last gate pass
+                  device=add_held_idle(read_state(staging).get("device"), idle))
     return result
 
 
@@ -386,7 +386,7 @@ def run_job(request: RunRequest) -> RunSummary:
     # Great Expectations takes seconds to import: once the first batch is back, not while the workers
     # start (the import holds the GIL the driver's Ray Data start-up needs: ~3 s later actors).
     load_ge = threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True)
-    with keep_models_warm():  # the regeneration rounds reuse the models generation loaded
+    with keep_models_warm(read_state(staging)):  # the regeneration rounds reuse the models generation loaded
         generated = generate_shards(staging, ray_address=request.ray_address, ray_num_cpus=request.ray_num_cpus,
                                     show_progress=request.show_progress, on_first_batch=load_ge.start)
         _update_state(staging, timings={**read_state(staging)["timings"], "generate": generated.get("seconds", 0.0),

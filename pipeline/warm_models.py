@@ -16,6 +16,13 @@ proxies could land on other nodes than their hosts and every image would cross t
 twice, so there Ray Data's per-round actor pools stay (a round's start-up is small next to a
 cluster-sized round). The same when the hosts would hold so many CPUs that the CPU stages could
 not run beside them (`hosted_stages`). A session is one run's: stages are matched by name.
+
+A run's steps may be separate processes (Airflow's mapped `generate_shards` tasks, then
+`consolidate`). Given the run's staging record, a session names its hosts after the run and
+what decides its images (detached actors in the `synthcat` namespace), so on a Ray that
+outlives the tasks (`ray start`) each step takes up the hosts the first one set up. The last
+step (consolidate, or `run_job`) ends them; a host left idle for `engine.keep_warm_s` ends
+itself, so a run that stops half-way does not hold its devices for long.
 """
 
 from __future__ import annotations
@@ -36,22 +43,53 @@ class WarmModels:
     hosts: dict[str, list] = field(default_factory=dict)
     local: dict[str, object] = field(default_factory=dict)
     round_ended_at: float | None = None  # when the last generation round ended, its models still set up
+    run: str | None = None  # a run's session: its hosts are named, shared by the run's steps (processes)
+    keep_s: float = 0.0     # how long a run's named host, left idle, waits for the run's next step
+    last: bool = True       # the run's last step (or the whole run): closing ends the run's hosts
 
     def hosts_for(self, stage) -> list:
-        """The host actors of `stage` (created on first use; set-up starts at once, in the hosts)."""
-        if stage.name not in self.hosts:
-            import ray
+        """The host actors of `stage` (created on first use; set-up starts at once, in the hosts).
 
-            from pipeline.executor import _ActorStage
+        A run's session takes up the run's named hosts when an earlier step (an Airflow task on
+        the same Ray) left them, and claims them again for each round: a host left idle longer
+        than `keep_s` ends itself, and is then made again."""
+        import ray
 
-            r = stage.resources
-            # Like Ray Data's own pools: a host killed mid-batch restarts (setting the model up
-            # again) and the batch it was given runs again; the waiting proxy just waits longer.
-            # Binding runs in its own thread ("control"), never queued behind a batch the host runs.
-            host = ray.remote(concurrency_groups={"control": 1})(_ActorStage).options(
-                num_cpus=r.num_cpus, num_gpus=r.num_gpus or None, max_restarts=-1, max_task_retries=-1)
-            self.hosts[stage.name] = [host.remote(stage) for _ in range(r.actors)]
+        from pipeline.executor import _ActorStage
+
+        hosts = self.hosts.get(stage.name)
+        if hosts and (not self.run or all(_claimed(host) for host in hosts)):
+            return hosts
+        r = stage.resources
+        # Like Ray Data's own pools: a host killed mid-batch restarts (setting the model up
+        # again) and the batch it was given runs again; the waiting proxy just waits longer.
+        # Binding runs in its own thread ("control"), never queued behind a batch the host runs.
+        host = ray.remote(concurrency_groups={"control": 1})(_ActorStage)
+        options = dict(num_cpus=r.num_cpus, num_gpus=r.num_gpus or None, max_restarts=-1, max_task_retries=-1)
+        if not self.run:
+            self.hosts[stage.name] = [host.options(**options).remote(stage) for _ in range(r.actors)]
+        else:
+            self.hosts[stage.name] = [self._named(host, options, stage, f"{self.run}:{stage.name}:{k}")
+                                      for k in range(r.actors)]
         return self.hosts[stage.name]
+
+    def _named(self, host, options: dict, stage, name: str):
+        """The run's host `name`: the one there (claimed), else a new one (which another step may
+        be making at the same moment: Ray gives both the same actor)."""
+        import ray
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                found = ray.get_actor(name, namespace=NAMESPACE)
+            except ValueError:  # none: make it; set-up starts at once, the proxies wait for it
+                return host.options(**options, name=name, namespace=NAMESPACE, lifetime="detached",
+                                    get_if_exists=True).remote(stage, self.keep_s)
+            if _claimed(found):
+                return found
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the warm model host {name!r} neither ended nor took the run up")
+            time.sleep(0.2)  # it is ending itself: its name is free once it is gone
 
     def set_up(self, stage):
         """In process: a model stage set up by an earlier round of this run, else `stage`, set up now."""
@@ -73,7 +111,10 @@ class WarmModels:
         return idle
 
     def close(self) -> None:
-        if self.hosts:
+        """End the session's hosts; a run's step that is not its last leaves them to the next step."""
+        if self.run and self.last:
+            release_run(self.run)
+        elif self.hosts and not self.run:
             import ray
 
             for host in (h for hosts in self.hosts.values() for h in hosts):
@@ -82,21 +123,63 @@ class WarmModels:
         self.local.clear()
 
 
+NAMESPACE = "synthcat"  # the Ray namespace of runs' named hosts
+
+
+def _claimed(host) -> bool:
+    import ray
+
+    try:
+        return ray.get(host.claim.options(concurrency_group="control").remote())
+    except ray.exceptions.RayActorError:  # it ended itself, or its node went away
+        return False
+
+
+def release_run(run: str) -> None:
+    """End every named host of `run` on the connected Ray, whichever step made it."""
+    import ray
+
+    if not ray.is_initialized():  # no round ran in this process: the hosts end when left idle
+        return
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry["namespace"] == NAMESPACE and entry["name"].startswith(f"{run}:"):
+            with contextlib.suppress(ValueError):
+                ray.kill(ray.get_actor(entry["name"], namespace=NAMESPACE))
+
+
 _thread = threading.local()  # a thread's session: two runs in two threads never share models
 
 
 @contextlib.contextmanager
-def keep_models_warm() -> Iterator[WarmModels]:
-    """Keep model stages set up until the block ends; nested blocks share the outer session."""
+def keep_models_warm(run: dict | None = None, last: bool = True) -> Iterator[WarmModels]:
+    """Keep model stages set up until the block ends; nested blocks share the outer session.
+
+    `run`: a run's staging record (run.json). Its hosts are then named after the run and what
+    decides its images, so the run's steps in other processes on the same Ray (Airflow's mapped
+    generate tasks, then consolidate) take them up; `last=False` leaves them to the next step,
+    and each ends itself after `engine.keep_warm_s` seconds left idle."""
     if warm_session() is not None:
         yield _thread.session
         return
-    _thread.session = WarmModels()
+    _thread.session = WarmModels(**(_run_naming(run) if run else {}), last=last)
     try:
         yield _thread.session
     finally:
         session, _thread.session = _thread.session, None
         session.close()
+
+
+def _run_naming(state: dict) -> dict:
+    import hashlib
+    import json
+
+    from pipeline.config import parse_job_config
+
+    # the plan's fingerprint covers the weights, steps, guidance and items; the config the rest
+    decides = json.dumps([state["plan_sha256"], state["config"]], sort_keys=True, default=str)
+    run = f"{state['run_id']}-{hashlib.sha256(decides.encode()).hexdigest()[:12]}"
+    keep_s = parse_job_config(state["config"]).engine.keep_warm_s
+    return {"run": run, "keep_s": keep_s} if keep_s else {}  # 0: each step's hosts are its own
 
 
 def warm_session() -> WarmModels | None:

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import ray
 import ray.cloudpickle
 
 from pipeline.config import StageResources
 from pipeline.executor import make_batches, run_stages
-from pipeline.warm_models import HostedStage, held_idle, hosted_stages, keep_models_warm, warm_session
+from pipeline.warm_models import NAMESPACE, HostedStage, held_idle, hosted_stages, keep_models_warm, warm_session
 
 
 @dataclass
@@ -120,6 +121,80 @@ def test_hosts_leave_the_cpu_stages_room_or_the_rounds_run_without_them(ray_sess
         out = pa.concat_tables(run_stages([too_big, PassOn()], make_batches(items, 2), executor="ray"))
         assert not warm.hosts  # it ran in Ray Data's own pool, which ends with the round
     assert out.num_rows == 3 and set(out.column("setups").to_pylist()) == {1}
+
+
+def _run_state(run_id: str = "run-w", keep_warm_s: float = 120.0, **config) -> dict:
+    """The parts of a run's staging record (run.json) that name its hosts."""
+    from pipeline.config import JobConfig
+
+    config = JobConfig(engine={"keep_warm_s": keep_warm_s}, **config).model_dump(mode="json")
+    return {"run_id": run_id, "plan_sha256": "p" * 64, "config": config}
+
+
+def _named_hosts(run: str) -> list[str]:
+    return [e["name"] for e in ray.util.list_named_actors(all_namespaces=True)
+            if e["namespace"] == NAMESPACE and e["name"].startswith(f"{run}:")]
+
+
+# A step of a run in its own process (an Airflow generate task): it connects to the suite's Ray,
+# runs one round and exits, leaving the run's host to the next step.
+STEP = """
+import json, sys
+sys.path.insert(0, sys.argv[2])
+import ray
+from pipeline.executor import run_stages
+from pipeline.warm_models import keep_models_warm
+import test_warm_models as t
+ray.init(address=sys.argv[1], log_to_driver=False)
+with keep_models_warm(json.loads(sys.argv[3]), last=False):
+    out = t._round("ray")
+print(json.dumps(sorted(set(out.column("pid").to_pylist()))))
+"""
+
+
+def test_a_runs_steps_in_other_processes_share_its_host_until_its_last_step_ends(ray_session):
+    import json
+    import subprocess
+
+    state = _run_state()
+    address = ray.get_runtime_context().gcs_address
+    step = subprocess.run([sys.executable, "-c", STEP, address, str(Path(__file__).parent), json.dumps(state)],
+                          capture_output=True, text=True, timeout=180, env={**os.environ, "RAY_ADDRESS": ""})
+    assert step.returncode == 0, step.stderr[-3000:]
+    (pid,) = json.loads(step.stdout.splitlines()[-1])
+    with keep_models_warm(state) as warm:  # the run's last step (consolidate), in this process
+        out = _round("ray")
+        assert set(out.column("pid").to_pylist()) == {pid}  # the host the other process's step left
+        assert set(out.column("setups").to_pylist()) == {1}  # set up once, by that step
+        run = warm.run
+    assert _gone(pid) and _named_hosts(run) == []
+
+
+def test_a_host_left_idle_longer_than_keep_warm_s_ends_itself_and_the_next_step_makes_a_new_one(ray_session):
+    state = _run_state(keep_warm_s=2.0)
+    with keep_models_warm(state, last=False) as warm:
+        first = set(_round("ray").column("pid").to_pylist())
+        run = warm.run
+    assert _named_hosts(run) and _gone(first.copy().pop(), timeout=30)  # nobody came back within 2 s
+    deadline = time.monotonic() + 10
+    while _named_hosts(run) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with keep_models_warm(state):
+        second = _round("ray")
+    assert set(second.column("pid").to_pylist()).isdisjoint(first)
+    assert set(second.column("setups").to_pylist()) == {1}
+    assert _named_hosts(run) == []
+
+
+def test_hosts_are_named_after_what_decides_the_runs_images():
+    from pipeline.warm_models import _run_naming
+
+    named = _run_naming(_run_state())
+    assert named["run"].startswith("run-w-") and named["keep_s"] == 120.0
+    assert _run_naming(_run_state()) == named  # the run's every step finds the same hosts
+    assert _run_naming(_run_state(model="sd15"))["run"] != named["run"]  # not another config's model
+    assert _run_naming({**_run_state(), "plan_sha256": "q" * 64})["run"] != named["run"]
+    assert _run_naming(_run_state(keep_warm_s=0)) == {}  # 0: every step's hosts are its own
 
 
 @pytest.mark.parametrize("warm", [True, False])
