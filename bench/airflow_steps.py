@@ -1,0 +1,77 @@
+"""A run in the DAG's task shape, each task its own process, on one Ray that outlives them.
+
+Start that Ray first (`ray start --head --num-cpus=2`), then:
+
+    python bench/airflow_steps.py --keep-warm-s 120 --out /tmp/steps-120
+    python bench/airflow_steps.py --keep-warm-s 0 --out /tmp/steps-0
+
+prints each task's wall time: plan_shards, the mapped generate_shards tasks one after another,
+then consolidate (the gates and their regeneration rounds), as `airflow dags test` would run
+them but each in a fresh process, as a real scheduler does. `--keep-warm-s` is the job's
+`engine.keep_warm_s`: 0 makes every task set up its own generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = """
+import json, sys
+from pipeline import orchestrate
+spec, task = json.loads(open(sys.argv[1]).read()), sys.argv[2]
+if task == "plan":
+    print(json.dumps(orchestrate.plan_shards(spec, max_groups=int(sys.argv[3]))))
+elif task == "generate":
+    orchestrate.generate_shards(spec, json.loads(sys.argv[3]))
+else:
+    orchestrate.consolidate(spec)
+"""
+
+
+def _task(spec: Path, *args: str) -> tuple[float, str]:
+    tick = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", TASK, str(spec), *args], cwd=REPO, capture_output=True,
+                          text=True, check=True)
+    return time.perf_counter() - tick, done.stdout
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keep-warm-s", type=float, default=120.0)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, default=REPO / "examples" / "catalog.csv")
+    parser.add_argument("--config", type=Path, default=REPO / "examples" / "job.yaml")
+    parser.add_argument("--groups", type=int, default=4)
+    args = parser.parse_args(argv)
+
+    from pipeline import orchestrate
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    job = yaml.safe_load(args.config.read_text(encoding="utf-8"))
+    job.setdefault("engine", {})["keep_warm_s"] = args.keep_warm_s
+    (args.out / "job.yaml").write_text(yaml.safe_dump(job), encoding="utf-8")
+    spec = orchestrate.make_spec({"manifest": str(args.manifest), "config": str(args.out / "job.yaml"),
+                                  "out": str(args.out)}, dag_run_id=f"manual__steps-{time.time_ns()}",
+                                 run_date="2026-11-27")
+    spec_path = args.out / "spec.json"
+    spec_path.write_text(json.dumps(spec), encoding="utf-8")
+    start = time.perf_counter()
+    seconds, groups = _task(spec_path, "plan", str(args.groups))
+    print(f"plan_shards      {seconds:6.1f} s")
+    for k, group in enumerate(json.loads(groups.splitlines()[-1])):
+        print(f"generate_shards {k} {_task(spec_path, 'generate', json.dumps(group))[0]:6.1f} s")
+    print(f"consolidate      {_task(spec_path, 'consolidate')[0]:6.1f} s")
+    print(f"keep_warm_s {args.keep_warm_s:g}: {time.perf_counter() - start:.1f} s in all")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
