@@ -158,10 +158,15 @@ def test_a_runs_steps_in_other_processes_share_its_host_until_its_last_step_ends
 
     state = _run_state()
     address = ray.get_runtime_context().gcs_address
-    step = subprocess.run([sys.executable, "-c", STEP, address, str(Path(__file__).parent), json.dumps(state)],
-                          capture_output=True, text=True, timeout=180, env={**os.environ, "RAY_ADDRESS": ""})
-    assert step.returncode == 0, step.stderr[-3000:]
-    (pid,) = json.loads(step.stdout.splitlines()[-1])
+    # two mapped generate tasks at once: whichever asks first makes the host, the other gets it too
+    steps = [subprocess.Popen([sys.executable, "-c", STEP, address, str(Path(__file__).parent), json.dumps(state)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "RAY_ADDRESS": ""}) for _ in range(2)]
+    outputs = [step.communicate(timeout=180) for step in steps]
+    assert [step.returncode for step in steps] == [0, 0], [err[-3000:] for _, err in outputs]
+    pids = {pid for out, _ in outputs for pid in json.loads(out.splitlines()[-1])}
+    assert len(pids) == 1, pids
+    pid = pids.pop()
     with keep_models_warm(state) as warm:  # the run's last step (consolidate), in this process
         out = _round("ray")
         assert set(out.column("pid").to_pylist()) == {pid}  # the host the other process's step left
