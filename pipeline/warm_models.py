@@ -21,8 +21,9 @@ A run's steps may be separate processes (Airflow's mapped `generate_shards` task
 `consolidate`). Given the run's staging record, a session names its hosts after the run and
 what decides its images (detached actors in the `synthcat` namespace), so on a Ray that
 outlives the tasks (`ray start`) each step takes up the hosts the first one set up. The last
-step (consolidate, or `run_job`) ends them; a host left idle for `engine.keep_warm_s` ends
-itself, so a run that stops half-way does not hold its devices for long.
+step (consolidate, or `run_job`) ends them. While a step is open it keeps claiming its hosts;
+a host no open step claimed for `engine.keep_warm_s` ends itself, so a run that stops half-way
+does not hold its devices for long.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class WarmModels:
     run: str | None = None  # a run's session: its hosts are named, shared by the run's steps (processes)
     keep_s: float = 0.0     # how long a run's named host, left idle, waits for the run's next step
     last: bool = True       # the run's last step (or the whole run): closing ends the run's hosts
+    _closed: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def hosts_for(self, stage) -> list:
         """The host actors of `stage` (created on first use; set-up starts at once, in the hosts).
@@ -69,9 +71,16 @@ class WarmModels:
         if not self.run:
             self.hosts[stage.name] = [host.options(**options).remote(stage) for _ in range(r.actors)]
         else:
+            if not self.hosts:  # while this step runs, its hosts never count as idle (gates can be long)
+                threading.Thread(target=self._keep_claiming, daemon=True).start()
             self.hosts[stage.name] = [self._named(host, options, stage, f"{self.run}:{stage.name}:{k}")
                                       for k in range(r.actors)]
         return self.hosts[stage.name]
+
+    def _keep_claiming(self) -> None:
+        while not self._closed.wait(max(0.1, self.keep_s / 3)):
+            for host in [h for hosts in list(self.hosts.values()) for h in hosts]:
+                _claimed(host)
 
     def _named(self, host, options: dict, stage, name: str):
         """The run's host `name`: the one there (claimed), else a new one (which another step may
@@ -112,6 +121,7 @@ class WarmModels:
 
     def close(self) -> None:
         """End the session's hosts; a run's step that is not its last leaves them to the next step."""
+        self._closed.set()
         if self.run and self.last:
             release_run(self.run)
         elif self.hosts and not self.run:

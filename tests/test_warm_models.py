@@ -191,6 +191,15 @@ def test_a_host_left_idle_longer_than_keep_warm_s_ends_itself_and_the_next_step_
     assert _named_hosts(run) == []
 
 
+def test_an_open_step_keeps_its_hosts_however_long_its_gates_take(ray_session):
+    with keep_models_warm(_run_state(keep_warm_s=1.0)):
+        first = _round("ray")
+        time.sleep(3)  # a long gate pass between two rounds of one step: the step is still there
+        second = _round("ray")
+    assert set(first.column("pid").to_pylist()) == set(second.column("pid").to_pylist())
+    assert set(second.column("setups").to_pylist()) == {1}
+
+
 def test_hosts_are_named_after_what_decides_the_runs_images():
     from pipeline.warm_models import _run_naming
 
