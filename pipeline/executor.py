@@ -106,11 +106,12 @@ class _ActorStage:
         self._proxies += 1
         return True
 
-    def claim(self) -> bool:
-        """A round of the run takes this host up (again): False once it has begun to end itself."""
+    def claim(self) -> float | None:
+        """A round of the run takes this host up (again): the seconds it sat idle, holding its
+        devices, since its last batch or claim (0 while a batch runs); None once it is ending."""
         with self._lock:
-            self._used = time.monotonic()
-            return not self._ending
+            idle, self._used = (0.0 if self._busy else time.monotonic() - self._used), time.monotonic()
+            return None if self._ending else idle
 
     def _end_when_idle(self, idle_s: float) -> None:
         import ray

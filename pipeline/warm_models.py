@@ -44,6 +44,7 @@ class WarmModels:
     hosts: dict[str, list] = field(default_factory=dict)
     local: dict[str, object] = field(default_factory=dict)
     round_ended_at: float | None = None  # when the last generation round ended, its models still set up
+    carried_idle: float = 0.0  # idle time of hosts an earlier step (process) left, found by this one
     run: str | None = None  # a run's session: its hosts are named, shared by the run's steps (processes)
     keep_s: float = 0.0     # how long a run's named host, left idle, waits for the run's next step
     last: bool = True       # the run's last step (or the whole run): closing ends the run's hosts
@@ -60,7 +61,7 @@ class WarmModels:
         from pipeline.executor import _ActorStage
 
         hosts = self.hosts.get(stage.name)
-        if hosts and (not self.run or all(_claimed(host) for host in hosts)):
+        if hosts and (not self.run or all(_claimed(host) is not None for host in hosts)):
             return hosts
         r = stage.resources
         # Like Ray Data's own pools: a host killed mid-batch restarts (setting the model up
@@ -73,8 +74,11 @@ class WarmModels:
         else:
             if not self.hosts:  # while this step runs, its hosts never count as idle (gates can be long)
                 threading.Thread(target=self._keep_claiming, daemon=True).start()
-            self.hosts[stage.name] = [self._named(host, options, stage, f"{self.run}:{stage.name}:{k}")
-                                      for k in range(r.actors)]
+            found = [self._named(host, options, stage, f"{self.run}:{stage.name}:{k}") for k in range(r.actors)]
+            self.hosts[stage.name] = [h for h, _ in found]
+            # held since the earlier step's last batch: counted with this step's first round (per
+            # host on average, as the record multiplies by all the stage's devices)
+            self.carried_idle += sum(idle for _, idle in found) / len(found)
         return self.hosts[stage.name]
 
     def _keep_claiming(self) -> None:
@@ -82,9 +86,9 @@ class WarmModels:
             for host in [h for hosts in list(self.hosts.values()) for h in hosts]:
                 _claimed(host)
 
-    def _named(self, host, options: dict, stage, name: str):
-        """The run's host `name`: the one there (claimed), else a new one (which another step may
-        be making at the same moment: Ray gives both the same actor)."""
+    def _named(self, host, options: dict, stage, name: str) -> tuple[object, float]:
+        """The run's host `name` and its idle seconds: the one there (claimed), else a new one
+        (which another step may be making at the same moment: Ray gives both the same actor)."""
         import ray
 
         deadline = time.monotonic() + 60
@@ -93,9 +97,9 @@ class WarmModels:
                 found = ray.get_actor(name, namespace=NAMESPACE)
             except ValueError:  # none: make it; set-up starts at once, the proxies wait for it
                 return host.options(**options, name=name, namespace=NAMESPACE, lifetime="detached",
-                                    get_if_exists=True).remote(stage, self.keep_s)
-            if _claimed(found):
-                return found
+                                    get_if_exists=True).remote(stage, self.keep_s), 0.0
+            if (idle := _claimed(found)) is not None:
+                return found, idle
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the warm model host {name!r} neither ended nor took the run up")
             time.sleep(0.2)  # it is ending itself: its name is free once it is gone
@@ -112,9 +116,11 @@ class WarmModels:
 
     def held_idle(self, round_s: float | None = None) -> float:
         """Seconds the set-up models sat idle since the last round ended, holding their devices (the
-        gates run meanwhile); `round_s`: a round of that many seconds has just ended, not idle time."""
+        gates run meanwhile), plus what hosts an earlier step left had sat idle before this step
+        found them; `round_s`: a round of that many seconds has just ended, not idle time."""
         now = time.perf_counter()
         idle = 0.0 if self.round_ended_at is None else max(0.0, now - self.round_ended_at - (round_s or 0.0))
+        idle, self.carried_idle = idle + self.carried_idle, 0.0
         held = round_s is not None and bool(self.hosts or self.local)
         self.round_ended_at = now if held else None
         return idle
@@ -136,13 +142,14 @@ class WarmModels:
 NAMESPACE = "synthcat"  # the Ray namespace of runs' named hosts
 
 
-def _claimed(host) -> bool:
+def _claimed(host) -> float | None:
+    """The host's idle seconds, now claimed; None when it is ending or gone."""
     import ray
 
     try:
         return ray.get(host.claim.options(concurrency_group="control").remote())
     except ray.exceptions.RayActorError:  # it ended itself, or its node went away
-        return False
+        return None
 
 
 def release_run(run: str) -> None:

@@ -167,10 +167,16 @@ def test_a_runs_steps_in_other_processes_share_its_host_until_its_last_step_ends
     pids = {pid for out, _ in outputs for pid in json.loads(out.splitlines()[-1])}
     assert len(pids) == 1, pids
     pid = pids.pop()
+    ended = time.perf_counter()
+    time.sleep(1.0)  # Airflow schedules the next task: the host holds its devices, idle
     with keep_models_warm(state) as warm:  # the run's last step (consolidate), in this process
+        tick = time.perf_counter()
         out = _round("ray")
+        idle = held_idle(time.perf_counter() - tick)
         assert set(out.column("pid").to_pylist()) == {pid}  # the host the other process's step left
         assert set(out.column("setups").to_pylist()) == {1}  # set up once, by that step
+        # the time it sat idle between the steps is the run's device time too
+        assert 1.0 <= idle <= tick - ended + 5.0  # its last batch ran before the steps ended
         run = warm.run
     assert _gone(pid) and _named_hosts(run) == []
 
