@@ -4,8 +4,9 @@ The generation step holds its devices from the moment its workers start (model l
 included) until the last batch is out, so device-seconds = that step's wall time x the devices
 its model stages hold: GPUs when any stage asks for one, else the CPU cores they are granted.
 Regeneration rounds add their own time, and where a run keeps its models set up between rounds
-(pipeline/warm_models.py) the time they sit idle meanwhile, while the gates run, counts too
-(`held_idle_seconds`). Prices come from the job config (`cost:`).
+(pipeline/warm_models.py) the time they sit idle meanwhile, while the gates run or until the
+run's next task takes them up, counts too (`held_idle_seconds`). Prices come from the job config
+(`cost:`).
 """
 
 from __future__ import annotations
