@@ -102,12 +102,22 @@ def two_node_cluster(models_dir, monkeypatch):
             if joined:
                 break
             _stop(nodes.pop())
-        assert joined, f"the worker node never joined (exit code {worker.poll()}):\n{status}"
+        assert joined, f"the worker node never joined (exit code {worker.poll()}):\n{status}\n{_head_logs(temp_dir)}"
         yield {"address": address, "env": env}
     finally:
         for node in reversed(nodes):
             _stop(node)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _head_logs(temp_dir: Path, lines: int = 20) -> str:
+    """The last lines of the head's GCS and raylet logs: the temp folder goes with the fixture."""
+    tails = []
+    for name in ("gcs_server.out", "raylet.out"):
+        for path in sorted(temp_dir.glob(f"session_*/logs/{name}")):
+            text = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+            tails.append(f"--- {path.relative_to(temp_dir)}\n" + "\n".join(text))
+    return "\n".join(tails)
 
 
 def _stop(node: subprocess.Popen) -> None:
