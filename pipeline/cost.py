@@ -28,21 +28,21 @@ def devices_held(stages: Sequence) -> tuple[str, float]:
     return "cpu", sum(s.resources.num_cpus * s.resources.actors for s in workers)
 
 
-def add_device_seconds(previous: dict | None, kind: str, count: float, seconds: float, held_idle: float = 0.0) -> dict:
+def add_device_seconds(previous: dict | None, kind: str, count: float, seconds: float, held_idle: float = 0.0,
+                       rounds: int = 1) -> dict:
     """The run's device record after one more generation round of `seconds` on `count` devices,
     which before it sat `held_idle` seconds set up and idle since the previous round."""
     previous = previous or {}
     return {"kind": kind, "count": count, "seconds": previous.get("seconds", 0.0) + (seconds + held_idle) * count,
             "held_idle_seconds": previous.get("held_idle_seconds", 0.0) + held_idle * count,
-            "rounds": previous.get("rounds", 0) + 1}
+            "rounds": previous.get("rounds", 0) + rounds}
 
 
 def add_held_idle(previous: dict | None, held_idle: float) -> dict | None:
     """The record after the last round's models sat `held_idle` seconds set up (the last gate pass)."""
     if not previous or held_idle <= 0:
         return previous
-    record = add_device_seconds(previous, previous["kind"], previous["count"], 0.0, held_idle)
-    return {**record, "rounds": previous.get("rounds", 0)}
+    return add_device_seconds(previous, previous["kind"], previous["count"], 0.0, held_idle, rounds=0)
 
 
 def run_cost(device: dict | None, accepted: int, prices: Cost) -> dict:
