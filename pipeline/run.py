@@ -212,6 +212,7 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
     process, `executor: local`). A shard file appears only when the shard is complete; the
     first one back calls `on_first_batch()` and ends `first_batch_s`, the start-up.
     """
+    from pipeline.cost import add_device_seconds, devices_held
     from pipeline.executor import make_batches, run_stages
     from pipeline.progress import Progress
 
@@ -243,12 +244,11 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
                 first_batch_s = time.perf_counter() - tick
                 on_first_batch()
             bar.advance(rows)
-    seconds = time.perf_counter() - tick
+        seconds = time.perf_counter() - tick
+        idle = held_idle(seconds) if todo.num_rows else 0.0  # in the step's session: hosts an earlier task left
     if todo.num_rows:  # the devices were held for this round, and idle since the last one in a warm model
-        from pipeline.cost import add_device_seconds, devices_held
-
         _update_state(staging, device=add_device_seconds(read_state(staging).get("device"), *devices_held(stages),
-                                                         seconds, held_idle(seconds)))
+                                                         seconds, idle))
     return {"shards": len(wanted), "generated": todo.num_rows, "skipped": len(wanted) - len(todo_shards),
             "seconds": seconds, "first_batch_s": first_batch_s}
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -124,6 +125,7 @@ def test_on_demand_with_a_missing_manifest_fails_before_any_work(dagbag, tmp_pat
 
 def test_a_retried_shard_group_produces_no_duplicates(tmp_path, models_dir, ray_session):
     from pipeline import orchestrate
+    from pipeline.run import read_state
 
     catalog = tmp_path / "catalog.csv"
     catalog.write_text("".join(EXAMPLE_CATALOG.read_text().splitlines(keepends=True)[:4]))
@@ -140,8 +142,11 @@ def test_a_retried_shard_group_produces_no_duplicates(tmp_path, models_dir, ray_
     first = orchestrate.generate_shards(spec, groups[0])
     retried = orchestrate.generate_shards(spec, groups[0])  # the task retried after it had finished
     assert retried["generated"] == 0 and retried["skipped"] == len(groups[0])
+    time.sleep(1.0)  # the scheduler starts the next mapped task: the model host the first one left waits, held
     for group in groups[1:]:
         orchestrate.generate_shards(spec, group)
+    # that time is the run's device time, counted by the task that took the host up (its own session)
+    assert read_state(orchestrate._staging(spec))["device"]["held_idle_seconds"] >= 1.0
     orchestrate.consolidate(spec)
     orchestrate.validate_run(spec)
     result = orchestrate.publish(spec)
