@@ -8,7 +8,8 @@ Start that Ray first (`ray start --head --num-cpus=2`), then:
 prints each task's wall time: plan_shards, the mapped generate_shards tasks one after another,
 then consolidate (the gates and their regeneration rounds), as `airflow dags test` would run
 them but each in a fresh process, as a real scheduler does. `--keep-warm-s` is the job's
-`engine.keep_warm_s`: 0 makes every task set up its own generator.
+`engine.keep_warm_s`: 0 makes every task set up its own generator. Last, the run's model hosts
+still on the Ray (none: consolidate ended them) and its device record (`held_idle_seconds`).
 """
 
 from __future__ import annotations
@@ -31,8 +32,14 @@ if task == "plan":
     print(json.dumps(orchestrate.plan_shards(spec, max_groups=int(sys.argv[3]))))
 elif task == "generate":
     orchestrate.generate_shards(spec, json.loads(sys.argv[3]))
-else:
+elif task == "consolidate":
     orchestrate.consolidate(spec)
+else:  # after the run: the named model hosts still on the Ray, and the run's device record
+    import ray
+    from pipeline.run import read_state
+    ray.init(log_to_driver=False)
+    left = [e["name"] for e in ray.util.list_named_actors(all_namespaces=True) if e["namespace"] == "synthcat"]
+    print(json.dumps({"hosts_left": left, "device": read_state(orchestrate._staging(spec))["device"]}))
 """
 
 
@@ -50,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", type=Path, default=REPO / "examples" / "catalog.csv")
     parser.add_argument("--config", type=Path, default=REPO / "examples" / "job.yaml")
     parser.add_argument("--groups", type=int, default=4)
+    parser.add_argument("--max-attempts", type=int, help="the job's gates.max_attempts (1: no regeneration round)")
     args = parser.parse_args(argv)
 
     from pipeline import orchestrate
@@ -57,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     job = yaml.safe_load(args.config.read_text(encoding="utf-8"))
     job.setdefault("engine", {})["keep_warm_s"] = args.keep_warm_s
+    if args.max_attempts:
+        job.setdefault("gates", {})["max_attempts"] = args.max_attempts
     (args.out / "job.yaml").write_text(yaml.safe_dump(job), encoding="utf-8")
     spec = orchestrate.make_spec({"manifest": str(args.manifest), "config": str(args.out / "job.yaml"),
                                   "out": str(args.out)}, dag_run_id=f"manual__steps-{time.time_ns()}",
@@ -70,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generate_shards {k} {_task(spec_path, 'generate', json.dumps(group))[0]:6.1f} s")
     print(f"consolidate      {_task(spec_path, 'consolidate')[0]:6.1f} s")
     print(f"keep_warm_s {args.keep_warm_s:g}: {time.perf_counter() - start:.1f} s in all")
+    print(f"after the run    {_task(spec_path, 'after')[1].splitlines()[-1]}")
     return 0
 
 

@@ -261,7 +261,7 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
                                       run_gates, write_plan)
     from pipeline.cost import add_held_idle
 
-    state, tick = read_state(staging), time.perf_counter()
+    state, tick, regenerated = read_state(staging), time.perf_counter(), 0
     config = parse_job_config(state["config"])
     store = ShardStore(staging / "shards")
     settings = gate_settings(config, state["scorer"])
@@ -269,8 +269,8 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
                if config.gates.dedupe_history else None)
     reference = (reference_index(config, state["scorer"], state["reference"]) if "reference" in state
                  else reference_index(config, state["scorer"]))  # prepared before the reference was recorded
-    regenerated = 0
-    with keep_models_warm(state):  # each regeneration round reuses the models the first one loaded
+    with keep_models_warm(state) as warm:  # each regeneration round reuses the models the first one loaded
+        warm.take_up_left_hosts(ray_address)  # the run's generate tasks left them: ended when this step ends
         while True:
             missing = sorted(set(state["shards"]) - store.done())
             if missing:

@@ -21,7 +21,9 @@ A run's steps may be separate processes (Airflow's mapped `generate_shards` task
 `consolidate`). Given the run's staging record, a session names its hosts after the run and
 what decides its images (detached actors in the `synthcat` namespace), so on a Ray that
 outlives the tasks (`ray start`) each step takes up the hosts the first one set up. The last
-step (consolidate, or `run_job`) ends them. While a step is open it keeps claiming its hosts;
+step (consolidate, or `run_job`) ends them, also when it runs no round of its own
+(`take_up_left_hosts`: their idle time until then is the run's device time too). While a step
+is open it keeps claiming its hosts;
 a host no open step claimed for `engine.keep_warm_s` ends itself, so a run that stops half-way
 does not hold its devices for long.
 """
@@ -49,6 +51,7 @@ class WarmModels:
     keep_s: float = 0.0     # how long a run's named host, left idle, waits for the run's next step
     last: bool = True       # the run's last step (or the whole run): closing ends the run's hosts
     _closed: threading.Event = field(default_factory=threading.Event, repr=False)
+    _claiming: bool = field(default=False, repr=False)
 
     def hosts_for(self, stage) -> list:
         """The host actors of `stage` (created on first use; set-up starts at once, in the hosts).
@@ -72,14 +75,56 @@ class WarmModels:
         if not self.run:
             self.hosts[stage.name] = [host.options(**options).remote(stage) for _ in range(r.actors)]
         else:
-            if not self.hosts:  # while this step runs, its hosts never count as idle (gates can be long)
-                threading.Thread(target=self._keep_claiming, daemon=True).start()
+            self._start_claiming()
             found = [self._named(host, options, stage, f"{self.run}:{stage.name}:{k}") for k in range(r.actors)]
             self.hosts[stage.name] = [h for h, _ in found]
             # held since the earlier step's last batch: counted with this step's first round (per
             # host on average, as the record multiplies by all the stage's devices)
             self.carried_idle += sum(idle for _, idle in found) / len(found)
         return self.hosts[stage.name]
+
+    def take_up_left_hosts(self, address: str | None = None) -> int:
+        """The run's last step: take up the hosts its earlier steps left on a Ray that outlives them,
+        whether or not this step runs a round; returns how many.
+
+        Without this, a last step that needs no regeneration round never connects to Ray, and the
+        hosts hold their devices, idle, for `keep_s` after the run (a next run waiting for the GPU
+        waits as long). Taken up, they count as held from their last batch until closing ends them.
+        `address`: the run's Ray address (None: the one `ray.init()` finds, as the steps did)."""
+        if not (self.run and self.last):
+            return 0
+        import ray
+
+        from pipeline.executor import init_ray
+
+        if not ray.is_initialized():
+            if not _outliving_ray(address):
+                return 0  # each step started its own Ray, and its hosts ended with it
+            init_ray(address)  # connects as the steps did (a `ray start` cluster's token included)
+        known = {f"{self.run}:{stage}:{k}" for stage, hosts in self.hosts.items() for k in range(len(hosts))}
+        left: dict[str, list[tuple[int, str]]] = {}
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            name = entry["name"]
+            if entry["namespace"] == NAMESPACE and name.startswith(f"{self.run}:") and name not in known:
+                stage, k = name[len(self.run) + 1:].rsplit(":", 1)
+                left.setdefault(stage, []).append((int(k), name))
+        taken = 0
+        for stage, names in left.items():
+            hosts = [found for _, name in sorted(names) if (found := _take_up(name))]
+            if hosts:  # idle since the earlier step's last batch: per host on average, as in hosts_for
+                self.hosts[stage] = [host for host, _ in hosts]
+                self.carried_idle += sum(idle for _, idle in hosts) / len(hosts)
+                taken += len(hosts)
+        if taken:  # held from now on too, while this step's gates run (held_idle counts it)
+            self.round_ended_at = time.perf_counter()
+            self._start_claiming()
+        return taken
+
+    def _start_claiming(self) -> None:
+        """While this step runs, its hosts never count as idle (gates can be long)."""
+        if not self._claiming:
+            self._claiming = True
+            threading.Thread(target=self._keep_claiming, daemon=True).start()
 
     def _keep_claiming(self) -> None:
         while not self._closed.wait(max(0.1, self.keep_s / 3)):
@@ -152,6 +197,18 @@ def _claimed(host) -> float | None:
         return None
 
 
+def _take_up(name: str) -> tuple[object, float] | None:
+    """The run's named host `name` and its idle seconds, claimed; None when it is ending or gone."""
+    import ray
+
+    try:
+        host = ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:  # it ended meanwhile
+        return None
+    idle = _claimed(host)
+    return None if idle is None else (host, idle)
+
+
 def release_run(run: str) -> None:
     """End every named host of `run` on the connected Ray, whichever step made it."""
     import ray
@@ -162,6 +219,20 @@ def release_run(run: str) -> None:
         if entry["namespace"] == NAMESPACE and entry["name"].startswith(f"{run}:"):
             with contextlib.suppress(ValueError):
                 ray.kill(ray.get_actor(entry["name"], namespace=NAMESPACE))
+
+
+def _outliving_ray(address: str | None) -> bool:
+    """Whether a run's steps connect to a Ray that outlives them: `address`, or what `ray.init()`
+    finds (RAY_ADDRESS, or the cluster `ray start` runs on this machine); not when each step
+    starts its own Ray, nor when the run's Ray is reached through the Jobs API."""
+    if address:
+        return not address.startswith(("http://", "https://"))
+    from ray._private.services import canonicalize_bootstrap_address  # ray.init()'s own lookup
+
+    try:
+        return canonicalize_bootstrap_address(None) is not None
+    except (ConnectionError, ValueError):
+        return False
 
 
 _thread = threading.local()  # a thread's session: two runs in two threads never share models
@@ -195,7 +266,8 @@ def _run_naming(state: dict) -> dict:
     # the plan's fingerprint covers the weights, steps, guidance and items; the config the rest
     decides = json.dumps([state["plan_sha256"], state["config"]], sort_keys=True, default=str)
     run = f"{state['run_id']}-{hashlib.sha256(decides.encode()).hexdigest()[:12]}"
-    keep_s = parse_job_config(state["config"]).engine.keep_warm_s
+    config = parse_job_config(state["config"])
+    keep_s = config.engine.keep_warm_s if config.executor == "ray" else 0.0  # in process: nothing to name
     return {"run": run, "keep_s": keep_s} if keep_s else {}  # 0: each step's hosts are its own
 
 

@@ -181,6 +181,52 @@ def test_a_runs_steps_in_other_processes_share_its_host_until_its_last_step_ends
     assert _gone(pid) and _named_hosts(run) == []
 
 
+# The run's last step (consolidate) in its own process when no item needs regenerating: it runs no
+# round, yet takes up the hosts the generate tasks left, so they count as held until it ends them.
+LAST = """
+import json, sys, time
+import ray
+from pipeline.warm_models import held_idle, keep_models_warm
+with keep_models_warm(json.loads(sys.argv[1])) as warm:
+    taken = warm.take_up_left_hosts(sys.argv[2] or None)
+    time.sleep(0.5)  # the gate pass: the hosts are still held
+    idle = held_idle()
+print(json.dumps([taken, idle, ray.is_initialized()]))
+"""
+
+
+def _python(script: str, *args: str, **env: str) -> list:
+    """Run `script` in a new Python process with `args` (and `env` over this one's); its last line, as JSON."""
+    import json
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_last_step_without_a_round_ends_the_hosts_the_run_left_and_counts_their_idle_time(ray_session, tmp_path):
+    import json
+
+    from pipeline.warm_models import _run_naming
+
+    state = _run_state(run_id="run-last")
+    run, address = _run_naming(state)["run"], ray.get_runtime_context().gcs_address
+    started = time.perf_counter()
+    pid, = _python(STEP, address, str(Path(__file__).parent), json.dumps(state), RAY_ADDRESS="")
+    time.sleep(1.0)  # Airflow schedules consolidate: the host holds its devices, idle
+    # a last step finds the run's Ray as ray.init() does (here RAY_ADDRESS; or `ray start`'s)
+    taken, idle, connected = _python(LAST, json.dumps(state), "", RAY_ADDRESS=address)
+    assert taken == 1 and connected
+    assert 1.5 <= idle <= time.perf_counter() - started  # since its last batch, the gate pass included
+    assert _gone(pid, timeout=20) and _named_hosts(run) == []  # at once, not keep_warm_s (120 s) later
+    # where the steps would each start their own Ray, there is nothing to take up and no Ray to start
+    assert _python(LAST, json.dumps(state), "", RAY_ADDRESS="", RAY_TMPDIR=str(tmp_path))[::2] == [0, False]
+    # nor where the run's Ray is reached through the Jobs API (its hosts end after keep_warm_s)
+    assert _python(LAST, json.dumps(state), "http://head:8265", RAY_ADDRESS="")[::2] == [0, False]
+
+
 def test_a_host_left_idle_longer_than_keep_warm_s_ends_itself_and_the_next_step_makes_a_new_one(ray_session):
     state = _run_state(keep_warm_s=2.0)
     with keep_models_warm(state, last=False) as warm:
