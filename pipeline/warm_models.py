@@ -227,11 +227,11 @@ def _outliving_ray(address: str | None) -> bool:
     starts its own Ray, nor when the run's Ray is reached through the Jobs API."""
     if address:
         return not address.startswith(("http://", "https://"))
-    from ray._private.services import canonicalize_bootstrap_address  # ray.init()'s own lookup
+    try:  # ray.init()'s own lookup (a private module: if it moves, the hosts end by expiry instead)
+        from ray._private.services import canonicalize_bootstrap_address
 
-    try:
         return canonicalize_bootstrap_address(None) is not None
-    except (ConnectionError, ValueError):
+    except (ImportError, ConnectionError, ValueError):
         return False
 
 

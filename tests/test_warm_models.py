@@ -222,9 +222,11 @@ def test_a_last_step_without_a_round_ends_the_hosts_the_run_left_and_counts_thei
     assert 1.5 <= idle <= time.perf_counter() - started  # since its last batch, the gate pass included
     assert _gone(pid, timeout=20) and _named_hosts(run) == []  # at once, not keep_warm_s (120 s) later
     # where the steps would each start their own Ray, there is nothing to take up and no Ray to start
-    assert _python(LAST, json.dumps(state), "", RAY_ADDRESS="", RAY_TMPDIR=str(tmp_path))[::2] == [0, False]
+    taken, _, connected = _python(LAST, json.dumps(state), "", RAY_ADDRESS="", RAY_TMPDIR=str(tmp_path))
+    assert (taken, connected) == (0, False)
     # nor where the run's Ray is reached through the Jobs API (its hosts end after keep_warm_s)
-    assert _python(LAST, json.dumps(state), "http://head:8265", RAY_ADDRESS="")[::2] == [0, False]
+    taken, _, connected = _python(LAST, json.dumps(state), "http://head:8265", RAY_ADDRESS="")
+    assert (taken, connected) == (0, False)
 
 
 def test_a_host_left_idle_longer_than_keep_warm_s_ends_itself_and_the_next_step_makes_a_new_one(ray_session):
@@ -261,6 +263,7 @@ def test_hosts_are_named_after_what_decides_the_runs_images():
     assert _run_naming(_run_state(model="sd15"))["run"] != named["run"]  # not another config's model
     assert _run_naming({**_run_state(), "plan_sha256": "q" * 64})["run"] != named["run"]
     assert _run_naming(_run_state(keep_warm_s=0)) == {}  # 0: every step's hosts are its own
+    assert _run_naming(_run_state(executor="local")) == {}  # in process: no hosts to name
 
 
 @pytest.mark.parametrize("warm", [True, False])
