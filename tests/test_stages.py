@@ -133,7 +133,37 @@ def test_score_is_a_cosine_and_keeps_normalised_embeddings(generated, score):
     assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-4)
     split = pa.concat_tables([score(generated.slice(0, 1)), score(generated.slice(1))])
     assert np.allclose(split.column("clip_score").to_pylist(), scores, atol=1e-5)
+    # pixels read in place from Arrow's buffers: a column of sliced chunks (as Ray hands them over)
+    chunked = pa.concat_tables([generated.slice(1), generated.slice(0, 1)])
+    assert chunked.column("pixels").num_chunks == 2
+    rescored = score(chunked).column("clip_score").to_pylist()
+    assert np.allclose(rescored, np.r_[scores[1:], scores[:1]], atol=1e-5)
     assert score(generated.slice(0, 0)).num_rows == 0
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_pixel_columns_move_between_numpy_and_arrow_without_a_copy_per_row(large):
+    from pipeline.stages._columns import binary_column, binary_views
+
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(4, 4, 3), (2, 6, 3), (4, 4, 3), (1, 1, 3)]]
+    kind = pa.large_binary() if large else pa.binary()
+    column = binary_column(rows, kind)
+    column.validate(full=True)
+    assert column.equals(pa.array([row.tobytes() for row in rows], kind))  # what a copy per row gave
+    chunked = pa.chunked_array([column.slice(1, 2), column.slice(0, 1), column.slice(3)])
+    views = binary_views(chunked)
+    assert [v.tobytes() for v in views] == [rows[k].tobytes() for k in (1, 2, 0, 3)]
+    data = column.buffers()[2]
+    assert all(data.address <= v.ctypes.data < data.address + data.size for v in views)  # Arrow's own bytes
+    assert binary_column([], kind).equals(pa.array([], kind)) and binary_views(pa.array([], kind)) == []
+    # a batch's images in order (the generator's decoded array, its padding copies cut) are used in place
+    batch = rng.integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+    in_place = binary_column(list(batch[:4]), kind)
+    assert in_place.buffers()[2].address == batch.ctypes.data and in_place.buffers()[2].size == batch[:4].nbytes
+    assert [v.tobytes() for v in binary_views(in_place)] == [image.tobytes() for image in batch[:4]]
+    shuffled = binary_column([batch[2], batch[0]], kind)  # out of order: copied, in the rows' order
+    assert [v.tobytes() for v in binary_views(shuffled)] == [batch[2].tobytes(), batch[0].tobytes()]
 
 
 @pytest.mark.parametrize("fmt", ["png", "webp"])

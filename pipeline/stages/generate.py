@@ -11,6 +11,7 @@ import pyarrow as pa
 from pipeline.campaign.generation import CampaignGeneration
 from pipeline.config import Engine, StageResources
 from pipeline.schema import GENERATION_FIELDS
+from pipeline.stages._columns import binary_column
 from pipeline.stages.engine import decode, model_dtype, optimise_pipeline, pad_size, padded
 
 
@@ -76,7 +77,7 @@ class GenerateStage:
                      if "guidance_override" in batch.column_names else [None] * n)
         guidances = [self.guidance_scale if g is None else float(g) for g in overrides]
         # 2. Generate each size group in one call; rows keep their input order
-        pixels: list[bytes | None] = [None] * n
+        pixels: list[np.ndarray | None] = [None] * n  # views of each call's images; one copy into Arrow
         gaps: list[float | None] = [None] * n
         adapters = self.campaign.adapter_keys(batch) if self.campaign else [None] * n
         for adapter, size, guidance in sorted(set(zip(adapters, sizes, guidances)), key=repr):
@@ -89,12 +90,11 @@ class GenerateStage:
             if self.campaign:  # product photos: a new background inpainted around the product
                 images = self.campaign.composite(self._current, batch, rows, images, self.engine.vae_decode_chunk)
             for k, (row, image) in enumerate(zip(rows, images)):
-                pixels[row] = image.tobytes()
+                pixels[row] = image
                 gaps[row] = None if gap is None else float(gap[k])
         # 3. Attach lineage
         scheduler = type(self._pipe.scheduler).__name__
         values = {
-            "pixels": pixels,
             "model_id": [self.model_id] * n,
             "model_sha256": [self.model_sha256] * n,
             "scheduler": [scheduler] * n,
@@ -106,7 +106,8 @@ class GenerateStage:
         }
         out = batch
         for f in GENERATION_FIELDS:
-            out = out.append_column(f, pa.array(values[f.name], type=f.type))
+            array = binary_column(pixels, f.type) if f.name == "pixels" else pa.array(values[f.name], type=f.type)
+            out = out.append_column(f, array)
         return out
 
     def _generate_fitting(self, prompts, negatives, seeds, width, height,
@@ -122,7 +123,7 @@ class GenerateStage:
             lambda a, b: self._generate(prompts[a:b], negatives[a:b], seeds[a:b], width, height, guidance),
             len(prompts), self._max_batch, device=self._device)
         gaps = [gap for _, gap in parts]
-        return (np.concatenate([images for images, _ in parts]),
+        return (parts[0][0] if len(parts) == 1 else np.concatenate([images for images, _ in parts]),
                 None if any(g is None for g in gaps) else np.concatenate(gaps))
 
     def _generate(self, prompts, negatives, seeds, width, height,

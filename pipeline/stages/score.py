@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from pipeline.config import Engine, StageResources
 from pipeline.schema import SCORE_FIELDS
+from pipeline.stages._columns import binary_views
 
 
 @dataclass
@@ -76,13 +77,12 @@ class ScoreStage:
         device as one uint8 tensor and preprocessed there."""
         import torch
 
-        raws = batch.column("pixels").to_pylist()
+        raws = binary_views(batch.column("pixels"))  # views of Arrow's buffer: no copy per row
         sizes = list(zip(batch.column("width").to_pylist(), batch.column("height").to_pylist()))
         out = [None] * batch.num_rows
         for width, height in sorted(set(sizes)):
             rows = [i for i, s in enumerate(sizes) if s == (width, height)]
-            host = np.frombuffer(bytearray().join(raws[i] for i in rows), np.uint8)
-            host = host.reshape(len(rows), height, width, 3)
+            host = np.stack([raws[i] for i in rows]).reshape(len(rows), height, width, 3)
             images = torch.from_numpy(host).to(self._device).permute(0, 3, 1, 2).float() / 255
             for row, tensor in zip(rows, self._preprocess(images)):
                 out[row] = tensor
