@@ -245,10 +245,9 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
                 on_first_batch()
             bar.advance(rows)
         seconds = time.perf_counter() - tick
-        idle = held_idle(seconds) if todo.num_rows else 0.0  # in the step's session: hosts an earlier task left
-    if todo.num_rows:  # the devices were held for this round, and idle since the last one in a warm model
-        _update_state(staging, device=add_device_seconds(read_state(staging).get("device"), *devices_held(stages),
-                                                         seconds, idle))
+        if todo.num_rows:  # held for this round, and idle since the last (read in the step's session)
+            _update_state(staging, device=add_device_seconds(read_state(staging).get("device"), *devices_held(stages),
+                                                             seconds, held_idle(seconds)))
     return {"shards": len(wanted), "generated": todo.num_rows, "skipped": len(wanted) - len(todo_shards),
             "seconds": seconds, "first_batch_s": first_batch_s}
 

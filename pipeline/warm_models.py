@@ -76,12 +76,16 @@ class WarmModels:
             self.hosts[stage.name] = [host.options(**options).remote(stage) for _ in range(r.actors)]
         else:
             self._start_claiming()
-            found = [self._named(host, options, stage, f"{self.run}:{stage.name}:{k}") for k in range(r.actors)]
-            self.hosts[stage.name] = [h for h, _ in found]
-            # held since the earlier step's last batch: counted with this step's first round (per
-            # host on average, as the record multiplies by all the stage's devices)
-            self.carried_idle += sum(idle for _, idle in found) / len(found)
+            self._adopt(stage.name, [self._named(host, options, stage, f"{self.run}:{stage.name}:{k}")
+                                     for k in range(r.actors)])
         return self.hosts[stage.name]
+
+    def _adopt(self, stage: str, found: list[tuple[object, float]]) -> None:
+        """`stage`'s hosts, with the seconds each sat idle since an earlier step's last batch: held
+        time, counted with this step's next reading (per host on average, as the record
+        multiplies by all the stage's devices)."""
+        self.hosts[stage] = [host for host, _ in found]
+        self.carried_idle += sum(idle for _, idle in found) / len(found)
 
     def take_up_left_hosts(self, address: str | None = None) -> int:
         """The run's last step: take up the hosts its earlier steps left on a Ray that outlives them,
@@ -103,17 +107,13 @@ class WarmModels:
             init_ray(address)  # connects as the steps did (a `ray start` cluster's token included)
         known = {f"{self.run}:{stage}:{k}" for stage, hosts in self.hosts.items() for k in range(len(hosts))}
         left: dict[str, list[tuple[int, str]]] = {}
-        for entry in ray.util.list_named_actors(all_namespaces=True):
-            name = entry["name"]
-            if entry["namespace"] == NAMESPACE and name.startswith(f"{self.run}:") and name not in known:
-                stage, k = name[len(self.run) + 1:].rsplit(":", 1)
-                left.setdefault(stage, []).append((int(k), name))
+        for name in set(_run_hosts(self.run)) - known:
+            stage, k = name[len(self.run) + 1:].rsplit(":", 1)
+            left.setdefault(stage, []).append((int(k), name))
         taken = 0
         for stage, names in left.items():
-            hosts = [found for _, name in sorted(names) if (found := _take_up(name))]
-            if hosts:  # idle since the earlier step's last batch: per host on average, as in hosts_for
-                self.hosts[stage] = [host for host, _ in hosts]
-                self.carried_idle += sum(idle for _, idle in hosts) / len(hosts)
+            if hosts := [found for _, name in sorted(names) if (found := _take_up(name))]:
+                self._adopt(stage, hosts)
                 taken += len(hosts)
         if taken:  # held from now on too, while this step's gates run (held_idle counts it)
             self.round_ended_at = time.perf_counter()
@@ -215,10 +215,17 @@ def release_run(run: str) -> None:
 
     if not ray.is_initialized():  # no round ran in this process: the hosts end when left idle
         return
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry["namespace"] == NAMESPACE and entry["name"].startswith(f"{run}:"):
-            with contextlib.suppress(ValueError):
-                ray.kill(ray.get_actor(entry["name"], namespace=NAMESPACE))
+    for name in _run_hosts(run):
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+
+
+def _run_hosts(run: str) -> list[str]:
+    """The names of `run`'s hosts on the connected Ray, whichever step made them."""
+    import ray
+
+    return [entry["name"] for entry in ray.util.list_named_actors(all_namespaces=True)
+            if entry["namespace"] == NAMESPACE and entry["name"].startswith(f"{run}:")]
 
 
 def _outliving_ray(address: str | None) -> bool:
