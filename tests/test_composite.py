@@ -222,6 +222,31 @@ def test_photo_backgrounds_never_recompile_a_compiled_unet(ingested, config, mod
     assert np.abs(first - again).max() <= 2
 
 
+def test_a_fused_scorer_scores_photo_rows_after_their_background_is_repainted(ingested, config, models_dir):
+    """The fused scorer reads the generator's decoded images on the device, except for photo rows:
+    their device copy is the scene before the inpainting pass, so they come from `pixels`."""
+    from pipeline.models.presets import resolve_scorer
+    from pipeline.stages.fused import GenerateScoreStage
+    from pipeline.stages.score import ScoreStage
+
+    items, square = _square_items(ingested, config, models_dir)
+    photos = items.column("product_image").to_pylist()
+    batch = items.take(square)
+    stage, _ = _background_and_scene(config, models_dir, steps=2, guidance=7.5)
+    generated, on_device = stage.generate(batch)
+    is_photo = [bool(photos[i]) for i in square]
+    assert any(is_photo) and not all(is_photo)
+    assert [t is None for t in on_device] == is_photo
+    pixels = generated.column("pixels").to_pylist()
+    assert all(t.numpy().tobytes() == p for t, p in zip(on_device, pixels) if t is not None)
+    scorer = ScoreStage(resolve_scorer("tiny", models_dir).path, "tiny")
+    scorer.setup()
+    expected = scorer(generated).column("clip_score").to_pylist()
+    fused = GenerateScoreStage(stage, scorer)(batch)
+    assert fused.column("pixels").to_pylist() == pixels
+    assert np.allclose(fused.column("clip_score").to_pylist(), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("steps,strength,expected", [(20, 0.9, 20), (1, 1.0, 1), (1, 0.9, 2), (1, 0.3, 4), (2, 0.5, 2)])
 def test_inpainting_always_runs_at_least_one_step(steps, strength, expected):
     from pipeline.campaign.generation import inpaint_steps

@@ -89,6 +89,23 @@ def test_fused_generate_and_score_equals_the_two_stages(items, models_dir, plain
     assert fused(items.slice(0, 0)).num_rows == 0
 
 
+def test_a_scorer_reads_the_images_handed_to_it_on_the_device_and_the_rest_from_pixels(items, models_dir):
+    """A fused generator hands its scorer the decoded images where they are (on its GPU); the
+    scorer must score those and read only the other rows from the `pixels` column."""
+    generate = _generate(models_dir)
+    table, on_device = generate.generate(items)
+    assert [bytes(t.numpy().tobytes()) for t in on_device] == table.column("pixels").to_pylist()
+    scorer = ScoreStage(resolve_scorer("tiny", models_dir).path, "tiny")
+    scorer.setup()
+    expected = scorer(table).column("clip_score").to_pylist()
+    blank = table.set_column(table.schema.get_field_index("pixels"), "pixels",
+                             pa.array([bytes(len(p)) for p in table.column("pixels").to_pylist()], pa.binary()))
+    black = scorer(blank).column("clip_score").to_pylist()
+    assert not np.allclose(black, expected, atol=1e-3)  # a black image scores otherwise
+    mixed = scorer(blank, [t if i % 2 == 0 else None for i, t in enumerate(on_device)]).column("clip_score").to_pylist()
+    assert np.allclose(mixed[0::2], expected[0::2], atol=1e-6) and np.allclose(mixed[1::2], black[1::2], atol=1e-6)
+
+
 def test_generate_and_score_fuse_only_on_the_same_device_kind(models_dir):
     def stages(gen_gpus, score_gpus, fuse=True):
         gen = GenerateStage(models_dir, "m", "x", "StableDiffusionPipeline", 1, 0.0,

@@ -57,6 +57,13 @@ class CampaignGeneration:
             self._pipes[key] = fused_pipeline(base, self.adapters_dir, name, scale, sha256)
         return self._pipes[key]
 
+    def photo_rows(self, batch: pa.Table, rows: list[int]) -> list[int]:
+        """The positions k in `rows` whose row has a product photo: those `composite` repaints."""
+        if "product_image" not in batch.column_names:
+            return []
+        paths = batch.column("product_image").to_pylist()
+        return [k for k, row in enumerate(rows) if paths[row]]
+
     def composite(self, pipe, batch: pa.Table, rows: list[int], images: np.ndarray,
                   decode_chunk: int = 8) -> np.ndarray:
         """`images` (one per row of `rows`, HWC uint8) with a new background around each product
@@ -66,12 +73,10 @@ class CampaignGeneration:
         count (about a minute each at 512² on an H200): under torch.compile this pass runs
         the same weights eagerly, and decodes through the engine's fixed-shape chunks, which
         the compiled decoder has already seen."""
-        if "product_image" not in batch.column_names:
-            return images
-        paths = batch.column("product_image").to_pylist()
-        todo = [k for k, row in enumerate(rows) if paths[row]]
+        todo = self.photo_rows(batch, rows)
         if not todo:
             return images
+        paths = batch.column("product_image").to_pylist()
         import torch
         from diffusers import AutoPipelineForInpainting
 

@@ -37,7 +37,9 @@ class GenerateScoreStage:
         self.score.setup()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.score(self.generate(batch))
+        # The scorer reads the decoded images where the generator left them (on its GPU), not the
+        # pixels column: no copy back to the device, no stacking of host rows.
+        return self.score(*self.generate.generate(batch))
 
 
 def generate_and_score(generate: GenerateStage, score: ScoreStage, engine: Engine) -> list:

@@ -64,6 +64,12 @@ class GenerateStage:
         self._torch_version = torch.__version__
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.generate(batch)[0]
+
+    def generate(self, batch: pa.Table) -> tuple[pa.Table, list]:
+        """The batch with its images and lineage, and per row the decoded image still on the
+        device (HWC uint8; None for a product-photo row, whose background was repainted since):
+        what a scorer in the same worker reads instead of copying the pixels back."""
         if self._pipe is None:
             raise RuntimeError("GenerateStage.setup() must run before the stage is called")
         # 1. Check inputs
@@ -78,19 +84,22 @@ class GenerateStage:
         guidances = [self.guidance_scale if g is None else float(g) for g in overrides]
         # 2. Generate each size group in one call; rows keep their input order
         pixels: list[np.ndarray | None] = [None] * n  # views of each call's images; one copy into Arrow
+        on_device: list = [None] * n  # views of each call's decoded tensor, on the device
         gaps: list[float | None] = [None] * n
         adapters = self.campaign.adapter_keys(batch) if self.campaign else [None] * n
         for adapter, size, guidance in sorted(set(zip(adapters, sizes, guidances)), key=repr):
             rows = [i for i in range(n) if sizes[i] == size and adapters[i] == adapter and guidances[i] == guidance]
             self._current = self.campaign.pipe_for(self._pipe, adapter) if self.campaign else self._pipe
             call = padded(rows, self._pad_size)  # one shape per call for compiled models; copies dropped
-            images, gap = self._generate_fitting([prompts[i] for i in call], [negatives[i] for i in call],
-                                                 [seeds[i] for i in call], *size, guidance)
-            images, gap = images[:len(rows)], None if gap is None else gap[:len(rows)]
+            images, gap, decoded = self._generate_fitting([prompts[i] for i in call], [negatives[i] for i in call],
+                                                          [seeds[i] for i in call], *size, guidance)
+            images, gap, decoded = images[:len(rows)], None if gap is None else gap[:len(rows)], decoded[:len(rows)]
             if self.campaign:  # product photos: a new background inpainted around the product
                 images = self.campaign.composite(self._current, batch, rows, images, self.engine.vae_decode_chunk)
+                for k in self.campaign.photo_rows(batch, rows):
+                    decoded[k] = None  # the device copy is the scene before its background was repainted
             for k, (row, image) in enumerate(zip(rows, images)):
-                pixels[row] = image
+                pixels[row], on_device[row] = image, decoded[k]
                 gaps[row] = None if gap is None else float(gap[k])
         # 3. Attach lineage
         scheduler = type(self._pipe.scheduler).__name__
@@ -108,11 +117,12 @@ class GenerateStage:
         for f in GENERATION_FIELDS:
             array = binary_column(pixels, f.type) if f.name == "pixels" else pa.array(values[f.name], type=f.type)
             out = out.append_column(f, array)
-        return out
+        return out, on_device
 
     def _generate_fitting(self, prompts, negatives, seeds, width, height,
-                          guidance: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                          guidance: float | None = None) -> tuple[np.ndarray, np.ndarray | None, list]:
         """`_generate` in chunks that fit: out of memory (CUDA or host) halves the batch and goes on.
+        Returns the images on the host, the CFG gaps, and a list of the images on the device.
 
         Each image keeps its own generator, so a split moves a pixel by a level at most (the last
         float bit of batched kernels); the smaller size sticks for the stage's later batches.
@@ -122,12 +132,14 @@ class GenerateStage:
         parts, self._max_batch = in_fitting_batches(
             lambda a, b: self._generate(prompts[a:b], negatives[a:b], seeds[a:b], width, height, guidance),
             len(prompts), self._max_batch, device=self._device)
-        gaps = [gap for _, gap in parts]
-        return (parts[0][0] if len(parts) == 1 else np.concatenate([images for images, _ in parts]),
-                None if any(g is None for g in gaps) else np.concatenate(gaps))
+        gaps = [gap for _, gap, _ in parts]
+        return (parts[0][0] if len(parts) == 1 else np.concatenate([images for images, _, _ in parts]),
+                None if any(g is None for g in gaps) else np.concatenate(gaps),
+                [image for _, _, decoded in parts for image in decoded.unbind(0)])
 
     def _generate(self, prompts, negatives, seeds, width, height,
-                  guidance: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                  guidance: float | None = None):
+        """(images on the host, CFG gaps or None, the same images on the device: NHWC uint8)."""
         import torch
 
         guidance = self.guidance_scale if guidance is None else guidance
@@ -150,12 +162,13 @@ class GenerateStage:
                     width=width, height=height, output_type="latent",
                 )
                 # Decoded in fixed chunks on the device; only uint8 pixels cross to the host.
-                images = decode(pipe.vae, result.images, self.engine.vae_decode_chunk,
-                                fixed=self._pad_size is not None).cpu().numpy()
+                decoded = decode(pipe.vae, result.images, self.engine.vae_decode_chunk,
+                                 fixed=self._pad_size is not None)
+                images = decoded.cpu().numpy()
         finally:
             hook.remove()
         gap = None
         if guidance > 1 and first_step and first_step[0].shape[0] == 2 * len(prompts):
             uncond, cond = first_step[0].float().chunk(2)
             gap = (cond - uncond).flatten(1).norm(dim=1).cpu().numpy()
-        return images, gap
+        return images, gap, decoded

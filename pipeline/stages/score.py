@@ -22,8 +22,9 @@ class ScoreStage:
     image embedding is kept for deduplication and memorization checks.
 
     Images go from the `pixels` column to the device as one uint8 tensor per size and are
-    resized, cropped and normalised there (no PIL, no PNG): on a GPU, scoring next to the
-    generator (pipeline/stages/fused.py) costs one host-to-device copy of the raw pixels.
+    resized, cropped and normalised there (no PIL, no PNG). Next to the generator
+    (pipeline/stages/fused.py) the scorer takes the decoded images still on the device and
+    copies only product-photo rows (repainted since) from the host.
     """
 
     clip_path: Path
@@ -55,7 +56,9 @@ class ScoreStage:
         self._preprocess = tensor_preprocess(open_clip.get_model_preprocess_cfg(model))
         self._tokenizer = open_clip.get_tokenizer(source)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def __call__(self, batch: pa.Table, on_device: list | None = None) -> pa.Table:
+        """Score every row. `on_device`: per row, the image already on the scorer's device (HWC
+        uint8) or None; those rows are not read from the `pixels` column (a fused generator's)."""
         if self._model is None:
             raise RuntimeError("ScoreStage.setup() must run before the stage is called")
         import torch
@@ -64,7 +67,7 @@ class ScoreStage:
         if n == 0:
             return _append(batch, [], [], [])
         with torch.inference_mode():
-            pixels = self._pixels(batch).to(self._dtype)
+            pixels = self._pixels(batch, on_device or [None] * n).to(self._dtype)
             image_emb = self._model.encode_image(pixels, normalize=True).float()
             tokens = self._tokenizer(batch.column("prompt").to_pylist()).to(self._device)
             text_emb = self._model.encode_text(tokens, normalize=True).float()
@@ -72,18 +75,26 @@ class ScoreStage:
         embeddings = image_emb.cpu().numpy().astype(np.float32)
         return _append(batch, [self.clip_model] * n, scores.tolist(), list(embeddings))
 
-    def _pixels(self, batch: pa.Table):
-        """The model's input for every row, in row order: each size group is moved to the
-        device as one uint8 tensor and preprocessed there."""
+    def _pixels(self, batch: pa.Table, on_device: list):
+        """The model's input for every row, in row order: each size group is preprocessed on the
+        device as one tensor; its rows not already there are moved as one uint8 tensor."""
         import torch
 
-        raws = binary_views(batch.column("pixels"))  # views of Arrow's buffer: no copy per row
         sizes = list(zip(batch.column("width").to_pylist(), batch.column("height").to_pylist()))
+        raws = None
         out = [None] * batch.num_rows
         for width, height in sorted(set(sizes)):
             rows = [i for i, s in enumerate(sizes) if s == (width, height)]
-            host = np.stack([raws[i] for i in rows]).reshape(len(rows), height, width, 3)
-            images = torch.from_numpy(host).to(self._device).permute(0, 3, 1, 2).float() / 255
+            there = {i: on_device[i] for i in rows if on_device[i] is not None}
+            todo = [i for i in rows if i not in there]
+            if todo:
+                if raws is None:
+                    raws = binary_views(batch.column("pixels"))  # views of Arrow's buffer: no copy per row
+                host = np.stack([raws[i] for i in todo]).reshape(len(todo), height, width, 3)
+                moved = torch.from_numpy(host).to(self._device)
+                there.update(zip(todo, moved))
+            group = moved if len(todo) == len(rows) else torch.stack([there[i] for i in rows])
+            images = group.permute(0, 3, 1, 2).float() / 255
             for row, tensor in zip(rows, self._preprocess(images)):
                 out[row] = tensor
         return torch.stack(out)
