@@ -23,6 +23,10 @@ from pipeline.warm_models import HostedStage, hosted_stages, keep_models_warm
 log = logging.getLogger(__name__)
 
 HF_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# Calls a model actor runs at once: one runs the stage, the other meanwhile fetches its next
+# batch or puts its last output into the object store (50 MB of pixels at batch 64, 512²). The
+# stage itself runs one batch at a time (Ray Data's single-threaded UDF; a lock in a host).
+CALLS_PER_ACTOR = 2
 
 
 class Stage(Protocol):
@@ -93,6 +97,7 @@ class _ActorStage:
         worker_log().info("%s: actor set up in %.1f s (pid %d)", stage.name, time.perf_counter() - tick,
                           os.getpid())
         self._lock, self._used, self._busy, self._ending = threading.Lock(), time.monotonic(), 0, False
+        self._running = threading.Lock()  # as a host taking CALLS_PER_ACTOR calls: one batch at a time
         if idle_exit_s:  # a run's named host (pipeline/warm_models.py): it ends itself once left idle
             threading.Thread(target=self._end_when_idle, args=(idle_exit_s,), daemon=True).start()
 
@@ -129,7 +134,8 @@ class _ActorStage:
         with self._lock:
             self._busy += 1
         try:
-            return self._run(batch)
+            with self._running:
+                return self._run(batch)
         finally:
             with self._lock:
                 self._busy, self._used = self._busy - 1, time.monotonic()
@@ -233,13 +239,17 @@ def run_ray(stages: Sequence[Stage], batches: Sequence[pa.Table], *, address: st
                 batch_size = min(batch_size, stages[0].resources.batch_size)
             options = dict(batch_size=batch_size, batch_format="pyarrow", zero_copy_batch=True,
                            num_cpus=r.num_cpus, num_gpus=r.num_gpus or None)
-            pool = ray.data.ActorPoolStrategy(size=r.actors)
             if getattr(stage, "stateless", False):
                 ds = ds.map_batches(_stateless(stage), **options)
             elif in_host:  # the proxies hold nothing: their hosts hold the stage's CPUs and GPUs
+                # A proxy's calls only wait on its host, so they run at once (true threads): the
+                # host has its next batch while the proxy still hands on the last one's output.
+                pool = ray.data.ActorPoolStrategy(size=r.actors, max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
+                                                  enable_true_multi_threading=True)
                 ds = ds.map_batches(HostedStage, fn_constructor_args=(warm.hosts_for(stage),), compute=pool,
                                     **{**options, "num_cpus": 0, "num_gpus": None})
             else:
+                pool = ray.data.ActorPoolStrategy(size=r.actors, max_concurrent_calls_per_actor=CALLS_PER_ACTOR)
                 ds = ds.map_batches(_ActorStage, fn_constructor_args=(stage,), compute=pool, **options)
         yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 

@@ -50,6 +50,20 @@ class WhoRanIt:
 
 
 @dataclass
+class WhenRan(WhoRanIt):
+    """Also records when each batch ran, and in which thread of its process."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import threading
+
+        started = time.time()
+        time.sleep(0.3)
+        n = batch.num_rows
+        return (super().__call__(batch).append_column("thread", pa.array([threading.get_ident()] * n, pa.int64()))
+                .append_column("started", pa.array([started] * n)).append_column("ended", pa.array([time.time()] * n)))
+
+
+@dataclass
 class PassOn:
     """A CPU stage after the model stage, as encoding is: a plain Ray task."""
 
@@ -108,6 +122,19 @@ def test_two_hosts_take_one_proxy_each_and_share_the_batches(ray_session, tmp_pa
         out = _round("ray", rows=16, stage=stage)
     assert len(set(out.column("pid").to_pylist())) == 2
     assert set(out.column("setups").to_pylist()) == {1}
+
+
+def test_a_host_takes_its_next_batch_while_it_hands_on_the_last_but_runs_one_at_a_time(ray_session):
+    """A host takes CALLS_PER_ACTOR calls at once (so it puts one batch's output into the object
+    store while the next runs) in as many threads, yet the stage never runs two batches at once."""
+    from pipeline.executor import CALLS_PER_ACTOR
+
+    with keep_models_warm():
+        out = _round("ray", rows=12, stage=WhenRan())
+    runs = sorted({(r["started"], r["ended"], r["thread"]) for r in out.to_pylist()})
+    assert len(runs) == 6 and len(set(out.column("pid").to_pylist())) == 1
+    assert all(later[0] >= earlier[1] for earlier, later in zip(runs, runs[1:])), runs  # one batch at a time
+    assert CALLS_PER_ACTOR == 2 and len({thread for _, _, thread in runs}) == 2  # in the host's two threads
 
 
 def test_hosts_leave_the_cpu_stages_room_or_the_rounds_run_without_them(ray_session):
