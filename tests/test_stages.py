@@ -142,6 +142,18 @@ def test_score_is_a_cosine_and_keeps_normalised_embeddings(generated, score):
 
 
 @pytest.mark.parametrize("large", [False, True])
+def test_embedding_columns_come_from_the_matrix_buffer_row_by_row(large):
+    from pipeline.stages._columns import list_column
+
+    type = pa.large_list(pa.float32()) if large else pa.list_(pa.float32())
+    matrix = np.random.default_rng(0).random((6, 5), dtype=np.float32)
+    for m in (matrix, matrix.T, matrix[::2]):  # contiguous, transposed, strided
+        column = list_column(m, type)
+        assert column.type == type and column.to_pylist() == [row.tolist() for row in m]
+    assert len(list_column(np.zeros((0, 0), np.float32), type)) == 0
+
+
+@pytest.mark.parametrize("large", [False, True])
 def test_pixel_columns_move_between_numpy_and_arrow_without_a_copy_per_row(large):
     from pipeline.stages._columns import binary_column, binary_views
 

@@ -24,6 +24,15 @@ def put_columns(table: pa.Table, values: dict[str, list], fields: list[pa.Field]
     return out
 
 
+def list_column(matrix: np.ndarray, type: pa.DataType) -> pa.Array:
+    """An Arrow list array with one row per row of a 2-d array, from its buffer (no Python floats)."""
+    n, d = matrix.shape
+    large = pa.types.is_large_list(type)
+    offsets = pa.array(np.arange(n + 1, dtype=np.int64 if large else np.int32) * d)
+    values = pa.array(np.ascontiguousarray(matrix).reshape(-1), type=type.value_type)
+    return (pa.LargeListArray if large else pa.ListArray).from_arrays(offsets, values, type=type)
+
+
 def binary_column(rows: list[np.ndarray], type: pa.DataType = pa.binary()) -> pa.Array:
     """An Arrow binary array with each row's bytes (uint8 arrays), built with one copy at most.
 

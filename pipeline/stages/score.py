@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from pipeline.config import Engine, StageResources
 from pipeline.schema import SCORE_FIELDS
-from pipeline.stages._columns import binary_views
+from pipeline.stages._columns import binary_views, list_column
 
 
 @dataclass
@@ -65,7 +65,7 @@ class ScoreStage:
 
         n = batch.num_rows
         if n == 0:
-            return _append(batch, [], [], [])
+            return _append(batch, [], [], np.zeros((0, 0), np.float32))
         with torch.inference_mode():
             pixels = self._pixels(batch, on_device or [None] * n).to(self._dtype)
             image_emb = self._model.encode_image(pixels, normalize=True).float()
@@ -73,7 +73,7 @@ class ScoreStage:
             text_emb = self._model.encode_text(tokens, normalize=True).float()
         scores = (image_emb * text_emb).sum(dim=-1).clamp(-1.0, 1.0).cpu().numpy()
         embeddings = image_emb.cpu().numpy().astype(np.float32)
-        return _append(batch, [self.clip_model] * n, scores.tolist(), list(embeddings))
+        return _append(batch, [self.clip_model] * n, scores.tolist(), embeddings)
 
     def _pixels(self, batch: pa.Table, on_device: list):
         """The model's input for every row, in row order: each size group is preprocessed on the
@@ -125,4 +125,4 @@ def _append(batch: pa.Table, models, scores, embeddings) -> pa.Table:
     model_f, score_f, emb_f = SCORE_FIELDS
     out = batch.append_column(model_f, pa.array(models, type=model_f.type))
     out = out.append_column(score_f, pa.array(scores, type=score_f.type))
-    return out.append_column(emb_f, pa.array([e.tolist() for e in embeddings], type=emb_f.type))
+    return out.append_column(emb_f, list_column(embeddings, emb_f.type))
