@@ -94,8 +94,9 @@ class _ActorStage:
         self.stage = stage
         self._first = True
         self._proxies = 0  # as a warm model's host: the Ray Data proxies bound to it
-        worker_log().info("%s: actor set up in %.1f s (pid %d)", stage.name, time.perf_counter() - tick,
-                          os.getpid())
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in (getattr(stage, "setup_s", None) or {}).items())
+        worker_log().info("%s: actor set up in %.1f s%s (pid %d)", stage.name, time.perf_counter() - tick,
+                          f" ({parts})" if parts else "", os.getpid())
         self._lock, self._used, self._busy, self._ending = threading.Lock(), time.monotonic(), 0, False
         self._running = threading.Lock()  # as a host taking CALLS_PER_ACTOR calls: one batch at a time
         if idle_exit_s:  # a run's named host (pipeline/warm_models.py): it ends itself once left idle

@@ -38,3 +38,17 @@ class Progress:
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
+
+
+class Laps:
+    """Seconds between named points since `start` (a perf_counter reading): a set-up's split."""
+
+    def __init__(self, start: float) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = start
+
+    def lap(self, name: str) -> dict[str, float]:
+        """Record the time since the last lap as `name`; returns every lap so far."""
+        now = time.perf_counter()
+        self.seconds[name], self._last = round(now - self._last, 3), now
+        return dict(self.seconds)

@@ -40,6 +40,9 @@ def test_bench_writes_ratios_for_the_same_items(tmp_path, models_dir, ray_sessio
     # DPM-Solver++: one UNet evaluation per step; CPU: no compile, no GPU memory figures
     assert record["unet_evaluations"] == record["steps"] == 20
     assert record["compile_warmup_s"] is None and record["peak_gpu_mb_e2e"] is None
+    # the engine's set-up, split (its imports ran in this process before: near 0 here)
+    assert list(record["engine_setup_s"]) == ["import", "load", "to_device", "optimise"]
+    assert all(v >= 0 for v in record["engine_setup_s"].values()) and record["engine_setup_s"]["load"] > 0
     assert record["compile_counters"]["stats.unique_graphs"] == record["compile_counters"]["recompiles"] == 0
     # one time per engine batch (batches of 4, never spanning a shard), adding up to the engine phase
     assert len(record["engine_batch_s"]) >= record["items"] / 4

@@ -83,7 +83,9 @@ def test_the_generate_actor_logs_its_start_up(published):
 
     logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path())
     text = "".join(p.read_text(errors="replace") for p in logs.glob("worker-*.err"))
-    assert re.search(r"INFO pipeline\.worker: generate: actor set up in \d+\.\d s \(pid \d+\)", text)
+    parts = ", ".join(rf"{part} \d+\.\d s" for part in ("import", "load", "to_device", "optimise",
+                                                         "score_import", "score_load"))
+    assert re.search(rf"INFO pipeline\.worker: generate: actor set up in \d+\.\d s \({parts}\) \(pid \d+\)", text)
     assert re.search(r"INFO pipeline\.worker: generate: first batch \(\d+ rows\) in \d+\.\d s", text)
 
 

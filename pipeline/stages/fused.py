@@ -35,6 +35,7 @@ class GenerateScoreStage:
         """Load both models once per worker, the scorer on the generator's device."""
         self.generate.setup()
         self.score.setup()
+        self.setup_s = {**self.generate.setup_s, **{f"score_{k}": v for k, v in self.score.setup_s.items()}}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         # The scorer reads the decoded images where the generator left them (on its GPU), not the

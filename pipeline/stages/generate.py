@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pyarrow as pa
 
 from pipeline.campaign.generation import CampaignGeneration
 from pipeline.config import Engine, StageResources
+from pipeline.progress import Laps
 from pipeline.schema import GENERATION_FIELDS
 from pipeline.stages._columns import binary_column
 from pipeline.stages.engine import decode, model_dtype, optimise_pipeline, pad_size, padded
@@ -40,28 +42,40 @@ class GenerateStage:
 
     def __post_init__(self) -> None:
         self._pipe = None
+        self.setup_s: dict[str, float] = {}
         self._current = None  # the pipeline of the row group being generated (base or a brand's)
         self._max_batch: int | None = None  # set when out of memory halved the batch
 
     def setup(self) -> None:
-        """Load the pipeline once per worker (safetensors only, no remote code, no network)."""
+        """Load the pipeline once per worker (safetensors only, no remote code, no network).
+
+        `setup_s` splits the set-up's seconds (the actor logs them): imports, loading the
+        weights on the host, moving them to the device (a GPU's CUDA start included), and the
+        engine's options (torch.compile itself happens at the first batch)."""
+        tick = time.perf_counter()
         import diffusers
         import torch
 
         from pipeline.stages._torch import limit_threads, pick_device
 
+        laps = Laps(tick)
         limit_threads(self.engine.torch_threads or self.resources.num_cpus)
         diffusers.utils.logging.disable_progress_bar()  # one bar per load is noise in a batch job
         self._device = pick_device(self.resources.num_gpus)
         dtype = model_dtype(self.engine, self._device)
         pipeline_cls = getattr(diffusers, self.pipeline_class)
+        laps.lap("import")
         pipe = pipeline_cls.from_pretrained(
             str(self.model_path), local_files_only=True, use_safetensors=True, dtype=dtype,
         )
         pipe.set_progress_bar_config(disable=True)
-        self._pipe = optimise_pipeline(pipe.to(self._device), self._device, self.engine)
+        laps.lap("load")
+        pipe = pipe.to(self._device)
+        laps.lap("to_device")
+        self._pipe = optimise_pipeline(pipe, self._device, self.engine)
         self._pad_size = pad_size(self.engine, self._device, self.resources.batch_size)
         self._torch_version = torch.__version__
+        self.setup_s = laps.lap("optimise")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.generate(batch)[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,17 +37,23 @@ class ScoreStage:
 
     def __post_init__(self) -> None:
         self._model = None
+        self.setup_s: dict[str, float] = {}
 
     def setup(self) -> None:
+        """Build the model on its device; `setup_s`: seconds for the imports and the model."""
+        tick = time.perf_counter()
         import open_clip
         import torch
 
+        from pipeline.progress import Laps
         from pipeline.stages._torch import limit_threads, pick_device
         from pipeline.stages.engine import model_dtype
 
+        laps = Laps(tick)
         limit_threads(self.engine.torch_threads or self.resources.num_cpus)
         self._device = pick_device(self.resources.num_gpus)
         source = f"local-dir:{self.clip_path}"
+        laps.lap("import")
         # open_clip initialises every weight at random before loading the checkpoint over it: nearly
         # all of the 2.1-2.5 s a ViT-L/14 takes to load on one CPU core. On the GPU that takes no time.
         with torch.device(self._device):
@@ -55,6 +62,7 @@ class ScoreStage:
         self._model = model.to(self._dtype).eval()
         self._preprocess = tensor_preprocess(open_clip.get_model_preprocess_cfg(model))
         self._tokenizer = open_clip.get_tokenizer(source)
+        self.setup_s = laps.lap("load")
 
     def __call__(self, batch: pa.Table, on_device: list | None = None) -> pa.Table:
         """Score every row. `on_device`: per row, the image already on the scorer's device (HWC
