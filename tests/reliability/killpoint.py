@@ -40,7 +40,7 @@ def main() -> int:
     stage, nth = point.split(":")
     if stage == "generate":
         from pipeline.stages.generate import GenerateStage as owner
-        _kill_on_call(owner, "__call__", int(nth), point)
+        _kill_on_call(owner, "generate", int(nth), point)  # what both the fused and the plain stage call
     elif stage == "score":
         from pipeline.stages.score import ScoreStage as owner
         _kill_on_call(owner, "__call__", int(nth), point)
