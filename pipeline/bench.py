@@ -143,7 +143,7 @@ def _reset_gpu_peak(device: str) -> None:
 
 def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32, batch_size: int = 16,
               num_gpus: float = 0, peak_tflops: float | None = None, naive_items: int | None = None,
-              compile: bool | None = None, on_partial=None) -> dict:
+              compile: bool | None = None, compile_scope: str = "model", on_partial=None) -> dict:
     """Measure naive, engine and end-to-end images/s on the same items; returns the JSON record.
 
     `on_partial`, if given, gets the record of the first two measurements before the end-to-end
@@ -167,7 +167,8 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
     model = resolve_model(preset, models_dir)  # random-weight presets are materialised here, untimed
     resolve_scorer(model.scorer, models_dir)
     config = JobConfig(model=preset, markets=("en-US",), shard_size=batch_size * 4,
-                       engine=Engine(compile=compile, compile_min_items=0),  # every phase alike
+                       engine=Engine(compile=compile, compile_scope=compile_scope,
+                                     compile_min_items=0),  # every phase alike
                        resources={"generate": {"num_gpus": num_gpus, "num_cpus": 1, "batch_size": batch_size},
                                   "score": {"num_gpus": num_gpus, "num_cpus": 0.5, "batch_size": 32}})
     # The e2e run reads a copy of the products from a temporary folder: product photos stay

@@ -191,7 +191,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     record = run_bench(args.preset, _models_dir(None), Path(args.manifest), items=args.items,
                        batch_size=args.batch_size, num_gpus=args.gpus, peak_tflops=args.peak_tflops,
-                       naive_items=args.naive_items, compile=args.compile, on_partial=partial)
+                       naive_items=args.naive_items, compile=args.compile, compile_scope=args.compile_scope,
+                       on_partial=partial)
     print(write(record))
     return 0
 
@@ -297,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--naive-items", type=int, help="items of the naive batch-1 loop, spread over the plan with its share of photo rows (default: all)")
     bench.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="torch.compile the UNet and VAE decoder (default: on for CUDA, off for CPU)")
+    bench.add_argument("--compile-scope", choices=["model", "blocks"], default="model",
+                       help="the UNet whole, or only its repeated transformer blocks (regional; default: model)")
     bench.add_argument("--manifest", default=str(Path(__file__).resolve().parents[1] / "examples" / "catalog.csv"),
                        help="catalog whose items are generated (default: the example)")
     bench.set_defaults(func=cmd_bench)

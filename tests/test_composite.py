@@ -193,9 +193,11 @@ def _background_and_scene(config, models_dir, steps: int, guidance: float):
     return stages
 
 
-def test_photo_backgrounds_never_recompile_a_compiled_unet(ingested, config, models_dir):
+@pytest.mark.parametrize("scope", ["model", "blocks"])
+def test_photo_backgrounds_never_recompile_a_compiled_unet(ingested, config, models_dir, scope):
     """A batch holds any number of photo rows; under torch.compile the inpainting pass must not
-    hand the compiled UNet or decoder a new shape for each count (a recompile per count)."""
+    hand the compiled UNet (or its blocks, compiled in place) or decoder a new shape for each
+    count (a recompile per count)."""
     import torch._dynamo
 
     from pipeline.config import Engine, StageResources
@@ -207,7 +209,7 @@ def test_photo_backgrounds_never_recompile_a_compiled_unet(ingested, config, mod
     torch._dynamo.reset()
     # The eager backend runs dynamo's tracing and guards without inductor's C++ build (CPU test).
     stage = GenerateStage(model.path, model.name, "x", model.pipeline_class, 2, 7.5,
-                          resources=StageResources(batch_size=4), engine=Engine(compile=True, compile_backend="eager"),
+                          resources=StageResources(batch_size=4), engine=Engine(compile=True, compile_backend="eager", compile_scope=scope),
                           campaign=campaign_generation(config, {"path": str(model.path), "steps": 2,
                                                                 "guidance_scale": 7.5}))
     stage.setup()

@@ -165,6 +165,31 @@ def test_compiled_unet_sees_one_shape_and_never_recompiles(items, models_dir):
     torch._dynamo.reset()
 
 
+def test_regional_compile_compiles_the_unets_repeated_blocks_in_place(items, models_dir):
+    """`compile_scope: blocks`: diffusers' regional compilation. The UNet stays the module (hooks,
+    adapters and the inpainting pass see it), its transformer blocks are compiled, the decoder
+    whole; images are those of the eager model."""
+    import torch._dynamo
+    from diffusers.models.attention import BasicTransformerBlock
+
+    from pipeline.stages.engine import has_compiled_parts
+
+    torch._dynamo.reset()
+    eager = _generate(models_dir, batch_size=4, steps=2)
+    stage = _generate(models_dir, Engine(compile=True, compile_backend="eager", compile_scope="blocks"),
+                      batch_size=4, steps=2)
+    unet = stage._pipe.unet
+    blocks = [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
+    assert not hasattr(unet, "_orig_mod") and has_compiled_parts(unet) and blocks
+    assert all(m._compiled_call_impl is not None for m in blocks)
+    assert not any(getattr(m, "_compiled_call_impl", None) is not None for m in unet.conv_in.modules())
+    assert hasattr(stage._pipe.vae.decoder, "_orig_mod") and not has_compiled_parts(eager._pipe.unet)
+    batch = items.slice(0, 4)
+    assert _pixels(stage(batch)).tolist() == _pixels(eager(batch)).tolist()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    torch._dynamo.reset()
+
+
 def test_arch_presets_are_the_published_architectures():
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel

@@ -12,6 +12,7 @@ pixels are pasted back later at the canvas size (`pipeline.stages.composite`).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +81,7 @@ class CampaignGeneration:
         import torch
         from diffusers import AutoPipelineForInpainting
 
-        from pipeline.stages.engine import decode, encode
+        from pipeline.stages.engine import decode, encode, has_compiled_parts
 
         col = column_lists(batch, ("product_image_sha256", "product_box", "prompt", "negative_prompt", "seed"))
         height, width = images.shape[1:3]
@@ -91,9 +92,11 @@ class CampaignGeneration:
                                           col["product_box"][row], canvas_size(width, height, self.canvas))
             starts.append(start)
             masks.append(mask)
-        compiled = hasattr(pipe.unet, "_orig_mod")  # torch.compile's wrapper of the module
+        wrapped = hasattr(pipe.unet, "_orig_mod")  # torch.compile's wrapper of the module
+        # Blocks compiled in place (`compile_scope: blocks`) run eagerly in this pass by stance.
+        eager_stance = torch.compiler.set_stance("force_eager") if has_compiled_parts(pipe.unet) else nullcontext()
         if id(pipe) not in self._inpaint:  # the same weights, built once per pipeline
-            eager = {"unet": pipe.unet._orig_mod} if compiled else {}
+            eager = {"unet": pipe.unet._orig_mod} if wrapped else {}
             self._inpaint[id(pipe)] = AutoPipelineForInpainting.from_pipe(pipe, **eager)
             self._inpaint[id(pipe)].set_progress_bar_config(disable=True)
         inpaint = self._inpaint[id(pipe)]
@@ -105,13 +108,15 @@ class CampaignGeneration:
             # batched encode, the same draw from each row's generator, and the latents handed over.
             pixels = inpaint.image_processor.preprocess(starts, height=height, width=width).to(device)
             latents = encode(pipe.vae, pixels, generators, decode_chunk)
-            result = inpaint(prompt=[col["prompt"][rows[k]] for k in todo],
-                             negative_prompt=[col["negative_prompt"][rows[k]] or "" for k in todo],
-                             image=latents, masked_image_latents=torch.zeros_like(latents),
-                             mask_image=masks, height=height, width=width, strength=self.strength,
-                             num_inference_steps=inpaint_steps(self.steps, self.strength),
-                             guidance_scale=self.guidance_scale, generator=generators, output_type="latent")
-            done = decode(pipe.vae, result.images, decode_chunk, fixed=compiled).cpu().numpy()
+            with eager_stance:
+                result = inpaint(prompt=[col["prompt"][rows[k]] for k in todo],
+                                 negative_prompt=[col["negative_prompt"][rows[k]] or "" for k in todo],
+                                 image=latents, masked_image_latents=torch.zeros_like(latents),
+                                 mask_image=masks, height=height, width=width, strength=self.strength,
+                                 num_inference_steps=inpaint_steps(self.steps, self.strength),
+                                 guidance_scale=self.guidance_scale, generator=generators, output_type="latent")
+            done = decode(pipe.vae, result.images, decode_chunk,
+                          fixed=has_compiled_parts(pipe.vae.decoder)).cpu().numpy()
         out = images.copy()
         for k, image in zip(todo, done):
             out[k] = image

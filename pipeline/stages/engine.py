@@ -73,9 +73,18 @@ def optimise_pipeline(pipe, device: str, engine: Engine):
         # compiled these shapes before starts from the cache. Hooks on the compiled
         # wrapper (the CFG-gap capture) stay outside the graph.
         options = dict(mode=engine.compile_mode, backend=engine.compile_backend, fullgraph=True)
-        pipe.unet = torch.compile(pipe.unet, **options)
+        if engine.compile_scope == "blocks":  # compiled in place: `pipe.unet` stays the module
+            pipe.unet.compile_repeated_blocks(**options)
+        else:
+            pipe.unet = torch.compile(pipe.unet, **options)
         pipe.vae.decoder = torch.compile(pipe.vae.decoder, **options)
     return pipe
+
+
+def has_compiled_parts(module) -> bool:
+    """Whether `module` is torch.compile's wrapper or holds sub-modules compiled in place."""
+    return hasattr(module, "_orig_mod") or any(getattr(m, "_compiled_call_impl", None) is not None
+                                               for m in module.modules())
 
 
 def pad_size(engine: Engine, device: str, batch_size: int) -> int | None:
