@@ -94,7 +94,8 @@ class CampaignGeneration:
             masks.append(mask)
         wrapped = hasattr(pipe.unet, "_orig_mod")  # torch.compile's wrapper of the module
         # Blocks compiled in place (`compile_scope: blocks`) run eagerly in this pass by stance.
-        eager_stance = torch.compiler.set_stance("force_eager") if has_compiled_parts(pipe.unet) else nullcontext()
+        # (`set_stance(...)` takes effect when called, so it is called in the `with` itself.)
+        force_eager = has_compiled_parts(pipe.unet)
         if id(pipe) not in self._inpaint:  # the same weights, built once per pipeline
             eager = {"unet": pipe.unet._orig_mod} if wrapped else {}
             self._inpaint[id(pipe)] = AutoPipelineForInpainting.from_pipe(pipe, **eager)
@@ -108,7 +109,7 @@ class CampaignGeneration:
             # batched encode, the same draw from each row's generator, and the latents handed over.
             pixels = inpaint.image_processor.preprocess(starts, height=height, width=width).to(device)
             latents = encode(pipe.vae, pixels, generators, decode_chunk)
-            with eager_stance:
+            with torch.compiler.set_stance("force_eager") if force_eager else nullcontext():
                 result = inpaint(prompt=[col["prompt"][rows[k]] for k in todo],
                                  negative_prompt=[col["negative_prompt"][rows[k]] or "" for k in todo],
                                  image=latents, masked_image_latents=torch.zeros_like(latents),
