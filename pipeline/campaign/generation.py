@@ -92,15 +92,14 @@ class CampaignGeneration:
                                           col["product_box"][row], canvas_size(width, height, self.canvas))
             starts.append(start)
             masks.append(mask)
-        wrapped = hasattr(pipe.unet, "_orig_mod")  # torch.compile's wrapper of the module
-        # Blocks compiled in place (`compile_scope: blocks`) run eagerly in this pass by stance.
-        # (`set_stance(...)` takes effect when called, so it is called in the `with` itself.)
-        force_eager = has_compiled_parts(pipe.unet)
         if id(pipe) not in self._inpaint:  # the same weights, built once per pipeline
-            eager = {"unet": pipe.unet._orig_mod} if wrapped else {}
-            self._inpaint[id(pipe)] = AutoPipelineForInpainting.from_pipe(pipe, **eager)
-            self._inpaint[id(pipe)].set_progress_bar_config(disable=True)
-        inpaint = self._inpaint[id(pipe)]
+            wrapped = hasattr(pipe.unet, "_orig_mod")  # torch.compile's wrapper of the module
+            inpaint = AutoPipelineForInpainting.from_pipe(pipe, **({"unet": pipe.unet._orig_mod} if wrapped else {}))
+            inpaint.set_progress_bar_config(disable=True)
+            # Blocks compiled in place (`compile_scope: blocks`) run eagerly in this pass by stance;
+            # the decoder, compiled, gets the fixed-shape chunks it has seen.
+            self._inpaint[id(pipe)] = (inpaint, has_compiled_parts(pipe.unet), has_compiled_parts(pipe.vae.decoder))
+        inpaint, force_eager, fixed_decode = self._inpaint[id(pipe)]
         device = pipe.device
         generators = [torch.Generator(device).manual_seed(int(col["seed"][rows[k]]) ^ PHOTO_SEED_OFFSET) for k in todo]
         with torch.inference_mode():
@@ -109,6 +108,7 @@ class CampaignGeneration:
             # batched encode, the same draw from each row's generator, and the latents handed over.
             pixels = inpaint.image_processor.preprocess(starts, height=height, width=width).to(device)
             latents = encode(pipe.vae, pixels, generators, decode_chunk)
+            # (`set_stance(...)` takes effect when called, so it is called in the `with` itself.)
             with torch.compiler.set_stance("force_eager") if force_eager else nullcontext():
                 result = inpaint(prompt=[col["prompt"][rows[k]] for k in todo],
                                  negative_prompt=[col["negative_prompt"][rows[k]] or "" for k in todo],
@@ -116,8 +116,7 @@ class CampaignGeneration:
                                  mask_image=masks, height=height, width=width, strength=self.strength,
                                  num_inference_steps=inpaint_steps(self.steps, self.strength),
                                  guidance_scale=self.guidance_scale, generator=generators, output_type="latent")
-            done = decode(pipe.vae, result.images, decode_chunk,
-                          fixed=has_compiled_parts(pipe.vae.decoder)).cpu().numpy()
+            done = decode(pipe.vae, result.images, decode_chunk, fixed=fixed_decode).cpu().numpy()
         out = images.copy()
         for k, image in zip(todo, done):
             out[k] = image
