@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from pipeline.config import Gates, JobConfig
 from pipeline.copy_detection import DEFAULT_MAX_TILE_L2
 from pipeline.identity import seed_for
+from pipeline.plan import in_generation_groups
 from pipeline.schema import SHARD_SCHEMA, conform
 from pipeline.stages.gate import GateResult, GateSettings, apply_gates
 
@@ -143,7 +144,7 @@ def plan_retries(plan: pa.Table, failed: pa.Table, shard_size: int) -> pa.Table:
     current = plan.filter(pc.is_in(plan.column("item_id"), pa.array(list(attempts))))
     current = latest_attempts(current).sort_by([("shard_id", "ascending"), ("item_id", "ascending")])
     taken = set(plan.column("shard_id").to_pylist())
-    rows = current.to_pylist()
+    rows = in_generation_groups(current.to_pylist())  # whole batches of one kind of call, as planned
     placed: dict[int, int] = {}  # attempt -> rows placed so far in this round
     for row in rows:
         row["attempt"] = attempt = attempts[row["item_id"]] + 1

@@ -127,6 +127,18 @@ def test_retries_take_the_next_attempt_and_seed():
     assert not set(later.column("shard_id").to_pylist()) & set(plan.column("shard_id").to_pylist())
 
 
+def test_retries_keep_each_generation_groups_rows_together():
+    # every other failed item has a product photo: its retry needs a second, inpainting pass
+    plan = pa.Table.from_pylist([
+        {"item_id": f"i{i}", "shard_id": "shard-00000", "attempt": 0, "seed": seed_for(f"i{i}", 0), "prompt": "p",
+         "width": 64, "height": 64, "product_image": "p.png" if i % 2 else None} for i in range(6)], schema=ITEM_SCHEMA)
+    retries = plan_retries(plan, pa.Table.from_pylist([{"item_id": f"i{i}", "attempt": 0} for i in range(6)]),
+                           shard_size=2)
+    assert retries.column("item_id").to_pylist() == ["i0", "i2", "i4", "i1", "i3", "i5"]
+    assert retries.column("shard_id").to_pylist() == [f"shard-a1-0000{k // 2}" for k in range(6)]
+    assert retries.column("seed").to_pylist() == [seed_for(f"i{i}", 1) for i in (0, 2, 4, 1, 3, 5)]
+
+
 def test_latest_attempts_keeps_each_items_highest_attempt():
     rows = pa.table({"item_id": ["i2", "i0", "i1", "i2", "i0"], "attempt": [0, 1, 0, 2, 0],
                      "pixels": [b"a", b"b", b"c", b"d", b"e"]})

@@ -11,10 +11,11 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline.config import JobConfig
+from conftest import EXAMPLE_CATALOG, EXAMPLE_JOB
+from pipeline.config import JobConfig, load_job_config
 from pipeline.executor import make_batches, run_stages
 from pipeline.models.presets import resolve_model, resolve_scorer, weights_sha256
-from pipeline.plan import format_size, plan_items
+from pipeline.plan import format_size, generation_group, plan_items
 from pipeline.schema import ENCODE_FIELDS, GENERATION_FIELDS, ITEM_SCHEMA, OUTPUT_SCHEMA, PRODUCT_SCHEMA, SCORE_FIELDS
 from pipeline.stages.encode import EncodeStage
 from pipeline.stages.gate import GateSettings, apply_gates
@@ -76,6 +77,47 @@ def test_plan_is_deterministic_and_ids_depend_on_run_date(items):
     later = plan_items(PRODUCTS, JobConfig(variants=2, markets=("ja-JP",)),
                        run_id="run-1", run_date="2026-11-27", width=64, height=64)
     assert set(later.column("item_id").to_pylist()).isdisjoint(items.column("item_id").to_pylist())
+
+
+def test_the_plan_puts_the_rows_of_each_generation_group_together(models_dir, monkeypatch):
+    """Rows that share a pipeline call (guidance, brand adapter, size) and the product-photo rows
+    (a second, inpainting pass) sit together, in catalog order within their group; ids and seeds
+    do not change, and far fewer batches hold a few photo rows each."""
+    config = load_job_config(EXAMPLE_JOB).model_copy(update={"formats": ("1:1", "4:5"), "variants": 2})
+    config = config.model_copy(update={"images": config.images.model_copy(
+        update={"roots": (*config.images.roots, str(EXAMPLE_CATALOG.parent))})})
+    from pipeline.ingest import read_manifest
+
+    products = read_manifest(EXAMPLE_CATALOG, config).products
+
+    def plan():
+        return plan_items(products, config, run_id="r", run_date="2026-11-26", width=64, height=64,
+                          models_dir=models_dir)
+
+    grouped = plan()
+    monkeypatch.setattr("pipeline.plan.in_generation_groups", lambda rows: rows)
+    natural = plan()
+    rows = grouped.to_pylist()
+    groups = [generation_group(row) for row in rows]
+    # every kind of call is there: both sizes, a brand adapter and none, training's guidance, photos
+    assert {(g[4], g[5]) for g in groups} == {(64, 64), (56, 72)}
+    assert {g[1] is None for g in groups} == {g[0] is None for g in groups} == {g[6] for g in groups} == {True, False}
+    runs = [g for k, g in enumerate(groups) if k == 0 or g != groups[k - 1]]
+    assert len(runs) == len(set(groups)) >= 6  # each group in one run of rows
+    by_id = {row["item_id"]: row for row in natural.to_pylist()}
+    assert len(by_id) == len(rows) and all(by_id[r["item_id"]]["seed"] == r["seed"] for r in rows)
+    for group in set(groups):  # catalog order within a group
+        assert [r["item_id"] for r in rows if generation_group(r) == group] == \
+            [i for i, r in by_id.items() if generation_group(r) == group]
+    shards = grouped.column("shard_id").to_pylist()
+    assert shards == sorted(shards) and len(set(shards)) == -(-len(rows) // config.shard_size)
+
+    def photo_batches(plan):
+        return sum(any(b.column("product_image").to_pylist()) for b in make_batches(plan, 16))
+
+    photo_rows = sum(g[6] for g in groups)
+    assert photo_batches(grouped) <= photo_rows // 16 + 2 * len({g for g in groups if g[6]})
+    assert photo_batches(grouped) < photo_batches(natural) / 2
 
 
 @pytest.mark.parametrize("fmt, aspect", [("1:1", 1.0), ("4:5", 0.8), ("9:16", 0.5625), ("1.91:1", 1.91)])
