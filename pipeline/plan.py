@@ -108,7 +108,8 @@ def in_generation_groups(rows: list[dict]) -> list[dict]:
     batch paying an inpainting pass at a small, launch-bound batch (1.5-2.5x a batch's time on
     the H200); grouped, they fill whole batches, and a batch runs one call, or two for photo rows.
     """
+    keys = [generation_group(row) for row in rows]
     first: dict[tuple, int] = {}
-    for row in rows:
-        first.setdefault(generation_group(row), len(first))
-    return sorted(rows, key=lambda row: first[generation_group(row)])
+    for key in keys:
+        first.setdefault(key, len(first))
+    return [rows[k] for k in sorted(range(len(rows)), key=lambda k: first[keys[k]])]

@@ -14,6 +14,7 @@ from PIL import Image
 from conftest import EXAMPLE_CATALOG, EXAMPLE_JOB
 from pipeline.config import JobConfig, load_job_config
 from pipeline.executor import make_batches, run_stages
+from pipeline.ingest import read_manifest
 from pipeline.models.presets import resolve_model, resolve_scorer, weights_sha256
 from pipeline.plan import format_size, generation_group, plan_items
 from pipeline.schema import ENCODE_FIELDS, GENERATION_FIELDS, ITEM_SCHEMA, OUTPUT_SCHEMA, PRODUCT_SCHEMA, SCORE_FIELDS
@@ -86,8 +87,6 @@ def test_the_plan_puts_the_rows_of_each_generation_group_together(models_dir, mo
     config = load_job_config(EXAMPLE_JOB).model_copy(update={"formats": ("1:1", "4:5"), "variants": 2})
     config = config.model_copy(update={"images": config.images.model_copy(
         update={"roots": (*config.images.roots, str(EXAMPLE_CATALOG.parent))})})
-    from pipeline.ingest import read_manifest
-
     products = read_manifest(EXAMPLE_CATALOG, config).products
 
     def plan():
