@@ -224,6 +224,50 @@ def test_photo_backgrounds_never_recompile_a_compiled_unet(ingested, config, mod
     assert np.abs(first - again).max() <= 2
 
 
+@pytest.mark.parametrize("scope", ["model", "blocks"])
+def test_a_batch_of_photo_rows_inpaints_through_the_compiled_unet(ingested, config, models_dir, scope):
+    """A pass over as many photo rows as the compiled generation call fits the compiled graph:
+    it runs it (counted by the backend) instead of the eager weights, and compiles nothing new;
+    a pass of another count runs eagerly. Both give a row the same pixels."""
+    import torch._dynamo
+
+    from pipeline.config import Engine, StageResources
+
+    runs = {"graphs": 0}
+
+    def counting(gm, example_inputs):  # a backend that runs dynamo's graph as traced, counting runs
+        def run(*args):
+            runs["graphs"] += 1
+            return gm.forward(*args)
+        return run
+
+    model = resolve_model("tiny", models_dir)
+    items, square = _square_items(ingested, config, models_dir)
+    photo = next(i for i in square if items.column("product_image")[i].as_py())
+    plain = next(i for i in square if not items.column("product_image")[i].as_py())
+    torch._dynamo.reset()
+    engine = Engine(compile=True, compile_scope=scope).model_copy(update={"compile_backend": counting})
+    stage = GenerateStage(model.path, model.name, "x", model.pipeline_class, 2, 7.5,
+                          resources=StageResources(batch_size=4), engine=engine,
+                          campaign=campaign_generation(config, {"path": str(model.path), "steps": 2,
+                                                                "guidance_scale": 7.5}))
+    stage.setup()
+    stage(items.take([plain] * 4))  # the warm-up batch: compiles the UNet and decoder for 4 rows
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+    def graph_runs(batch):
+        before = runs["graphs"]
+        out = stage(batch)
+        return runs["graphs"] - before, np.frombuffer(out.column("pixels")[0].as_py(), np.uint8).astype(int)
+
+    full, full_pixels = graph_runs(items.take([photo] * 4))  # four photo rows: the compiled shape
+    part, part_pixels = graph_runs(items.take([photo] * 3 + [plain]))  # three: eager
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs > 0
+    torch._dynamo.reset()
+    assert full > part > 0  # the same generation call and decode; the full pass adds the UNet's runs
+    assert np.abs(full_pixels - part_pixels).max() <= 2
+
+
 def test_a_fused_scorer_scores_photo_rows_after_their_background_is_repainted(ingested, config, models_dir):
     """The fused scorer reads the generator's decoded images on the device, except for photo rows:
     their device copy is the scene before the inpainting pass, so they come from `pixels`."""

@@ -71,9 +71,12 @@ class CampaignGeneration:
         photo; rows without a photo come back unchanged.
 
         A batch has any number of photo rows, and a compiled UNet would recompile for each new
-        count (about a minute each at 512² on an H200): under torch.compile this pass runs
-        the same weights eagerly, and decodes through the engine's fixed-shape chunks, which
-        the compiled decoder has already seen."""
+        count (about a minute each at 512² on an H200). Under torch.compile this pass runs in
+        dynamo's `eager_on_recompile` stance: a pass of as many rows as the generation call that
+        compiled the UNet (a batch of photo rows only, as the plan's grouping cuts them) fits the
+        compiled graph's guards and runs it; any other count runs the same weights eagerly and
+        compiles nothing. It decodes through the engine's fixed-shape chunks, which the compiled
+        decoder has already seen."""
         todo = self.photo_rows(batch, rows)
         if not todo:
             return images
@@ -92,14 +95,11 @@ class CampaignGeneration:
                                           col["product_box"][row], canvas_size(width, height, self.canvas))
             starts.append(start)
             masks.append(mask)
-        if id(pipe) not in self._inpaint:  # the same weights, built once per pipeline
-            wrapped = hasattr(pipe.unet, "_orig_mod")  # torch.compile's wrapper of the module
-            inpaint = AutoPipelineForInpainting.from_pipe(pipe, **({"unet": pipe.unet._orig_mod} if wrapped else {}))
+        if id(pipe) not in self._inpaint:  # the same weights (a compiled UNet too), built once per pipeline
+            inpaint = AutoPipelineForInpainting.from_pipe(pipe)
             inpaint.set_progress_bar_config(disable=True)
-            # Blocks compiled in place (`compile_scope: blocks`) run eagerly in this pass by stance;
-            # the decoder, compiled, gets the fixed-shape chunks it has seen.
             self._inpaint[id(pipe)] = (inpaint, has_compiled_parts(pipe.unet), has_compiled_parts(pipe.vae.decoder))
-        inpaint, force_eager, fixed_decode = self._inpaint[id(pipe)]
+        inpaint, compiled_unet, fixed_decode = self._inpaint[id(pipe)]
         device = pipe.device
         generators = [torch.Generator(device).manual_seed(int(col["seed"][rows[k]]) ^ PHOTO_SEED_OFFSET) for k in todo]
         with torch.inference_mode():
@@ -109,7 +109,7 @@ class CampaignGeneration:
             pixels = inpaint.image_processor.preprocess(starts, height=height, width=width).to(device)
             latents = encode(pipe.vae, pixels, generators, decode_chunk)
             # (`set_stance(...)` takes effect when called, so it is called in the `with` itself.)
-            with torch.compiler.set_stance("force_eager") if force_eager else nullcontext():
+            with torch.compiler.set_stance("eager_on_recompile") if compiled_unet else nullcontext():
                 result = inpaint(prompt=[col["prompt"][rows[k]] for k in todo],
                                  negative_prompt=[col["negative_prompt"][rows[k]] or "" for k in todo],
                                  image=latents, masked_image_latents=torch.zeros_like(latents),
