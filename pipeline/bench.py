@@ -156,9 +156,9 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
     from pipeline.campaign.chain import campaign_generation
     from pipeline.campaign.generation import PHOTO_SEED_OFFSET, inpaint_steps, start_and_mask
     from pipeline.campaign.layout import canvas_size
-    from pipeline.executor import init_ray, make_batches
+    from pipeline.executor import init_ray
     from pipeline.models.presets import resolve_model, resolve_scorer, weights_sha256
-    from pipeline.plan import plan_items
+    from pipeline.plan import generation_batches, plan_items
     from pipeline.run import RunRequest, run_job
     from pipeline.stages._torch import limit_threads, pick_device
     from pipeline.stages.engine import compile_counters
@@ -227,7 +227,7 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
                           engine=config.engine, campaign=campaign)
     stage.setup()
     setup_s = stage.setup_s
-    batches = make_batches(plan, batch_size)
+    batches = generation_batches(plan, batch_size)
     warmup_s = None
     if stage._pad_size:  # compiled: the first call of each shape compiles (cached on disk)
         tick = time.perf_counter()

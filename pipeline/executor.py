@@ -38,8 +38,10 @@ class Stage(Protocol):
     def __call__(self, batch: pa.Table) -> pa.Table: ...
 
 
-def make_batches(items: pa.Table, batch_size: int, group_by: str = "shard_id") -> list[pa.Table]:
-    """Cut items into first-stage batches that never span two groups (shards).
+def make_batches(items: pa.Table, batch_size: int, group_by: str = "shard_id",
+                 also_by: Sequence | None = None) -> list[pa.Table]:
+    """Cut items into first-stage batches that never span two groups (shards), nor two runs
+    of equal values of `also_by` (one per row) where it is given.
 
     Float results of batched kernels can differ in the last bit with batch composition;
     fixing each batch's members per shard makes a shard's images identical whether it
@@ -47,6 +49,8 @@ def make_batches(items: pa.Table, batch_size: int, group_by: str = "shard_id") -
     """
     batches = []
     column = items.column(group_by).to_pylist()
+    if also_by is not None:
+        column = list(zip(column, also_by, strict=True))
     start = 0
     for end in range(1, len(column) + 1):
         if end == len(column) or column[end] != column[start] or end - start == batch_size:

@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from pipeline.campaign.planner import CampaignPlanner
 from pipeline.config import JobConfig
+from pipeline.executor import make_batches
 from pipeline.identity import item_id, seed_for, shard_id
 from pipeline.locales import market_to_locale
 from pipeline.schema import ITEM_SCHEMA
@@ -90,11 +91,29 @@ def plan_items(products: pa.Table, config: JobConfig, *, run_id: str, run_date: 
     return pa.Table.from_pylist(rows, schema=ITEM_SCHEMA)
 
 
+GROUP_COLUMNS = ("guidance_override", "brand_adapter", "brand_adapter_sha256", "brand_adapter_scale",
+                 "width", "height", "product_image")
+
+
 def generation_group(row: dict) -> tuple:
     """What decides how the generate stage runs a row: one pipeline call per (guidance, brand
     adapter, size) in a batch, then one inpainting pass over the batch's product-photo rows."""
     return (row.get("guidance_override"), row.get("brand_adapter"), row.get("brand_adapter_sha256"),
             row.get("brand_adapter_scale"), row["width"], row["height"], bool(row.get("product_image")))
+
+
+def generation_batches(items: pa.Table, batch_size: int) -> list[pa.Table]:
+    """The generate stage's batches of planned `items`: never across a shard, nor across two
+    generation groups.
+
+    A batch spanning two groups already costs a call per group (each padded to the batch size
+    under torch.compile), so cutting there adds no call; the product-photo flag, which shares
+    the generation call, is cut too, so a photo group's batches are whole: their inpainting pass
+    then holds as many rows as the compiled generation call and runs its compiled graph
+    (pipeline/campaign/generation.py), where a batch straddling the edge would have run two
+    partial, eager passes. That costs at most one more padded call per photo group edge."""
+    columns = [c for c in GROUP_COLUMNS if c in items.column_names]
+    return make_batches(items, batch_size, also_by=[generation_group(row) for row in items.select(columns).to_pylist()])
 
 
 def in_generation_groups(rows: list[dict]) -> list[dict]:

@@ -213,7 +213,8 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
     first one back calls `on_first_batch()` and ends `first_batch_s`, the start-up.
     """
     from pipeline.cost import add_device_seconds, devices_held
-    from pipeline.executor import make_batches, run_stages
+    from pipeline.executor import run_stages
+    from pipeline.plan import generation_batches
     from pipeline.progress import Progress
 
     state = read_state(staging)
@@ -237,7 +238,7 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
     stages = build_stages(state, todo.num_rows)
     # a step of the run: the next one (consolidate, on the same Ray) may take the models up
     with Progress("generate", total=todo.num_rows, enabled=show_progress) as bar, keep_models_warm(state, last=False):
-        batches = make_batches(todo, config.resources.generate.batch_size)
+        batches = generation_batches(todo, config.resources.generate.batch_size)
         results = run_stages(stages, batches, executor=config.executor, ray_address=ray_address, num_cpus=ray_num_cpus)
         for _, rows in store.collect(results, {s: state["shards"][s] for s in todo_shards}):
             if first_batch_s is None:  # start-up ends here: Ray Data, the actors, their models

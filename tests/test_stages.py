@@ -16,7 +16,7 @@ from pipeline.config import JobConfig, load_job_config
 from pipeline.executor import make_batches, run_stages
 from pipeline.ingest import read_manifest
 from pipeline.models.presets import resolve_model, resolve_scorer, weights_sha256
-from pipeline.plan import format_size, generation_group, plan_items
+from pipeline.plan import format_size, generation_batches, generation_group, plan_items
 from pipeline.schema import ENCODE_FIELDS, GENERATION_FIELDS, ITEM_SCHEMA, OUTPUT_SCHEMA, PRODUCT_SCHEMA, SCORE_FIELDS
 from pipeline.stages.encode import EncodeStage
 from pipeline.stages.gate import GateSettings, apply_gates
@@ -117,6 +117,27 @@ def test_the_plan_puts_the_rows_of_each_generation_group_together(models_dir, mo
     photo_rows = sum(g[6] for g in groups)
     assert photo_batches(grouped) <= photo_rows // 16 + 2 * len({g for g in groups if g[6]})
     assert photo_batches(grouped) < photo_batches(natural) / 2
+
+
+def test_generation_batches_never_span_a_shard_or_a_generation_group(models_dir):
+    """The generate stage's batches: each within one shard and one generation group (product
+    photo or not included), rows in plan order, and full but for a tail per group and shard, so a
+    photo group's inpainting passes hold as many rows as the generation call."""
+    config = load_job_config(EXAMPLE_JOB).model_copy(update={"formats": ("1:1", "4:5"), "variants": 2,
+                                                             "shard_size": 64})
+    config = config.model_copy(update={"images": config.images.model_copy(
+        update={"roots": (*config.images.roots, str(EXAMPLE_CATALOG.parent))})})
+    plan = plan_items(read_manifest(EXAMPLE_CATALOG, config).products, config, run_id="r",
+                      run_date="2026-11-26", width=64, height=64, models_dir=models_dir)
+    batches = generation_batches(plan, 12)
+    assert pa.concat_tables(batches).column("item_id").to_pylist() == plan.column("item_id").to_pylist()
+    keys = [[(r["shard_id"], generation_group(r)) for r in b.to_pylist()] for b in batches]
+    assert all(len(set(k)) == 1 for k in keys)
+    tails = [k[0] for k in keys if len(k) < 12]
+    assert len(tails) == len(set(tails))  # one short batch at most per group within a shard
+    # cut by shard alone, some batch holds photo rows and others: its inpainting pass is partial
+    assert any(0 < sum(bool(p) for p in b.column("product_image").to_pylist()) < b.num_rows
+               for b in make_batches(plan, 12))
 
 
 @pytest.mark.parametrize("fmt, aspect", [("1:1", 1.0), ("4:5", 0.8), ("9:16", 0.5625), ("1.91:1", 1.91)])
