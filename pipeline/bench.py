@@ -161,7 +161,7 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
     from pipeline.plan import generation_batches, plan_items
     from pipeline.run import RunRequest, run_job
     from pipeline.stages._torch import limit_threads, pick_device
-    from pipeline.stages.engine import compile_counters
+    from pipeline.stages.engine import compile_counters, compile_seconds
     from pipeline.stages.generate import GenerateStage
 
     model = resolve_model(preset, models_dir)  # random-weight presets are materialised here, untimed
@@ -181,7 +181,7 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
     items, device = plan.num_rows, pick_device(num_gpus)
     # Every measurement gets the same CPU threads as the generate actor of the e2e run.
     limit_threads(config.engine.torch_threads or config.resources.generate.num_cpus)
-    compiled_before = compile_counters()  # this bench's own compiles only, whatever ran before it
+    compiled_before, seconds_before = compile_counters(), compile_seconds()  # this bench's own compiles only
 
     # 1. The naive baseline: a plain pipeline (fp16 on a GPU, as diffusers' docs load it),
     #    called once per item at batch 1, PIL out; a product photo's row then inpaints its
@@ -263,7 +263,7 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
         "height": model.height, "torch": torch.__version__, "diffusers": diffusers.__version__,
         "engine": config.engine.model_dump(), "engine_setup_s": setup_s, "compile_warmup_s": warmup_s,
         "engine_batch_s": batch_s,
-        "compile_counters": compile_counters(compiled_before),
+        "compile_counters": compile_counters(compiled_before), "compile_s": compile_seconds(seconds_before),
         "naive_img_s": naive_img_s, "engine_img_s": engine_img_s, "engine_vs_naive": engine_img_s / naive_img_s,
         "e2e_img_s": None, "e2e_items": None, "e2e_accepted": None, "e2e_vs_engine": None,
         "e2e_startup_s": None, "e2e_steady_img_s": None, "e2e_steady_vs_engine": None, "e2e_overhead_s": None,
@@ -299,6 +299,7 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
     record.update({"engine_img_s": engine_img_s, "engine_vs_naive": engine_img_s / naive_img_s,
                    "engine_s_before_after": [round(before_s, 3), round(after_s, 3)],
                    "compile_counters": compile_counters(compiled_before),  # engine_batch_s: the same list, grown
+                   "compile_s": compile_seconds(seconds_before),
                    "engine_flop_bound_share": engine_img_s / bound if bound else None,
                    "peak_gpu_mb_engine": engine_peak})
 

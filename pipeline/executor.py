@@ -151,10 +151,10 @@ class _ActorStage:
         tick = time.perf_counter()
         out = self.stage(batch)
         self._first = False
-        from pipeline.stages.engine import compile_counters
+        from pipeline.stages.engine import compile_counters, compile_seconds
 
         counters = compile_counters()
-        compiled = f"; torch.compile {counters}" if counters.get("stats.unique_graphs") else ""
+        compiled = f"; torch.compile {counters} {compile_seconds()}" if counters.get("stats.unique_graphs") else ""
         worker_log().info("%s: first batch (%d rows) in %.1f s%s", self.stage.name, batch.num_rows,
                           time.perf_counter() - tick, compiled)
         return out

@@ -44,6 +44,7 @@ def test_bench_writes_ratios_for_the_same_items(tmp_path, models_dir, ray_sessio
     assert list(record["engine_setup_s"]) == ["import", "load", "to_device", "optimise"]
     assert all(v >= 0 for v in record["engine_setup_s"].values()) and record["engine_setup_s"]["load"] > 0
     assert record["compile_counters"]["stats.unique_graphs"] == record["compile_counters"]["recompiles"] == 0
+    assert record["compile_s"] == {"total": 0.0, "dynamo_tracing": 0.0, "guards": 0.0, "backend": 0.0}
     # one time per engine batch (batches of 4, never spanning a shard), adding up to the engine phase
     assert len(record["engine_batch_s"]) >= record["items"] / 4
     rounding = 0.0005 * len(record["engine_batch_s"])  # each time is rounded to the millisecond

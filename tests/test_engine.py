@@ -14,7 +14,7 @@ from pipeline.cost import add_device_seconds, add_held_idle, describe_cost, devi
 from pipeline.models.presets import resolve_model, resolve_scorer
 from pipeline.plan import plan_items
 from pipeline.schema import PRODUCT_SCHEMA
-from pipeline.stages.engine import compile_counters, decode, padded, to_uint8
+from pipeline.stages.engine import compile_counters, compile_seconds, decode, padded, to_uint8
 from pipeline.stages.fused import GenerateScoreStage, generate_and_score
 from pipeline.stages.generate import GenerateStage
 from pipeline.stages.score import ScoreStage
@@ -154,14 +154,19 @@ def test_compiled_unet_sees_one_shape_and_never_recompiles(items, models_dir):
     stage = _generate(models_dir, Engine(compile=True, compile_backend="eager"), batch_size=4, guidance=1.0,
                       steps=1)
     assert stage._pad_size == 4  # compile implies fixed-shape batches
+    traced = compile_seconds()
     stage(items.slice(0, 4))
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    before = compile_counters()
+    # the first call's compile, split: dynamo's tracing is most of it with the eager backend
+    spent = compile_seconds(traced)
+    assert spent["total"] >= spent["dynamo_tracing"] > spent["backend"] >= 0 and spent["guards"] >= 0
+    before, seconds = compile_counters(), compile_seconds()
     stage(items.slice(1, 1))  # a short last batch: padded to 4, so the same graphs serve it
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs > 0
     # the counters are process-wide; a reading since `before` (what the bench reports) sees none of it
     assert compile_counters()["stats.unique_graphs"] == graphs
     assert compile_counters(before)["stats.unique_graphs"] == compile_counters(before)["recompiles"] == 0
+    assert compile_seconds(seconds) == dict.fromkeys(spent, 0.0)  # nothing compiled: no time
     torch._dynamo.reset()
 
 

@@ -147,9 +147,10 @@ def encode(vae, images, generators: list, chunk: int):
 
 
 def compile_counters(since: dict[str, int] | None = None) -> dict[str, int]:
-    """torch.compile's counters in this process: graphs traced, recompiles, on-disk cache hits and
-    misses (FX graphs and AOT autograd); zeros where nothing was compiled, empty where torch._dynamo
-    was never imported. `since`: an earlier reading, subtracted (the counters are process-wide)."""
+    """torch.compile's counters in this process: graphs traced, recompiles, on-disk cache hits,
+    misses and bypasses (FX graphs and AOT autograd; a bypass is a graph the cache would not
+    take); zeros where nothing was compiled, empty where torch._dynamo was never imported.
+    `since`: an earlier reading, subtracted (the counters are process-wide)."""
     import sys
 
     if "torch._dynamo" not in sys.modules:
@@ -157,8 +158,33 @@ def compile_counters(since: dict[str, int] | None = None) -> dict[str, int]:
     from torch._dynamo.utils import counters
 
     wanted = [("stats", "unique_graphs"), ("aot_autograd", "autograd_cache_hit"),
-              ("aot_autograd", "autograd_cache_miss"), ("inductor", "fxgraph_cache_hit"),
-              ("inductor", "fxgraph_cache_miss")]
+              ("aot_autograd", "autograd_cache_miss"), ("aot_autograd", "autograd_cache_bypass"),
+              ("inductor", "fxgraph_cache_hit"), ("inductor", "fxgraph_cache_miss"),
+              ("inductor", "fxgraph_cache_bypass")]
     found = {f"{group}.{key}": counters[group][key] for group, key in wanted}
     found["recompiles"] = sum(counters["recompiles"].values())
     return {key: value - (since or {}).get(key, 0) for key, value in found.items()}
+
+
+# dynamo's own timers (torch._dynamo.utils.compile_times), by what they split of a compile's seconds
+_COMPILE_TIMERS = {"total": "_compile.compile_inner", "dynamo_tracing": "bytecode_tracing",
+                   "guards": "build_guards", "backend": "OutputGraph.call_user_compiler"}
+
+
+def compile_seconds(since: dict[str, float] | None = None) -> dict[str, float]:
+    """Seconds torch.compile spent in this process: in all, in dynamo's bytecode tracing and
+    guards, and in the backend (AOT autograd and inductor: a cold compile, or on a warm cache
+    the lookups and loads). A warm worker still traces every compiled module before it finds
+    the graph in the cache, so this splits a start-up's compile into what a cache saves and what
+    it cannot. Empty where torch._dynamo was never imported; `since` is subtracted as in
+    `compile_counters`."""
+    import sys
+
+    if "torch._dynamo" not in sys.modules:
+        return {}
+    from torch._dynamo.utils import compile_times
+
+    names, values = compile_times(repr="csv", aggregate=True)
+    seconds = dict(zip(names, (float(v) for v in values)))
+    return {key: round(seconds.get(timer, 0.0) - (since or {}).get(key, 0.0), 3)
+            for key, timer in _COMPILE_TIMERS.items()}
