@@ -226,7 +226,7 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
                           model.steps, model.guidance_scale, resources=config.resources.generate,
                           engine=config.engine, campaign=campaign)
     stage.setup()
-    setup_s = stage.setup_s
+    setup_s, engine_dtype = stage.setup_s, str(stage._pipe.dtype).removeprefix("torch.")
     batches = generation_batches(plan, batch_size)
     warmup_s = None
     if stage._pad_size:  # compiled: the first call of each shape compiles (cached on disk)
@@ -261,7 +261,7 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
         "batch_size": batch_size, "steps": model.steps,
         "unet_evaluations": evaluations, "guidance_scale": model.guidance_scale, "width": model.width,
         "height": model.height, "torch": torch.__version__, "diffusers": diffusers.__version__,
-        "engine": config.engine.model_dump(), "engine_setup_s": setup_s, "compile_warmup_s": warmup_s,
+        "engine": config.engine.model_dump(), "engine_dtype": engine_dtype, "engine_setup_s": setup_s, "compile_warmup_s": warmup_s,
         "engine_batch_s": batch_s,
         "compile_counters": compile_counters(compiled_before), "compile_s": compile_seconds(seconds_before),
         "naive_img_s": naive_img_s, "engine_img_s": engine_img_s, "engine_vs_naive": engine_img_s / naive_img_s,

@@ -181,7 +181,8 @@ class Engine(_Strict):
     `compile` unless set: a compiled model must see one batch shape to never recompile.
     """
 
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    # auto: bf16 on CUDA, and for the generator on a CPU with native bf16 (AVX512-BF16, AMX); else fp32
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     channels_last: bool | None = None
     fuse_qkv: bool | None = None          # fused QKV projections (pipe.fuse_qkv_projections())
     compile: bool | None = None           # torch.compile of the UNet and the VAE decoder

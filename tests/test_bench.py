@@ -10,6 +10,7 @@ import pytest
 from conftest import EXAMPLE_CATALOG
 from pipeline.bench import naive_sample
 from pipeline.cli import main
+from pipeline.stages.engine import cpu_has_native_bf16
 
 
 def test_the_naive_sample_has_the_plans_share_of_photo_rows():
@@ -45,6 +46,8 @@ def test_bench_writes_ratios_for_the_same_items(tmp_path, models_dir, ray_sessio
     assert all(v >= 0 for v in record["engine_setup_s"].values()) and record["engine_setup_s"]["load"] > 0
     assert record["compile_counters"]["stats.unique_graphs"] == record["compile_counters"]["recompiles"] == 0
     assert record["compile_s"] == {"total": 0.0, "dynamo_tracing": 0.0, "guards": 0.0, "backend": 0.0}
+    # the generator's dtype as resolved here: bf16 where this CPU has native bf16 instructions
+    assert record["engine_dtype"] == ("bfloat16" if cpu_has_native_bf16() else "float32")
     # one time per engine batch (batches of 4, never spanning a shard), adding up to the engine phase
     assert len(record["engine_batch_s"]) >= record["items"] / 4
     rounding = 0.0005 * len(record["engine_batch_s"])  # each time is rounded to the millisecond

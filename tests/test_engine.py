@@ -14,7 +14,7 @@ from pipeline.cost import add_device_seconds, add_held_idle, describe_cost, devi
 from pipeline.models.presets import resolve_model, resolve_scorer
 from pipeline.plan import plan_items
 from pipeline.schema import PRODUCT_SCHEMA
-from pipeline.stages.engine import compile_counters, compile_seconds, decode, padded, to_uint8
+from pipeline.stages.engine import compile_counters, compile_seconds, decode, model_dtype, padded, to_uint8
 from pipeline.stages.fused import GenerateScoreStage, generate_and_score
 from pipeline.stages.generate import GenerateStage
 from pipeline.stages.score import ScoreStage
@@ -65,7 +65,7 @@ def test_vae_decodes_in_chunks_like_one_call_and_nan_is_black(models_dir):
 
     stage = _generate(models_dir)
     vae = stage._pipe.vae
-    latents = torch.randn(5, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    latents = torch.randn(5, 4, 16, 16, generator=torch.Generator().manual_seed(0)).to(vae.dtype)
     with torch.inference_mode():
         whole = decode(vae, latents, chunk=8)
         chunked = decode(vae, latents, chunk=2, fixed=True)  # 2 + 2 + (1 padded to 2)
@@ -132,6 +132,26 @@ def test_brand_adapters_turn_off_the_options_that_would_hide_them():
     assert (engine.fuse_qkv, engine.compile, engine.channels_last) == (False, False, True)
     other_model = branded.model_copy(update={"model": "sd15"})  # the adapter is for another preset
     assert engine_for(other_model).compile is True
+
+
+def test_the_generator_runs_in_bf16_on_a_cpu_with_native_bf16_and_the_scorer_in_fp32(models_dir, monkeypatch):
+    """`dtype: auto`: bf16 on CUDA; on a CPU bf16 only for the generator and only with native
+    bf16 instructions (emulated bf16 is slower than fp32); an explicit dtype wins everywhere."""
+    import torch
+
+    from pipeline.stages import engine as engine_module
+
+    auto = Engine()
+    assert model_dtype(auto, "cuda") == model_dtype(auto, "cuda", cpu_bf16=True) == torch.bfloat16
+    assert model_dtype(auto, "cpu") == torch.float32  # the scorer, whatever the CPU
+    assert model_dtype(Engine(dtype="float32"), "cuda") == torch.float32
+    assert model_dtype(Engine(dtype="bfloat16"), "cpu") == torch.bfloat16
+    native = engine_module.cpu_has_native_bf16()
+    assert model_dtype(auto, "cpu", cpu_bf16=True) == (torch.bfloat16 if native else torch.float32)
+    assert _generate(models_dir, steps=1)._pipe.dtype == (torch.bfloat16 if native else torch.float32)
+    monkeypatch.setattr(engine_module, "cpu_has_native_bf16", lambda: False)
+    assert model_dtype(auto, "cpu", cpu_bf16=True) == torch.float32
+    assert _generate(models_dir, steps=1)._pipe.dtype == torch.float32
 
 
 def test_a_small_round_runs_eagerly_unless_compile_is_asked_for():

@@ -45,13 +45,26 @@ def wants(option: bool | None, device: str) -> bool:
     return device == "cuda" if option is None else option
 
 
-def model_dtype(engine: Engine, device: str):
-    """The weights' dtype: `auto` is bf16 on CUDA (fp16's range overflows some VAEs) and fp32 on CPU."""
+def model_dtype(engine: Engine, device: str, cpu_bf16: bool = False):
+    """The weights' dtype: `auto` is bf16 on CUDA (fp16's range overflows some VAEs) and fp32 on a
+    CPU, or with `cpu_bf16` (the generator) bf16 there too where the CPU has native bf16
+    instructions (AVX512-BF16 or AMX); elsewhere bf16 would be emulated and slower. The scorer
+    keeps fp32 on a CPU: its embeddings meet reference indexes built in fp32 and the gates'
+    thresholds, and it costs a few ms an image there."""
     import torch
 
     if engine.dtype == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
+        bf16 = device == "cuda" or (device == "cpu" and cpu_bf16 and cpu_has_native_bf16())
+        return torch.bfloat16 if bf16 else torch.float32
     return getattr(torch, engine.dtype)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (oneDNN's AVX512-BF16 or AMX kernels)."""
+    import torch
+
+    checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(check() for check in checks if check is not None)
 
 
 def optimise_pipeline(pipe, device: str, engine: Engine):

@@ -62,7 +62,7 @@ class GenerateStage:
         limit_threads(self.engine.torch_threads or self.resources.num_cpus)
         diffusers.utils.logging.disable_progress_bar()  # one bar per load is noise in a batch job
         self._device = pick_device(self.resources.num_gpus)
-        dtype = model_dtype(self.engine, self._device)
+        dtype = model_dtype(self.engine, self._device, cpu_bf16=True)
         pipeline_cls = getattr(diffusers, self.pipeline_class)
         laps.lap("import")
         pipe = pipeline_cls.from_pretrained(
