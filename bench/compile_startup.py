@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scope", choices=["model", "blocks"], default="model")
     parser.add_argument("--backend", choices=["none", "eager", "aot_eager", "inductor"], default="eager",
                         help="none: no torch.compile at all (the engine's eager path)")
-    parser.add_argument("--batch", type=int, default=2, help="images per call (the UNet sees twice as many under guidance)")
+    parser.add_argument("--batch", type=int, default=2,
+                        help="images per call (the UNet sees twice as many under guidance)")
     parser.add_argument("--latent", type=int, default=8, help="latent side (image side / 8)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--calls", type=int, default=3, help="calls after the first, for steady_s (their median)")
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     latents = tensor(rows, unet.config.in_channels, args.latent, args.latent).to(memory_format=torch.channels_last)
     context = tensor(rows, 77, unet.config.cross_attention_dim)
     timestep = torch.tensor(999, device=args.device)
-    z = tensor(args.batch, pipe.vae.config.latent_channels, args.latent, args.latent).to(memory_format=torch.channels_last)
+    z = tensor(args.batch, pipe.vae.config.latent_channels, args.latent,
+               args.latent).to(memory_format=torch.channels_last)
 
     figures = {"preset": args.preset, "scope": args.scope, "backend": args.backend, "batch": args.batch,
                "latent": args.latent, "device": args.device, "dtype": str(dtype).removeprefix("torch."),

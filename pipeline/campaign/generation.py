@@ -73,9 +73,9 @@ class CampaignGeneration:
         A batch has any number of photo rows, and a compiled UNet would recompile for each new
         count (about a minute each at 512² on an H200). Under torch.compile this pass runs in
         dynamo's `eager_on_recompile` stance: a pass of as many rows as the generation call that
-        compiled the UNet (a batch of photo rows only, as the plan's grouping cuts them) fits the
-        compiled graph's guards and runs it; any other count runs the same weights eagerly and
-        compiles nothing. It decodes through the engine's fixed-shape chunks, which the compiled
+        compiled the UNet (a whole batch of photo rows, as `pipeline.plan.generation_batches`
+        cuts them) fits the compiled graph's guards and runs it; any other count runs the same
+        weights eagerly and compiles nothing. It decodes through the engine's fixed-shape chunks, which the compiled
         decoder has already seen."""
         todo = self.photo_rows(batch, rows)
         if not todo:
