@@ -193,6 +193,23 @@ def _background_and_scene(config, models_dir, steps: int, guidance: float):
     return stages
 
 
+def _compiled_photo_stage(ingested, config, models_dir, engine):
+    """A set-up tiny generate stage with the campaign's photo backgrounds, compiled as `engine`
+    says (batch 4, 2 steps), the catalog's items, and a square photo row and plain row of them."""
+    from pipeline.config import StageResources
+
+    model = resolve_model("tiny", models_dir)
+    items, square = _square_items(ingested, config, models_dir)
+    photo = next(i for i in square if items.column("product_image")[i].as_py())
+    plain = next(i for i in square if not items.column("product_image")[i].as_py())
+    stage = GenerateStage(model.path, model.name, "x", model.pipeline_class, 2, 7.5,
+                          resources=StageResources(batch_size=4), engine=engine,
+                          campaign=campaign_generation(config, {"path": str(model.path), "steps": 2,
+                                                                "guidance_scale": 7.5}))
+    stage.setup()
+    return stage, items, photo, plain
+
+
 @pytest.mark.parametrize("scope", ["model", "blocks"])
 def test_photo_backgrounds_never_recompile_a_compiled_unet(ingested, config, models_dir, scope):
     """A batch holds any number of photo rows; under torch.compile the inpainting pass must not
@@ -200,19 +217,12 @@ def test_photo_backgrounds_never_recompile_a_compiled_unet(ingested, config, mod
     count (a recompile per count)."""
     import torch._dynamo
 
-    from pipeline.config import Engine, StageResources
+    from pipeline.config import Engine
 
-    model = resolve_model("tiny", models_dir)
-    items, square = _square_items(ingested, config, models_dir)
-    photo = next(i for i in square if items.column("product_image")[i].as_py())
-    plain = next(i for i in square if not items.column("product_image")[i].as_py())
     torch._dynamo.reset()
     # The eager backend runs dynamo's tracing and guards without inductor's C++ build (CPU test).
-    stage = GenerateStage(model.path, model.name, "x", model.pipeline_class, 2, 7.5,
-                          resources=StageResources(batch_size=4), engine=Engine(compile=True, compile_backend="eager", compile_scope=scope),
-                          campaign=campaign_generation(config, {"path": str(model.path), "steps": 2,
-                                                                "guidance_scale": 7.5}))
-    stage.setup()
+    engine = Engine(compile=True, compile_backend="eager", compile_scope=scope)
+    stage, items, photo, plain = _compiled_photo_stage(ingested, config, models_dir, engine)
     stage(items.take([plain]))  # the warm-up batch: no photo row
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     one = stage(items.take([photo, plain]))  # one photo row in the batch
@@ -231,7 +241,7 @@ def test_a_batch_of_photo_rows_inpaints_through_the_compiled_unet(ingested, conf
     a pass of another count runs eagerly. Both give a row the same pixels."""
     import torch._dynamo
 
-    from pipeline.config import Engine, StageResources
+    from pipeline.config import Engine
 
     runs = {"graphs": 0}
 
@@ -241,17 +251,9 @@ def test_a_batch_of_photo_rows_inpaints_through_the_compiled_unet(ingested, conf
             return gm.forward(*args)
         return run
 
-    model = resolve_model("tiny", models_dir)
-    items, square = _square_items(ingested, config, models_dir)
-    photo = next(i for i in square if items.column("product_image")[i].as_py())
-    plain = next(i for i in square if not items.column("product_image")[i].as_py())
     torch._dynamo.reset()
     engine = Engine(compile=True, compile_scope=scope).model_copy(update={"compile_backend": counting})
-    stage = GenerateStage(model.path, model.name, "x", model.pipeline_class, 2, 7.5,
-                          resources=StageResources(batch_size=4), engine=engine,
-                          campaign=campaign_generation(config, {"path": str(model.path), "steps": 2,
-                                                                "guidance_scale": 7.5}))
-    stage.setup()
+    stage, items, photo, plain = _compiled_photo_stage(ingested, config, models_dir, engine)
     stage(items.take([plain] * 4))  # the warm-up batch: compiles the UNet and decoder for 4 rows
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
