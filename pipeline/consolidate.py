@@ -120,8 +120,8 @@ def published_history(dataset_root: Path, run_date: str, clip_model: str) -> pa.
 def latest_attempts(rows: pa.Table) -> pa.Table:
     """One row per item, its highest attempt; rows keep their order.
 
-    Only the two key columns are sorted; the rows (with every image's bytes) are copied once
-    when some item has several attempts, and not at all when none has (a run without retries).
+    Only the two key columns are sorted; the rows are copied once when some item has several
+    attempts, and not at all when none has (a run without retries).
     """
     order = pc.sort_indices(rows.select(["item_id", "attempt"]),
                             sort_keys=[("item_id", "ascending"), ("attempt", "descending")]).to_numpy()

@@ -63,9 +63,11 @@ _RUN_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def stage_run(staging_dir: Path, accepted: pa.Table, rejected: pa.Table, run_id: str,
-              *, rows_per_file: int = ROWS_PER_FILE) -> list[dict]:
+              *, rows_per_file: int = ROWS_PER_FILE, images=None) -> list[dict]:
     """Write a run's accepted and rejected rows as hive-partitioned Parquet under `staging_dir`.
 
+    Rows without an `image` column (GATED_SCHEMA) get their images from `images(rows)` (e.g.
+    `ShardStore.images`) one row group at a time: in memory, a row group's images, not a run's.
     Returns one record per file: {"path": posix path relative to the dataset root, "rows",
     "bytes", "sha256"}. `staging_dir` belongs to this run: an earlier staging there is replaced.
     The marker `_staged.json` (the records) is written last; `publish_run` reads it.
@@ -81,13 +83,15 @@ def stage_run(staging_dir: Path, accepted: pa.Table, rejected: pa.Table, run_id:
 
     records = []
     for kind, table in ((DATA_DIR, accepted), (REJECTS_DIR, rejected)):
-        table = conform(table, OUTPUT_SCHEMA)
+        with_images = "image" in table.column_names
+        if not with_images and images is None and table.num_rows:
+            raise ValueError("stage_run: rows without images need `images` to fetch them")
         for (run_date, market), part in _split_partitions(table):
             folder = Path(kind, f"run_date={run_date}", f"market={market}")
             for number, start in enumerate(range(0, part.num_rows, rows_per_file)):
                 relative = folder / f"part-{run_id}-{number:05d}.parquet"
-                records.append(_write_file(staging_dir, relative,
-                                           part.slice(start, rows_per_file)))
+                records.append(_write_file(staging_dir, relative, part.slice(start, rows_per_file),
+                                           None if with_images else images))
     marker = {"run_id": run_id, "files": records}
     _write_json(staging_dir / STAGED_MARKER, marker)
     return records
@@ -203,12 +207,17 @@ def _split_partitions(table: pa.Table):
         yield (run_date, market), table.filter(mask)
 
 
-def _write_file(root: Path, relative: Path, rows: pa.Table) -> dict:
+def _write_file(root: Path, relative: Path, rows: pa.Table, images=None) -> dict:
+    """Write `rows` a row group at a time; `images(group)`, if given, supplies each group's images."""
     path = root / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")  # dot: ignored by pyarrow/pandas if left behind
-    pq.write_table(rows.cast(FILE_SCHEMA), tmp, row_group_size=ROW_GROUP_SIZE,
-                   compression="zstd")
+    with pq.ParquetWriter(tmp, FILE_SCHEMA, compression="zstd") as writer:
+        for start in range(0, rows.num_rows, ROW_GROUP_SIZE):
+            group = rows.slice(start, ROW_GROUP_SIZE)
+            if images is not None:
+                group = group.append_column("image", images(group))
+            writer.write_table(conform(group, OUTPUT_SCHEMA).cast(FILE_SCHEMA), row_group_size=ROW_GROUP_SIZE)
     os.replace(tmp, path)
     return {"path": relative.as_posix(), "rows": rows.num_rows, "bytes": path.stat().st_size,
             "sha256": sha256_file(path)}

@@ -52,7 +52,7 @@ def _attach_thumbnails(rows: list[dict], stored: dict[tuple[str, int], bytes] | 
     missing = [row for row in rows if stored.get((row["item_id"], row["attempt"])) is None]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         made = dict(zip(map(id, missing), pool.map(
-            _thumbnail, [row["image"] for row in missing],
+            _thumbnail, [row.get("image") for row in missing],
             [thumbnail_side(bool(row.get("overlay_text"))) for row in missing])))
     for row in rows:
         data = made.get(id(row)) or stored[(row["item_id"], row["attempt"])]
@@ -136,6 +136,7 @@ def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, va
     columns = ["item_id", "sku", "market", "title", "kind", "variant", "format", "prompt", "seed",
                "attempt", "clip_score", "dup_group", "gate_status", "gate_reasons", "image",
                "overlay_text", "overlay_font", "overlay_contrast", "product_diff", "palette_distance"]
+    columns = [c for c in columns if c != "image" or c in accepted.column_names]  # gated rows leave it out
     rows = accepted.select(columns).to_pylist() + rejected.select(columns).to_pylist()
     _attach_thumbnails(rows, thumbnails)
     stats = [("items", summary.items), ("accepted", summary.accepted), ("rejected", summary.rejected),

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pipeline
 from pipeline.config import JobConfig, parse_job_config
 from pipeline.errors import BadInputError, GateFailedError
-from pipeline.schema import OUTPUT_SCHEMA
+from pipeline.schema import GATED_SCHEMA, OUTPUT_SCHEMA, conform
 from pipeline.shards import ShardStore, shard_sizes
 from pipeline.warm_models import held_idle, keep_models_warm
 
@@ -275,7 +275,8 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
             missing = sorted(set(state["shards"]) - store.done())
             if missing:
                 raise RuntimeError(f"{staging}: shards not generated yet: {', '.join(missing[:5])}")
-            gated = run_gates(store.read_all(sorted(state["shards"])), settings, history, reference)
+            # the rows without their images: those stay in the shards until publish copies them
+            gated = run_gates(store.read_all(sorted(state["shards"]), images=False), settings, history, reference)
             if gated.accepted.num_rows + gated.rejected.num_rows != state["items"]:
                 raise RuntimeError(f"{staging}: gated {gated.accepted.num_rows + gated.rejected.num_rows} "
                                    f"items of {state['items']} planned")
@@ -304,7 +305,12 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
 
 
 def _gated(staging: Path) -> tuple[pa.Table, pa.Table]:
-    read = lambda name: pq.read_table(staging / "gated" / f"{name}.parquet", schema=OUTPUT_SCHEMA)  # noqa: E731
+    """The gated rows, without their images (GATED_SCHEMA); a staging area an earlier version
+    gated holds them with their images (OUTPUT_SCHEMA), which publish takes as they are."""
+    def read(name: str) -> pa.Table:
+        table = pq.read_table(staging / "gated" / f"{name}.parquet")
+        return conform(table, OUTPUT_SCHEMA if "image" in table.column_names else GATED_SCHEMA)
+
     return read("accepted"), read("rejected")
 
 
@@ -339,6 +345,7 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
     if not state.get("validation", {}).get("success"):
         raise GateFailedError(f"{staging}: the run has not passed validation; nothing published")
     accepted, rejected = _gated(staging)
+    shards = ShardStore(staging / "shards")
     root, run_id = Path(state["dataset_root"]), state["run_id"]
     run_dir = root / "_runs" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -356,8 +363,10 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
         cost=run_cost(state.get("device"), accepted.num_rows, parse_job_config(state["config"]).cost),
     )
     write_report(summary.report_path, accepted, rejected, summary, state["validation"], thresholds=state["scorer"],
-                 thumbnails=ShardStore(staging / "shards").thumbnails())
-    stage_run(staging / "publish", accepted, rejected, run_id)
+                 thumbnails=shards.thumbnails())
+    # the images are copied into the dataset's files from the shards: rows in shard order read each once
+    stage_run(staging / "publish", shards.in_shard_order(accepted), shards.in_shard_order(rejected), run_id,
+              images=shards.images)
     manifest = {
         "run_id": run_id, "run_date": state["run_date"], "dataset": state["dataset"],
         "synthcat_version": pipeline.__version__, "input": state["input"], "config": state["config"],

@@ -140,6 +140,7 @@ ENCODE_FIELDS = [
 STAGING_FIELDS = [
     pa.field("thumbnail", pa.binary()),       # the run report's thumbnail (PNG, pipeline/thumbnail.py)
     pa.field("copy_thumbnail", pa.binary()),  # the 64 px PNG the memorization gate's pixel check compares
+    pa.field("image_nbytes", pa.int64()),     # the encoded image's size: the gate step reads no image
 ]
 
 # --- gate ---------------------------------------------------------------------------------------
@@ -166,6 +167,12 @@ OUTPUT_SCHEMA = pa.schema(
     + [f for f in GENERATION_FIELDS if f.name not in _UNPUBLISHED]
     + SCORE_FIELDS + ENCODE_FIELDS + GATE_FIELDS + CAMPAIGN_FIELDS + REGION_FIELDS
 )
+# A run's gated rows as its gate step stages them for validation and publish: the published
+# columns but the encoded image, which stays in the shards until publish copies it into the
+# dataset's files (pipeline/shards.py), and the image's size, which validation checks. A driver
+# holding these holds kilobytes a row however large the images are.
+GATED_SCHEMA = pa.schema([f for f in OUTPUT_SCHEMA if f.name != "image"]
+                         + [f for f in STAGING_FIELDS if f.name == "image_nbytes"])
 SHARD_SCHEMA = pa.schema(list(ITEM_SCHEMA) + [f for f in GENERATION_FIELDS if f.name != "pixels"]
                          + SCORE_FIELDS + ENCODE_FIELDS + STAGING_FIELDS + CAMPAIGN_FIELDS + REGION_FIELDS)
 

@@ -7,6 +7,7 @@ file exists", and a resumed run skips those shards; no database, no partial file
 
 from __future__ import annotations
 
+import io
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.schema import SHARD_SCHEMA, conform
+from pipeline.schema import IMAGE_TYPE, SHARD_SCHEMA, conform
 
 
 def shard_sizes(items: pa.Table) -> dict[str, int]:
@@ -49,22 +50,75 @@ class ShardStore:
         os.replace(tmp, final)
         return final
 
-    def read_all(self, shards: list[str] | None = None) -> pa.Table:
-        """The rows of the listed shards (default: every finished one), in shard order."""
+    def read_all(self, shards: list[str] | None = None, *, images: bool = True) -> pa.Table:
+        """The rows of the listed shards (default: every finished one), in shard order.
+
+        `images=False` reads every column but the encoded images, most of a row's bytes: the
+        gate step's rows, kilobytes each however large a run's images are (`image_nbytes` gives
+        their sizes); publish fetches the images back a row group at a time (`images`).
+        """
         files = (sorted(self.root.glob("shard-*.parquet")) if shards is None
                  else [self.path(s) for s in sorted(shards)])
+        read = (lambda f: conform(pq.read_table(f), SHARD_SCHEMA)) if images else _without_images
         if not files:
-            return SHARD_SCHEMA.empty_table()
-        return pa.concat_tables(conform(pq.read_table(f), SHARD_SCHEMA) for f in files)
+            empty = SHARD_SCHEMA.empty_table()
+            return empty if images else empty.drop_columns(["image"])
+        return pa.concat_tables(read(f) for f in files)
+
+    def images(self, rows: pa.Table) -> pa.ChunkedArray:
+        """The encoded images of `rows` (rows of this run: `item_id`, `attempt`), in their order.
+
+        Each shard that holds some of them is read once per call (the last one read is kept for
+        the next call), its `image` column only: in memory, one shard's images and `rows`' own.
+        Rows in shard order (`in_shard_order`) read each shard about once over a run's calls.
+        """
+        keys = self._keys(rows)
+        where = self._where()
+        wanted: dict[Path, list] = defaultdict(list)
+        for key in keys:
+            wanted[where[key][0]].append(key)
+        chunks, found = [], {}
+        for path, part_keys in wanted.items():
+            if getattr(self, "_last", (None,))[0] != path:  # consecutive row groups share a shard
+                self._last = (path, pq.read_table(path, columns=["image"]))
+            taken = self._last[1].column("image").take(pa.array([where[k][1] for k in part_keys], pa.int64()))
+            offset = len(found)
+            found.update((k, offset + j) for j, k in enumerate(part_keys))
+            chunks += taken.cast(IMAGE_TYPE).chunks
+        return pa.chunked_array(chunks, IMAGE_TYPE).take(pa.array([found[k] for k in keys], pa.int64()))
+
+    def in_shard_order(self, rows: pa.Table) -> pa.Table:
+        """`rows` sorted as their images lie in the shards, so `images` reads each shard once."""
+        where = self._where()
+        places = [where[key] for key in self._keys(rows)]
+        return rows.take(pa.array(sorted(range(len(places)), key=places.__getitem__), pa.int64()))
+
+    def _keys(self, rows: pa.Table) -> list[tuple[str, int]]:
+        keys = list(zip(rows.column("item_id").to_pylist(), rows.column("attempt").to_pylist()))
+        if missing := next((key for key in keys if key not in self._where()), None):
+            raise RuntimeError(f"{self.root}: no shard holds item {missing[0]} attempt {missing[1]}")
+        return keys
+
+    def _where(self) -> dict[tuple[str, int], tuple[Path, int]]:
+        """(item_id, attempt) -> (the shard file holding it, its row there), from the key columns."""
+        if getattr(self, "_locations", None) is None:
+            self._locations = {}
+            for path in sorted(self.root.glob("shard-*.parquet")):
+                part = pq.read_table(path, columns=["item_id", "attempt"])
+                keys = zip(part.column("item_id").to_pylist(), part.column("attempt").to_pylist())
+                self._locations.update((key, (path, row)) for row, key in enumerate(keys))
+        return self._locations
 
     def thumbnails(self) -> dict[tuple[str, int], bytes]:
-        """The report thumbnails the encode stage stored, by (item_id, attempt); shards written
-        before thumbnails were stored have none (the report then makes them)."""
+        """The report thumbnails the encode stage stored, by (item_id, attempt); a shard written
+        before the encode stage made them gets them made here, from its images."""
         found: dict[tuple[str, int], bytes] = {}
         for path in sorted(self.root.glob("shard-*.parquet")):
-            if "thumbnail" not in pq.read_schema(path).names:
-                continue
-            part = pq.read_table(path, columns=["item_id", "attempt", "thumbnail"])
+            stored = "thumbnail" in pq.read_schema(path).names
+            part = pq.read_table(path, columns=["item_id", "attempt", "thumbnail"]) if stored else None
+            if part is None or part.column("thumbnail").null_count:
+                part = _with_small_images(conform(pq.read_table(path), SHARD_SCHEMA))
+                part = part.select(["item_id", "attempt", "thumbnail"])
             found |= {(i, a): t for i, a, t in zip(*(part.column(c).to_pylist() for c in part.column_names)) if t}
         return found
 
@@ -87,3 +141,41 @@ class ShardStore:
         missing = {s: expected[s] - counts[s] for s in pending}
         if missing:
             raise RuntimeError(f"stream ended with incomplete shards (items missing): {missing}")
+
+
+def _without_images(path: Path) -> pa.Table:
+    """One shard's rows without `image`, which is not read; a shard written before the encode
+    stage stored the small images and the image's size is read whole, and they are made here."""
+    names = [name for name in pq.read_schema(path).names if name != "image"]
+    table = conform(pq.read_table(path, columns=names), SHARD_SCHEMA)
+    if any(table.column(name).null_count for name in ("thumbnail", "copy_thumbnail", "image_nbytes")):
+        table = _with_small_images(conform(pq.read_table(path), SHARD_SCHEMA))
+    return table.drop_columns(["image"])
+
+
+def _with_small_images(table: pa.Table) -> pa.Table:
+    """Shard rows whose report thumbnail, copy-check image or image size is missing (a shard
+    written before the encode stage made them) get them from their image, as encode makes them."""
+    thumbnails, copies = table.column("thumbnail").to_pylist(), table.column("copy_thumbnail").to_pylist()
+    images = table.column("image").to_pylist()
+    sizes = [len(image["bytes"]) if image and image["bytes"] is not None else None for image in images]
+    table = table.set_column(table.schema.get_field_index("image_nbytes"), "image_nbytes", pa.array(sizes, pa.int64()))
+    missing = [i for i, (t, c, image) in enumerate(zip(thumbnails, copies, images))
+               if (t is None or c is None) and image and image["bytes"]]
+    if not missing:
+        return table
+    from PIL import Image
+
+    from pipeline.copy_detection import thumbnail_png
+    from pipeline.thumbnail import report_thumbnail, thumbnail_side
+
+    texts = table.column("overlay_text").to_pylist()
+    for i in missing:
+        with Image.open(io.BytesIO(images[i]["bytes"])) as opened:
+            image = opened.convert("RGB")
+        thumbnails[i] = thumbnails[i] or report_thumbnail(image, thumbnail_side(bool(texts[i])))
+        copies[i] = copies[i] or thumbnail_png(image)
+    for name, values in (("thumbnail", thumbnails), ("copy_thumbnail", copies)):
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, table.schema.field(index), pa.array(values, pa.binary()))
+    return table

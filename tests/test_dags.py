@@ -124,8 +124,11 @@ def test_on_demand_with_a_missing_manifest_fails_before_any_work(dagbag, tmp_pat
 
 
 def test_a_retried_shard_group_produces_no_duplicates(tmp_path, models_dir, ray_session):
+    import hashlib
+
     from pipeline import orchestrate
     from pipeline.run import read_state
+    from pipeline.shards import ShardStore
 
     catalog = tmp_path / "catalog.csv"
     catalog.write_text("".join(EXAMPLE_CATALOG.read_text().splitlines(keepends=True)[:4]))
@@ -148,12 +151,24 @@ def test_a_retried_shard_group_produces_no_duplicates(tmp_path, models_dir, ray_
     # that time is the run's device time, counted by the task that took the host up (its own session)
     assert read_state(orchestrate._staging(spec))["device"]["held_idle_seconds"] >= 1.0
     orchestrate.consolidate(spec)
+    # the gate step stages the rows without their images, which stay in the shards until publish
+    staging = orchestrate._staging(spec)
+    gated = pq.read_table(staging / "gated" / "accepted.parquet")
+    shards = ShardStore(staging / "shards").read_all()
+    sizes = {(i, a): len(image["bytes"]) for i, a, image in zip(*(shards.column(c).to_pylist()
+                                                                  for c in ("item_id", "attempt", "image")))}
+    assert "image" not in gated.column_names and gated.num_rows > 0
+    assert gated.column("image_nbytes").to_pylist() == [
+        sizes[key] for key in zip(gated.column("item_id").to_pylist(), gated.column("attempt").to_pylist())]
     orchestrate.validate_run(spec)
     result = orchestrate.publish(spec)
     table = pq.read_table(tmp_path / "out" / "catalog_images" / "data")
     assert table.num_rows == result["rows"] and result["rows"] + result["rejected"] == 3 * 2
     assert first["generated"] > 0
     assert len(set(table.column("item_id").to_pylist())) == table.num_rows
+    # each published row carries its own image, fetched back from the shards
+    assert [hashlib.sha256(image["bytes"]).hexdigest() for image in table.column("image").to_pylist()] == \
+        table.column("image_sha256").to_pylist()
 
 
 def test_reference_index_task_builds_the_index_named_in_the_settings(tmp_path, models_dir):

@@ -19,7 +19,7 @@ from helpers import make_output_table
 from pipeline import publish
 from pipeline.errors import SynthcatError
 from pipeline.publish import publish_run, read_published, stage_run
-from pipeline.schema import OUTPUT_SCHEMA, REJECTED
+from pipeline.schema import GATED_SCHEMA, OUTPUT_SCHEMA, REJECTED, conform
 
 D1, D2 = "2026-11-26", "2026-11-27"
 
@@ -102,6 +102,53 @@ def test_stage_run_splits_large_partitions_into_numbered_files(tmp_path):
     assert [Path(r["path"]).name for r in records] == [
         "part-run-x-00000.parquet", "part-run-x-00001.parquet", "part-run-x-00002.parquet"]
     assert [r["rows"] for r in records] == [12, 12, 6]
+
+
+def test_gated_rows_leave_their_images_in_the_shards_and_publish_fetches_them_back(tmp_path, monkeypatch):
+    from pipeline.copy_detection import thumbnail_png
+    from pipeline.shards import ShardStore
+
+    table = make_output_table(30)
+    store = ShardStore(tmp_path / "shards")
+    store.write("shard-00000", table.slice(0, 16))
+    store.write("shard-00001", table.slice(16))
+    sizes = [len(image["bytes"]) for image in table.column("image").to_pylist()]
+
+    light = store.read_all(images=False)
+    assert "image" not in light.column_names and light.column("image_nbytes").to_pylist() == sizes
+    # these shards hold no small images (as ones written before the encode stage made them):
+    # they are made from each image, as the encode stage makes them
+    first = Image.open(io.BytesIO(table.column("image")[0].as_py()["bytes"])).convert("RGB")
+    assert light.column("copy_thumbnail")[0].as_py() == thumbnail_png(first)
+    assert light.column("thumbnail").null_count == 0 and len(store.thumbnails()) == 30
+
+    # a shard as the encode stage writes it (small images and sizes stored): its images are not read
+    encoded = ShardStore(tmp_path / "encoded")
+    encoded.write("shard-00000", light.append_column("image", table.column("image")))
+    reads = []
+    real_read = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda path, **kw: reads.append(kw.get("columns")) or real_read(path, **kw))
+    assert encoded.read_all(images=False).equals(light)
+    assert reads and all(columns is not None and "image" not in columns for columns in reads)
+    monkeypatch.undo()
+
+    # fetched back in any order, from both shards
+    order = pa.array([29, 3, 17, 0, 16, 15], pa.int64())
+    assert store.images(light.take(order)).to_pylist() == table.column("image").take(order).to_pylist()
+    in_order = store.in_shard_order(light.take(order)).column("item_id").to_pylist()
+    assert in_order == table.column("item_id").take(pa.array([0, 3, 15, 16, 17, 29])).to_pylist()
+    with pytest.raises(RuntimeError, match="no shard holds"):
+        store.images(make_output_table(1, seed=5))
+
+    # stage_run writes the same files from gated rows without images as from rows with them
+    gated = conform(table.drop_columns(["image"]).append_column("image_nbytes", pa.array(sizes, pa.int64())),
+                    GATED_SCHEMA)
+    with_images = stage_run(tmp_path / "a", table.slice(0, 20), table.slice(20), "run-x", rows_per_file=7)
+    fetched = stage_run(tmp_path / "b", gated.slice(0, 20), gated.slice(20), "run-x", rows_per_file=7,
+                        images=store.images)
+    assert len(fetched) > 4 and fetched == with_images
+    with pytest.raises(ValueError, match="need `images`"):
+        stage_run(tmp_path / "c", gated, gated.slice(0, 0), "run-x")
 
 
 def test_stage_run_of_empty_tables_writes_no_data(tmp_path):

@@ -244,8 +244,10 @@ def test_pixel_columns_move_between_numpy_and_arrow_without_a_copy_per_row(large
 def test_encode_is_lossless_and_hashes_the_bytes(generated, fmt):
     encoded = EncodeStage(fmt)(generated)
     assert "pixels" not in encoded.column_names
-    assert encoded.schema.names[-len(ENCODE_FIELDS) - 2:] == [f.name for f in ENCODE_FIELDS] + ["thumbnail", "copy_thumbnail"]
+    assert encoded.schema.names[-len(ENCODE_FIELDS) - 3:] == [f.name for f in ENCODE_FIELDS] + [
+        "thumbnail", "copy_thumbnail", "image_nbytes"]
     image = encoded.column("image")[0].as_py()
+    assert encoded.column("image_nbytes").to_pylist()[:1] == [len(image["bytes"])]
     assert image["path"].endswith(f".{fmt}")
     assert hashlib.sha256(image["bytes"]).hexdigest() == encoded.column("image_sha256")[0].as_py()
     decoded = Image.open(io.BytesIO(image["bytes"])).convert("RGB")

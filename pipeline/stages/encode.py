@@ -23,7 +23,8 @@ from pipeline.thumbnail import report_thumbnail, thumbnail_side
 @dataclass
 class EncodeStage:
     """Compress images off the GPU workers; drops `pixels`, adds `image`, `image_sha256`, the
-    gates' pixel evidence, the report's `thumbnail` and the copy check's `copy_thumbnail`.
+    gates' pixel evidence, the report's `thumbnail`, the copy check's `copy_thumbnail` and the
+    image's size (`image_nbytes`), so that the gate step need not read the images.
 
     PNG is lossless and byte-for-byte deterministic; WebP is written lossless too, so
     the published pixels of an item never depend on encoder settings. `png_compress_level`
@@ -67,7 +68,7 @@ class EncodeStage:
         out = batch.drop_columns(["pixels"])
         columns = {"image": images, "image_sha256": hashes, "image_phash": phashes,
                    "pixel_mean": means, "pixel_std": stds, "thumbnail": thumbnails,
-                   "copy_thumbnail": copy_thumbnails}
+                   "copy_thumbnail": copy_thumbnails, "image_nbytes": [len(i["bytes"]) for i in images]}
         for f in ENCODE_FIELDS + STAGING_FIELDS:
             out = out.append_column(f, pa.array(columns[f.name], type=f.type))
         return out

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.campaign.gates import campaign_reasons
-from pipeline.schema import ACCEPTED, GATE_FIELDS, OUTPUT_SCHEMA, REJECTED, conform
+from pipeline.schema import ACCEPTED, GATE_FIELDS, GATED_SCHEMA, OUTPUT_SCHEMA, REJECTED, conform
 from pipeline.stages.dedupe import find_duplicates
 from pipeline.stages.memorization_gate import memorization_evidence
 
@@ -77,7 +77,8 @@ def _embeddings(table: pa.Table) -> np.ndarray | None:
 
 def apply_gates(table: pa.Table, settings: GateSettings, *, created_at: datetime,
                 history: pa.Table | None = None, reference=None) -> GateResult:
-    """Gate every row of `table` (scored and encoded rows, any order) into OUTPUT_SCHEMA tables.
+    """Gate every row of `table` (scored and encoded rows, any order) into OUTPUT_SCHEMA tables,
+    or GATED_SCHEMA ones when its rows come without their images (`image_nbytes` instead).
 
     `history`: published rows (item_id, image_sha256, image_phash, clip_embedding) the run
     must not duplicate; they are only compared against, never changed. `reference`: a
@@ -141,6 +142,7 @@ def apply_gates(table: pa.Table, settings: GateSettings, *, created_at: datetime
     gated = table
     for f in GATE_FIELDS:
         gated = gated.append_column(f, pa.array(values[f.name], type=f.type))
-    gated = conform(gated, OUTPUT_SCHEMA)
+    # rows read without their images (ShardStore.read_all) stay without: publish fetches them
+    gated = conform(gated, OUTPUT_SCHEMA if "image" in table.column_names else GATED_SCHEMA)
     is_accepted = pc.equal(gated.column("gate_status"), ACCEPTED)
     return GateResult(gated.filter(is_accepted), gated.filter(pc.invert(is_accepted)))

@@ -38,7 +38,7 @@ def _comparison_images(table: pa.Table) -> list[bytes | None]:
     (`copy_thumbnail`, the same pixels `comparison_pixels` gives), else the image itself."""
     small = (table.column("copy_thumbnail").to_pylist() if "copy_thumbnail" in table.column_names
              else [None] * table.num_rows)
-    if all(small):  # the full images are only read for rows without one
+    if all(small) or "image" not in table.column_names:  # the full images: only for rows without one
         return small
     images = table.column("image").to_pylist()
     return [s or (image["bytes"] if image else None) for s, image in zip(small, images)]
