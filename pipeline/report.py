@@ -12,10 +12,15 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.report_charts import CHART_CSS, gate_charts
 from pipeline.thumbnail import THUMB, report_thumbnail, thumbnail_side
 from pipeline.training.report import training_section
+
+# Cards the gallery and the duplicate groups show, each, per status: a page of more is slow to
+# write and to open. A larger run shows this many rows evenly spaced (charts count every row).
+MAX_CARDS = 1000
 
 # timing keys that are not steps of their own
 TIMING_LABELS = {"generate_first_batch": "generate: until the first batch was written (start-up; part of generate)"}
@@ -125,20 +130,42 @@ def _cost_stats(cost: dict | None) -> list[tuple[str, str]]:
             (f"USD / 1,000 accepted (at {cost['hour_usd']:.2f}/h)", f"{cost['usd_per_1000_accepted']:.4g}")]
 
 
+def _spread(table: pa.Table, limit: int) -> pa.Table:
+    """At most `limit` rows of `table`, evenly spaced in its order (the gate's: SKU, market, ...)."""
+    if table.num_rows <= limit:
+        return table
+    return table.take(pa.array([i * table.num_rows // limit for i in range(limit)], pa.int64()))
+
+
 def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, validation: dict,
-                 thresholds: dict | None = None, thumbnails: dict[tuple[str, int], bytes] | None = None) -> Path:
+                 thresholds: dict | None = None, thumbnails=None, max_cards: int = MAX_CARDS) -> Path:
     """Write `report.html` for a run (temporary name, then rename).
 
     `thresholds`: the gate thresholds the run used (min_clip_score, max_ref_similarity, ...),
     drawn on the histograms. `thumbnails`: PNG thumbnails by (item_id, attempt), as the encode
-    stage stored them; rows without one get theirs made here."""
+    stage stored them, or a function of the shown rows' keys giving them (`ShardStore.thumbnails`);
+    rows without one get theirs made here. The gallery and the duplicate groups show at most
+    `max_cards` rows of each status."""
     e = html.escape
     columns = ["item_id", "sku", "market", "title", "kind", "variant", "format", "prompt", "seed",
                "attempt", "clip_score", "dup_group", "gate_status", "gate_reasons", "image",
                "overlay_text", "overlay_font", "overlay_contrast", "product_diff", "palette_distance"]
     columns = [c for c in columns if c != "image" or c in accepted.column_names]  # gated rows leave it out
-    rows = accepted.select(columns).to_pylist() + rejected.select(columns).to_pylist()
-    _attach_thumbnails(rows, thumbnails)
+
+    def shown(table: pa.Table, duplicates: bool) -> list[dict]:
+        if duplicates:
+            table = table.filter(pc.is_valid(table.column("dup_group")))
+        return _spread(table, max_cards).select(columns).to_pylist()
+
+    rows = shown(accepted, False) + shown(rejected, False)
+    duplicate_rows = shown(accepted, True) + shown(rejected, True)
+    if callable(thumbnails):
+        thumbnails = thumbnails({(row["item_id"], row["attempt"]) for row in rows + duplicate_rows})
+    _attach_thumbnails(rows + duplicate_rows, thumbnails)
+    capped = accepted.num_rows > max_cards or rejected.num_rows > max_cards
+    gallery_note = (f"<p class=muted>{min(accepted.num_rows, max_cards):,} of {accepted.num_rows:,} accepted and "
+                    f"{min(rejected.num_rows, max_cards):,} of {rejected.num_rows:,} rejected images, evenly "
+                    "spaced in SKU order</p>" if capped else "")
     stats = [("items", summary.items), ("accepted", summary.accepted), ("rejected", summary.rejected),
              ("regenerated", summary.regenerated), ("bad manifest rows", summary.bad_rows),
              ("images/s", f"{summary.images_per_s:.2f}")] + _cost_stats(getattr(summary, "cost", None))
@@ -160,8 +187,8 @@ def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, va
         f"<div class=stats>{stat_html}</div>"
         f"<h2>Scores and similarities</h2>{gate_charts(accepted, rejected, thresholds)}"
         f"{training_section(accepted, rejected)}"
-        f"<h2>Gallery</h2>{_gallery(rows)}"
-        f"<h2>Duplicate groups</h2>{_duplicate_groups(rows)}"
+        f"<h2>Gallery</h2>{gallery_note}{_gallery(rows)}"
+        f"<h2>Duplicate groups</h2>{_duplicate_groups(duplicate_rows)}"
         f"<h2>Rejections by reason</h2><table>{reasons or '<tr><td>none</td></tr>'}</table>"
         f"<h2>Validation (Great Expectations)</h2><details><summary>{passed} of {total} expectations "
         f"passed</summary><table>{checks}</table></details>"

@@ -363,7 +363,7 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
         cost=run_cost(state.get("device"), accepted.num_rows, parse_job_config(state["config"]).cost),
     )
     write_report(summary.report_path, accepted, rejected, summary, state["validation"], thresholds=state["scorer"],
-                 thumbnails=shards.thumbnails())
+                 thumbnails=shards.thumbnails)
     # the images are copied into the dataset's files from the shards: rows in shard order read each once
     stage_run(staging / "publish", shards.in_shard_order(accepted), shards.in_shard_order(rejected), run_id,
               images=shards.images)

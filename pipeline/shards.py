@@ -20,6 +20,11 @@ import pyarrow.parquet as pq
 from pipeline.schema import IMAGE_TYPE, SHARD_SCHEMA, conform
 
 
+# What `read_all(images=False)` leaves in the shards: the encoded image and the report's thumbnail
+# (publish and the report read them there, for the rows they need).
+_LEFT_IN_SHARDS = ("image", "thumbnail")
+
+
 def shard_sizes(items: pa.Table) -> dict[str, int]:
     """Planned items per shard (`shard_id`)."""
     counts = pc.value_counts(items.column("shard_id"))
@@ -53,16 +58,17 @@ class ShardStore:
     def read_all(self, shards: list[str] | None = None, *, images: bool = True) -> pa.Table:
         """The rows of the listed shards (default: every finished one), in shard order.
 
-        `images=False` reads every column but the encoded images, most of a row's bytes: the
-        gate step's rows, kilobytes each however large a run's images are (`image_nbytes` gives
-        their sizes); publish fetches the images back a row group at a time (`images`).
+        `images=False` reads every column but the encoded image and the report's thumbnail,
+        most of a row's bytes: the gate step's rows, kilobytes each however large a run's images
+        are (`image_nbytes` gives their sizes); publish fetches the images back a row group at a
+        time (`images`).
         """
         files = (sorted(self.root.glob("shard-*.parquet")) if shards is None
                  else [self.path(s) for s in sorted(shards)])
         read = (lambda f: conform(pq.read_table(f), SHARD_SCHEMA)) if images else _without_images
         if not files:
             empty = SHARD_SCHEMA.empty_table()
-            return empty if images else empty.drop_columns(["image"])
+            return empty if images else empty.drop_columns(list(_LEFT_IN_SHARDS))
         return pa.concat_tables(read(f) for f in files)
 
     def images(self, rows: pa.Table) -> pa.ChunkedArray:
@@ -109,17 +115,20 @@ class ShardStore:
                 self._locations.update((key, (path, row)) for row, key in enumerate(keys))
         return self._locations
 
-    def thumbnails(self) -> dict[tuple[str, int], bytes]:
-        """The report thumbnails the encode stage stored, by (item_id, attempt); a shard written
-        before the encode stage made them gets them made here, from its images."""
+    def thumbnails(self, keys=None) -> dict[tuple[str, int], bytes]:
+        """The report thumbnails the encode stage stored, by (item_id, attempt), of the rows of
+        `keys` (default: all); a shard written before the encode stage made them gets them made
+        here, from its images."""
         found: dict[tuple[str, int], bytes] = {}
+        wanted = None if keys is None else set(keys)
         for path in sorted(self.root.glob("shard-*.parquet")):
             stored = "thumbnail" in pq.read_schema(path).names
             part = pq.read_table(path, columns=["item_id", "attempt", "thumbnail"]) if stored else None
             if part is None or part.column("thumbnail").null_count:
                 part = _with_small_images(conform(pq.read_table(path), SHARD_SCHEMA))
                 part = part.select(["item_id", "attempt", "thumbnail"])
-            found |= {(i, a): t for i, a, t in zip(*(part.column(c).to_pylist() for c in part.column_names)) if t}
+            found |= {(i, a): t for i, a, t in zip(*(part.column(c).to_pylist() for c in part.column_names))
+                      if t and (wanted is None or (i, a) in wanted)}
         return found
 
     def collect(self, batches: Iterable[pa.Table], expected: dict[str, int]) -> Iterator[tuple[str, int]]:
@@ -144,13 +153,14 @@ class ShardStore:
 
 
 def _without_images(path: Path) -> pa.Table:
-    """One shard's rows without `image`, which is not read; a shard written before the encode
-    stage stored the small images and the image's size is read whole, and they are made here."""
-    names = [name for name in pq.read_schema(path).names if name != "image"]
+    """One shard's rows without `image` and the report's `thumbnail`, neither read; a shard written
+    before the encode stage stored the copy-check image and the image's size is read whole, and
+    they are made here."""
+    names = [name for name in pq.read_schema(path).names if name not in _LEFT_IN_SHARDS]
     table = conform(pq.read_table(path, columns=names), SHARD_SCHEMA)
-    if any(table.column(name).null_count for name in ("thumbnail", "copy_thumbnail", "image_nbytes")):
+    if any(table.column(name).null_count for name in ("copy_thumbnail", "image_nbytes")):
         table = _with_small_images(conform(pq.read_table(path), SHARD_SCHEMA))
-    return table.drop_columns(["image"])
+    return table.drop_columns(list(_LEFT_IN_SHARDS))
 
 
 def _with_small_images(table: pa.Table) -> pa.Table:

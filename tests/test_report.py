@@ -52,3 +52,25 @@ def test_report_inlines_the_stored_thumbnails_and_makes_the_missing_ones(tmp_pat
     made = next(data for data in inlined if data != buffer.getvalue())  # the other row's, made from its image
     with Image.open(io.BytesIO(made)) as small, Image.open(io.BytesIO(table.column("image")[1]["bytes"].as_py())) as im:
         assert small.size == im.size  # never enlarged
+
+
+def test_a_large_run_shows_at_most_max_cards_evenly_spaced_and_reads_only_their_thumbnails(tmp_path):
+    table = make_output_table(7)
+    summary = RunSummary("run-x", "2026-11-26", tmp_path, 7, 7, 0, 7, 0, {}, 0, 1.0, 2.0,
+                         tmp_path / "manifest.json", tmp_path / "report.html", {"generate": 1.0})
+    asked = []
+
+    def thumbnails(keys):  # as ShardStore.thumbnails: only the shown rows' are read
+        asked.append(set(keys))
+        return {}
+
+    page = Path(write_report(tmp_path / "report.html", table, table.slice(0, 0), summary, {"results": []},
+                             thumbnails=thumbnails, max_cards=3)).read_text(encoding="utf-8")
+    ids = table.column("item_id").to_pylist()
+    shown = {ids[0], ids[2], ids[4]}  # 3 of 7, evenly spaced: rows 0, 7 // 3 and 14 // 3
+    assert asked == [{(i, 0) for i in shown}]
+    assert page.count("data:image/png;base64,") == 3 and "3 of 7 accepted" in page
+    assert all(f"alt='{i}'" in page for i in shown)
+    full = Path(write_report(tmp_path / "full.html", table, table.slice(0, 0), summary, {"results": []},
+                             thumbnails=thumbnails)).read_text(encoding="utf-8")
+    assert full.count("data:image/png;base64,") == 7 and " of 7 accepted" not in full
