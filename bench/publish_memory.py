@@ -5,8 +5,8 @@
 Generates a tiny job's shards once, then swaps every shard's encoded image for a PNG of random
 pixels `--side` pixels square (what a 512² random-weight sd15 image weighs: 0.79 MB) and runs
 consolidate, validate and publish in this process, sampling its resident memory every 10 ms.
-It prints, per step, the seconds and the peak above the memory before the step, and the bytes
-of images published: a driver that holds a run's images grows with the run, one that streams
+It prints, per step, the seconds and the peak above the memory before the gate step (memory a
+step frees stays with the process for the next), and the bytes of images published: a driver that holds a run's images grows with the run, one that streams
 them from the shards does not.
 """
 
@@ -27,11 +27,14 @@ import pyarrow.parquet as pq
 
 
 class _PeakRss:
-    """Peak resident set size (MB) of this process above its level at entry, sampled every 10 ms."""
+    """Peak resident set size (MB) of this process above `base` MB (default: its level at entry),
+    sampled every 10 ms."""
+
+    def __init__(self, base: float | None = None) -> None:
+        self._base = self._rss() if base is None else base
 
     def __enter__(self):
         self._stop, self.peak = threading.Event(), 0.0
-        self._base = self._rss()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -109,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         image_bytes = _inflate(staging / "shards", args.side)
         import great_expectations  # noqa: F401  (its import is not the step's memory)
 
-        steps = {}
+        steps, base = {}, _PeakRss._rss()  # every step's peak above the memory before the first
         for name, step in (("gate", lambda: consolidate(staging)), ("validate", lambda: validate(staging)),
                            ("publish", lambda: publish(staging, {**generated, "images_per_s": 0.0}))):
             tick = time.perf_counter()
-            with _PeakRss() as peak:
+            with _PeakRss(base) as peak:
                 step()
             steps[name] = {"seconds": round(time.perf_counter() - tick, 2), "peak_mb": round(peak.peak, 1)}
         published = sum(f.stat().st_size for f in (request.dataset_root / "data").rglob("*.parquet"))
