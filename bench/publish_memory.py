@@ -3,11 +3,11 @@
     python bench/publish_memory.py [--items 600] [--side 512] [--executor local]
 
 Generates a tiny job's shards once, then swaps every shard's encoded image for a PNG of random
-pixels `--side` pixels square (what a 512² random-weight sd15 image weighs: 0.79 MB) and runs
-consolidate, validate and publish in this process, sampling its resident memory every 10 ms.
+pixels `--side` pixels square (0.75 MB at 512², about what a random-weight sd15 image weighs) and
+runs consolidate, validate and publish in this process, sampling its resident memory every 10 ms.
 It prints, per step, the seconds and the peak above the memory before the gate step (memory a
-step frees stays with the process for the next), and the bytes of images published: a driver that holds a run's images grows with the run, one that streams
-them from the shards does not.
+step frees stays with the process for the next), and the bytes of images published: a driver
+that holds a run's images grows with the run, one that streams them from the shards does not.
 """
 
 from __future__ import annotations

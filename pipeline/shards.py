@@ -169,7 +169,8 @@ def _with_small_images(table: pa.Table) -> pa.Table:
     thumbnails, copies = table.column("thumbnail").to_pylist(), table.column("copy_thumbnail").to_pylist()
     images = table.column("image").to_pylist()
     sizes = [len(image["bytes"]) if image and image["bytes"] is not None else None for image in images]
-    table = table.set_column(table.schema.get_field_index("image_nbytes"), "image_nbytes", pa.array(sizes, pa.int64()))
+    index = table.schema.get_field_index("image_nbytes")
+    table = table.set_column(index, "image_nbytes", pa.array(sizes, pa.int64()))
     missing = [i for i, (t, c, image) in enumerate(zip(thumbnails, copies, images))
                if (t is None or c is None) and image and image["bytes"]]
     if not missing:
