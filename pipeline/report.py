@@ -9,6 +9,7 @@ import base64
 import html
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -48,7 +49,7 @@ def _thumbnail(image: dict, side: int = THUMB) -> bytes:
 
 
 def _attach_thumbnails(rows: list[dict], stored: dict[tuple[str, int], bytes] | None = None) -> None:
-    """Every row's thumbnail as a data URI (`row["thumbnail"]`): the one the encode stage stored,
+    """Every row's thumbnail, PNG bytes (`row["thumbnail"]`): the one the encode stage stored,
     keyed by (item_id, attempt), or else made here from the image, on every core (PIL releases
     the GIL while it decodes, resizes and encodes)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -60,8 +61,7 @@ def _attach_thumbnails(rows: list[dict], stored: dict[tuple[str, int], bytes] | 
             _thumbnail, [row.get("image") for row in missing],
             [thumbnail_side(bool(row.get("overlay_text"))) for row in missing])))
     for row in rows:
-        data = made.get(id(row)) or stored[(row["item_id"], row["attempt"])]
-        row["thumbnail"] = "data:image/png;base64," + base64.b64encode(data).decode()
+        row["thumbnail"] = made.get(id(row)) or stored[(row["item_id"], row["attempt"])]
 
 
 def _campaign(row: dict) -> str:
@@ -87,9 +87,10 @@ def _card(row: dict) -> str:
     status = row["gate_status"]
     wide = bool(row.get("overlay_text"))  # creative with copy: big enough to read it
     side = thumbnail_side(wide)
+    thumbnail = base64.b64encode(row["thumbnail"]).decode()  # inlined: the page is self-contained
     return (
         f"<div class='card {e(status)}{' wide' if wide else ''}'><img alt='{e(row['item_id'])}' "
-        f"style='width:{side}px;height:{side}px' src='{row['thumbnail']}'>"
+        f"style='width:{side}px;height:{side}px' src='data:image/png;base64,{thumbnail}'>"
         f"<div><b>{e(row['kind'])} · v{row['variant']} · {e(row['format'])}</b></div>"
         f"{_campaign(row)}<div class=muted>{e(row['prompt'])}</div>"
         f"<div>seed {row['seed']} · attempt {row['attempt']}</div>"
@@ -98,27 +99,33 @@ def _card(row: dict) -> str:
     )
 
 
-def _duplicate_groups(rows: list[dict]) -> str:
+def _duplicate_groups(rows: list[dict]) -> Iterator[str]:
+    """The duplicate groups' HTML, a card at a time (the page is written as it is made)."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
         if row["dup_group"]:
             groups.setdefault(row["dup_group"], []).append(row)
-    parts = [f"<div class=grid>{''.join(_card(r) for r in sorted(m, key=lambda r: r['gate_status']))}</div>"
-             for m in groups.values() if len(m) > 1]
-    return "".join(parts) or "<p class=muted>none within this run</p>"
+    shown = [members for members in groups.values() if len(members) > 1]
+    if not shown:
+        yield "<p class=muted>none within this run</p>"
+    for members in shown:
+        yield "<div class=grid>"
+        yield from (_card(r) for r in sorted(members, key=lambda r: r["gate_status"]))
+        yield "</div>"
 
 
-def _gallery(rows: list[dict]) -> str:
+def _gallery(rows: list[dict]) -> Iterator[str]:
+    """The gallery's HTML by SKU and market, a card at a time."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["sku"], row["market"]), []).append(row)
-    parts = []
+    yield "<div class=groups>"
     for (sku, market), members in sorted(groups.items()):
-        title = html.escape(members[0]["title"] or "")
-        cards = "".join(_card(r) for r in sorted(members, key=lambda r: (r["gate_status"], r["variant"])))
-        parts.append(f"<div class=group><h3>{html.escape(sku)} · {html.escape(market)}</h3>"
-                     f"<div class=muted>{title}</div><div class=grid>{cards}</div></div>")
-    return f"<div class=groups>{''.join(parts)}</div>"
+        yield (f"<div class=group><h3>{html.escape(sku)} · {html.escape(market)}</h3>"
+               f"<div class=muted>{html.escape(members[0]['title'] or '')}</div><div class=grid>")
+        yield from (_card(r) for r in sorted(members, key=lambda r: (r["gate_status"], r["variant"])))
+        yield "</div></div>"
+    yield "</div>"
 
 
 def _cost_stats(cost: dict | None) -> list[tuple[str, str]]:
@@ -180,23 +187,25 @@ def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, va
     passed = sum(1 for r in validation.get("results", []) if r.get("success"))
     timings = "".join(f"<tr><td>{e(TIMING_LABELS.get(k, k))}</td><td>{v:.2f} s</td></tr>"
                       for k, v in summary.timings.items())
-    page = (
+    page = [  # written piece by piece: the gallery's cards (thumbnails inlined) are most of the page
         f"<!doctype html><html><head><meta charset=utf-8><title>synthcat run {e(summary.run_id)}</title>"
         f"<style>{_CSS}{CHART_CSS}</style></head><body><h1>synthcat run {e(summary.run_id)}</h1>"
         f"<div class=muted>run_date {e(summary.run_date)} · {e(str(summary.dataset_root))}</div>"
         f"<div class=stats>{stat_html}</div>"
         f"<h2>Scores and similarities</h2>{gate_charts(accepted, rejected, thresholds)}"
         f"{training_section(accepted, rejected)}"
-        f"<h2>Gallery</h2>{gallery_note}{_gallery(rows)}"
-        f"<h2>Duplicate groups</h2>{_duplicate_groups(duplicate_rows)}"
+        f"<h2>Gallery</h2>{gallery_note}", _gallery(rows),
+        "<h2>Duplicate groups</h2>", _duplicate_groups(duplicate_rows),
         f"<h2>Rejections by reason</h2><table>{reasons or '<tr><td>none</td></tr>'}</table>"
         f"<h2>Validation (Great Expectations)</h2><details><summary>{passed} of {total} expectations "
         f"passed</summary><table>{checks}</table></details>"
         f"<h2>Stage timings</h2><table>{timings}</table>"
-        "</body></html>"
-    )
+        "</body></html>",
+    ]
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(page, encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as out:
+        for piece in page:
+            out.writelines([piece] if isinstance(piece, str) else piece)
     os.replace(tmp, path)
     return path
 
