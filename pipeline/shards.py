@@ -36,6 +36,8 @@ class ShardStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._locations: dict[tuple[str, int], tuple[Path, int]] | None = None  # built by `_where`
+        self._last: tuple[Path | None, pa.Table | None] = (None, None)  # the shard `images` read last
 
     def path(self, shard: str) -> Path:
         return self.root / f"{shard}.parquet"
@@ -85,7 +87,7 @@ class ShardStore:
             wanted[where[key][0]].append(key)
         chunks, found = [], {}
         for path, part_keys in wanted.items():
-            if getattr(self, "_last", (None,))[0] != path:  # consecutive row groups share a shard
+            if self._last[0] != path:  # consecutive row groups share a shard
                 self._last = (path, pq.read_table(path, columns=["image"]))
             taken = self._last[1].column("image").take(pa.array([where[k][1] for k in part_keys], pa.int64()))
             offset = len(found)
@@ -107,7 +109,7 @@ class ShardStore:
 
     def _where(self) -> dict[tuple[str, int], tuple[Path, int]]:
         """(item_id, attempt) -> (the shard file holding it, its row there), from the key columns."""
-        if getattr(self, "_locations", None) is None:
+        if self._locations is None:
             self._locations = {}
             for path in sorted(self.root.glob("shard-*.parquet")):
                 part = pq.read_table(path, columns=["item_id", "attempt"])
