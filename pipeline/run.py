@@ -275,8 +275,8 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
             missing = sorted(set(state["shards"]) - store.done())
             if missing:
                 raise RuntimeError(f"{staging}: shards not generated yet: {', '.join(missing[:5])}")
-            # the rows without their images: those stay in the shards until publish copies them
-            gated = run_gates(store.read_all(sorted(state["shards"]), images=False), settings, history, reference)
+            gated = run_gates(store.read_all(sorted(state["shards"]), images=False),  # images stay in the shards
+                              settings, history, reference)
             if gated.accepted.num_rows + gated.rejected.num_rows != state["items"]:
                 raise RuntimeError(f"{staging}: gated {gated.accepted.num_rows + gated.rejected.num_rows} "
                                    f"items of {state['items']} planned")
@@ -305,13 +305,10 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
 
 
 def _gated(staging: Path) -> tuple[pa.Table, pa.Table]:
-    """The gated rows, without their images (GATED_SCHEMA); a staging area an earlier version
-    gated holds them with their images (OUTPUT_SCHEMA), which publish takes as they are."""
-    def read(name: str) -> pa.Table:
-        table = pq.read_table(staging / "gated" / f"{name}.parquet")
-        return conform(table, OUTPUT_SCHEMA if "image" in table.column_names else GATED_SCHEMA)
-
-    return read("accepted"), read("rejected")
+    """(accepted, rejected) without their images (GATED_SCHEMA), or with them as earlier versions staged them."""
+    tables = [pq.read_table(staging / "gated" / f"{name}.parquet") for name in ("accepted", "rejected")]
+    accepted, rejected = (conform(t, OUTPUT_SCHEMA if "image" in t.column_names else GATED_SCHEMA) for t in tables)
+    return accepted, rejected
 
 
 # --- 4. validate --------------------------------------------------------------------------------
@@ -364,7 +361,7 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
     )
     write_report(summary.report_path, accepted, rejected, summary, state["validation"], thresholds=state["scorer"],
                  thumbnails=shards.thumbnails)
-    # the images are copied into the dataset's files from the shards: rows in shard order read each once
+    # the images are copied into the dataset's files from the shards, rows in shard order
     stage_run(staging / "publish", shards.in_shard_order(accepted), shards.in_shard_order(rejected), run_id,
               images=shards.images)
     manifest = {
