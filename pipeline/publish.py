@@ -47,12 +47,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline.errors import SynthcatError
-from pipeline.schema import OUTPUT_SCHEMA, PARTITION_COLUMNS, conform, with_hf_metadata
+from pipeline.schema import IMAGE_TYPE, OUTPUT_SCHEMA, PARTITION_COLUMNS, conform, with_hf_metadata
 
 DATA_DIR, REJECTS_DIR, RUNS_DIR = "data", "rejects", "_runs"
 STAGED_MARKER = "_staged.json"
 ROW_GROUP_SIZE = 100      # rows carry image bytes; `datasets` writes image data in groups of 100
 ROWS_PER_FILE = 1000
+BUFFER_BYTES = 256 * 2**20  # images fetched for files whose row group is not yet complete
 _PARTITION_TYPE = pa.dictionary(pa.int32(), pa.string())
 FILE_SCHEMA = pa.schema(
     [f.with_type(_PARTITION_TYPE) if f.name in PARTITION_COLUMNS else f for f in OUTPUT_SCHEMA],
@@ -63,14 +64,18 @@ _RUN_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def stage_run(staging_dir: Path, accepted: pa.Table, rejected: pa.Table, run_id: str,
-              *, rows_per_file: int = ROWS_PER_FILE, images=None) -> list[dict]:
+              *, rows_per_file: int = ROWS_PER_FILE, images=None, buffer_bytes: int = BUFFER_BYTES) -> list[dict]:
     """Write a run's accepted and rejected rows as hive-partitioned Parquet under `staging_dir`.
 
-    Rows without an `image` column (GATED_SCHEMA) get their images from `images(rows)` (e.g.
-    `ShardStore.images`) one row group at a time: in memory, a row group's images, not a run's.
-    Returns one record per file: {"path": posix path relative to the dataset root, "rows",
-    "bytes", "sha256"}. `staging_dir` belongs to this run: an earlier staging there is replaced.
-    The marker `_staged.json` (the records) is written last; `publish_run` reads it.
+    Rows without an `image` column (GATED_SCHEMA) get their images from `images`, where they lie
+    (the run's `ShardStore`: `in_shard_order(rows)`, `images(rows)`). Each file's rows go in that
+    order, and every file is written in one pass over the images: each is read once however the
+    rows split into kinds, markets and files. A file's row group is written once it has its rows'
+    images; at most `buffer_bytes` of images wait for theirs (past that, the file holding the most
+    writes a shorter group). Returns one record per file: {"path": posix path relative to the
+    dataset root, "rows", "bytes", "sha256"}. `staging_dir` belongs to this run: an earlier staging
+    there is replaced. The marker `_staged.json` (the records) is written last; `publish_run`
+    reads it.
     """
     staging_dir = Path(staging_dir)
     _check_name("run_id", run_id)
@@ -81,17 +86,22 @@ def stage_run(staging_dir: Path, accepted: pa.Table, rejected: pa.Table, run_id:
     for kind in (DATA_DIR, REJECTS_DIR):
         shutil.rmtree(staging_dir / kind, ignore_errors=True)
 
-    records = []
+    files: list[_StagedFile] = []
     for kind, table in ((DATA_DIR, accepted), (REJECTS_DIR, rejected)):
-        with_images = "image" in table.column_names
-        if not with_images and images is None and table.num_rows:
-            raise ValueError("stage_run: rows without images need `images` to fetch them")
+        if "image" not in table.column_names and table.num_rows:
+            if images is None:
+                raise ValueError("stage_run: rows without images need `images` to fetch them")
+            table = images.in_shard_order(table)
         for (run_date, market), part in _split_partitions(table):
             folder = Path(kind, f"run_date={run_date}", f"market={market}")
             for number, start in enumerate(range(0, part.num_rows, rows_per_file)):
                 relative = folder / f"part-{run_id}-{number:05d}.parquet"
-                records.append(_write_file(staging_dir, relative, part.slice(start, rows_per_file),
-                                           None if with_images else images))
+                files.append(_StagedFile(staging_dir, relative, part.slice(start, rows_per_file)))
+    for file in files:
+        if "image" in file.rows.column_names:
+            file.add(file.rows.column("image"))
+    _fetch_images([f for f in files if "image" not in f.rows.column_names], images, buffer_bytes)
+    records = [file.record() for file in files]
     marker = {"run_id": run_id, "files": records}
     _write_json(staging_dir / STAGED_MARKER, marker)
     return records
@@ -207,20 +217,72 @@ def _split_partitions(table: pa.Table):
         yield (run_date, market), table.filter(mask)
 
 
-def _write_file(root: Path, relative: Path, rows: pa.Table, images=None) -> dict:
-    """Write `rows` a row group at a time; `images(group)`, if given, supplies each group's images."""
-    path = root / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")  # dot: ignored by pyarrow/pandas if left behind
-    with pq.ParquetWriter(tmp, FILE_SCHEMA, compression="zstd") as writer:
-        for start in range(0, rows.num_rows, ROW_GROUP_SIZE):
-            group = rows.slice(start, ROW_GROUP_SIZE)
-            if images is not None:
-                group = group.append_column("image", images(group))
-            writer.write_table(conform(group, OUTPUT_SCHEMA).cast(FILE_SCHEMA), row_group_size=ROW_GROUP_SIZE)
-    os.replace(tmp, path)
-    return {"path": relative.as_posix(), "rows": rows.num_rows, "bytes": path.stat().st_size,
-            "sha256": sha256_file(path)}
+class _StagedFile:
+    """One staged Parquet file, written a row group (`ROW_GROUP_SIZE` rows) at a time as its rows'
+    images come in, in its rows' order; renamed into place when its last row is written."""
+
+    def __init__(self, root: Path, relative: Path, rows: pa.Table) -> None:
+        self.relative, self.rows = relative, rows
+        self.path = root / relative
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp")  # dot: ignored by pyarrow/pandas if left behind
+        self._writer: pq.ParquetWriter | None = None
+        self._written, self._pending = 0, []  # rows written; images of the next rows, not yet written
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(chunk.nbytes for chunk in self._pending)
+
+    def add(self, images: pa.Array | pa.ChunkedArray) -> None:
+        """The images of this file's next rows; writes every row group they complete."""
+        self._pending.append(images)
+        while (ready := sum(map(len, self._pending))) >= ROW_GROUP_SIZE or (
+                ready and self._written + ready == self.rows.num_rows):
+            self.flush(min(ready, ROW_GROUP_SIZE))
+
+    def flush(self, count: int | None = None) -> None:
+        """Write a row group of the next `count` rows (default: all whose images are here)."""
+        images = pa.chunked_array([c for chunk in self._pending
+                                   for c in (chunk.chunks if isinstance(chunk, pa.ChunkedArray) else [chunk])],
+                                  IMAGE_TYPE)
+        count = len(images) if count is None else count
+        if count == 0:
+            return
+        group = self.rows.slice(self._written, count)
+        if "image" not in group.column_names:
+            group = group.append_column("image", images.slice(0, count))
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self._tmp, FILE_SCHEMA, compression="zstd")
+        self._writer.write_table(conform(group, OUTPUT_SCHEMA).cast(FILE_SCHEMA), row_group_size=ROW_GROUP_SIZE)
+        self._written += count
+        self._pending = [images.slice(count)] if count < len(images) else []
+
+    def record(self) -> dict:
+        """Close the finished file, rename it into place; its record for `_staged.json`."""
+        if self._writer is None or self._written != self.rows.num_rows:
+            raise RuntimeError(f"{self.path}: {self._written} of {self.rows.num_rows} rows written")
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+        return {"path": self.relative.as_posix(), "rows": self.rows.num_rows, "bytes": self.path.stat().st_size,
+                "sha256": sha256_file(self.path)}
+
+
+def _fetch_images(files: list[_StagedFile], source, buffer_bytes: int) -> None:
+    """Fetch every file's images from `source` in one pass, in the order they lie there, handing
+    each file its own as they come (each file's rows are in that order already)."""
+    if not files:
+        return
+    tags = pa.concat_tables(
+        file.rows.select(["item_id", "attempt"]).append_column("file", pa.array([i] * file.rows.num_rows, pa.int32()))
+        for i, file in enumerate(files))
+    tags = source.in_shard_order(tags)
+    for start in range(0, tags.num_rows, ROW_GROUP_SIZE):
+        chunk = tags.slice(start, ROW_GROUP_SIZE)
+        fetched, owners = source.images(chunk), chunk.column("file")
+        for i in pc.unique(owners).to_pylist():
+            files[i].add(fetched.filter(pc.equal(owners, i)))
+        while sum(file.pending_bytes for file in files) > buffer_bytes:  # the fullest writes a short group
+            max(files, key=lambda file: file.pending_bytes).flush()
 
 
 def _staged_records(staging_dir: Path, run_id: str, run_dates: list[str]) -> list[dict]:

@@ -361,9 +361,8 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
     )
     write_report(summary.report_path, accepted, rejected, summary, state["validation"], thresholds=state["scorer"],
                  thumbnails=shards.thumbnails)
-    # the images are copied into the dataset's files from the shards, rows in shard order
-    stage_run(staging / "publish", shards.in_shard_order(accepted), shards.in_shard_order(rejected), run_id,
-              images=shards.images)
+    # the images are copied into the dataset's files from the shards, in one pass over them
+    stage_run(staging / "publish", accepted, rejected, run_id, images=shards)
     manifest = {
         "run_id": run_id, "run_date": state["run_date"], "dataset": state["dataset"],
         "synthcat_version": pipeline.__version__, "input": state["input"], "config": state["config"],

@@ -146,10 +146,57 @@ def test_gated_rows_leave_their_images_in_the_shards_and_publish_fetches_them_ba
                     GATED_SCHEMA)
     with_images = stage_run(tmp_path / "a", table.slice(0, 20), table.slice(20), "run-x", rows_per_file=7)
     fetched = stage_run(tmp_path / "b", gated.slice(0, 20), gated.slice(20), "run-x", rows_per_file=7,
-                        images=store.images)
+                        images=store)
     assert len(fetched) > 4 and fetched == with_images
     with pytest.raises(ValueError, match="need `images`"):
         stage_run(tmp_path / "c", gated, gated.slice(0, 0), "run-x")
+
+
+def test_publish_reads_each_shards_images_once_however_the_rows_split_into_files(tmp_path, monkeypatch):
+    """Accepted and rejected rows of three markets, interleaved in every shard, more than a row group
+    per file: one pass over the shards writes every file; a small buffer only shortens row groups."""
+    from pipeline.shards import ShardStore
+
+    table = make_output_table(700, markets=("en-US", "de-DE", "ja-JP"))
+    store = ShardStore(tmp_path / "shards")
+    for number, start in enumerate(range(0, 700, 250)):
+        store.write(f"shard-{number:05d}", table.slice(start, 250))
+    gated = store.read_all(images=False)
+    rejected_rows = pa.array([i % 5 == 0 for i in range(700)])
+    accepted, rejected = gated.filter(pc.invert(rejected_rows)), gated.filter(rejected_rows)
+    whole = store.read_all()  # the same rows with their images
+    reference = stage_run(tmp_path / "with-images", whole.filter(pc.invert(rejected_rows)),
+                          whole.filter(rejected_rows), "run-x", rows_per_file=150)
+
+    reads = []
+    real_read = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda path, **kw: reads.append((path, kw.get("columns"))) or real_read(path, **kw))
+    fetched = stage_run(tmp_path / "fetched", accepted, rejected, "run-x", rows_per_file=150, images=store)
+    image_reads = [path for path, columns in reads if columns and "image" in columns]
+    assert sorted(image_reads) == sorted(store.path(f"shard-{n:05d}") for n in range(3))  # each once
+    # accepted: 2 files per market (150 + 36 rows, the first in two row groups); rejected: 1 (47 rows)
+    assert [(r["path"], r["rows"]) for r in fetched] == [(r["path"], r["rows"]) for r in reference]
+    assert len(fetched) == 9
+    _check_same_rows(tmp_path / "fetched", tmp_path / "with-images", fetched)
+
+    reads.clear()
+    tight = stage_run(tmp_path / "tight", accepted, rejected, "run-x", rows_per_file=150, images=store,
+                      buffer_bytes=20_000)  # a few images: files write short row groups to stay under it
+    assert len([path for path, columns in reads if columns and "image" in columns]) == 3
+    monkeypatch.undo()
+    assert [(r["path"], r["rows"]) for r in tight] == [(r["path"], r["rows"]) for r in reference]
+    _check_same_rows(tmp_path / "tight", tmp_path / "with-images", tight, same_row_groups=False)
+
+
+def _check_same_rows(root: Path, expected_root: Path, records: list[dict], same_row_groups: bool = True) -> None:
+    """Every file holds the expected file's rows, in the same row groups or (same_row_groups=False)
+    in more, shorter ones."""
+    for record in records:
+        written, expected = pq.ParquetFile(root / record["path"]), pq.ParquetFile(expected_root / record["path"])
+        assert written.read().equals(expected.read()), record["path"]
+        sizes, expected_sizes = ([f.metadata.row_group(i).num_rows for i in range(f.metadata.num_row_groups)]
+                                 for f in (written, expected))
+        assert sizes == expected_sizes if same_row_groups else len(sizes) > len(expected_sizes), record["path"]
 
 
 def test_stage_run_of_empty_tables_writes_no_data(tmp_path):
