@@ -211,28 +211,33 @@ def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, va
 
 
 def report_from_run_dir(run_dir: Path, target: Path | None = None) -> Path:
-    """Rebuild `report.html` of a published run from its manifest and its files."""
+    """Rebuild `report.html` of a published run from its manifest and its files.
+
+    The files are read without their images; the shown cards' thumbnails are made from them a
+    row group at a time (`_published_thumbnails`), so the rebuild's memory does not grow with the run."""
     import json
 
     import pyarrow.parquet as pq
 
     from pipeline.errors import BadInputError
     from pipeline.run import RunSummary
-    from pipeline.schema import OUTPUT_SCHEMA, conform
+    from pipeline.schema import GATED_SCHEMA, conform
 
     manifest_path = Path(run_dir) / "manifest.json"
     if not manifest_path.is_file():
         raise BadInputError(f"{run_dir}: no manifest.json (not a published run folder)")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     root = manifest_path.parent.parent.parent
-    tables = {"data": [], "rejects": []}
+    tables, paths = {"data": [], "rejects": []}, []
     for record in manifest["files"]:
         path = root / record["path"]
         if not path.is_file():
             raise BadInputError(f"{run_dir}: {record['path']} is gone (a later run replaced that run_date)")
         # conform: runs published before a column existed (e.g. ref_tile_l2) get it as nulls
-        tables[record["path"].split("/", 1)[0]].append(conform(pq.read_table(path), OUTPUT_SCHEMA))
-    accepted, rejected = (pa.concat_tables(t) if t else OUTPUT_SCHEMA.empty_table() for t in tables.values())
+        names = [name for name in pq.read_schema(path).names if name != "image"]
+        tables[record["path"].split("/", 1)[0]].append(conform(pq.read_table(path, columns=names), GATED_SCHEMA))
+        paths.append(path)
+    accepted, rejected = (pa.concat_tables(t) if t else GATED_SCHEMA.empty_table() for t in tables.values())
     summary = RunSummary(
         run_id=manifest["run_id"], run_date=manifest["run_date"], dataset_root=root, items=manifest["items"],
         generated=manifest["items"], resumed_shards=0, accepted=accepted.num_rows, rejected=rejected.num_rows,
@@ -242,4 +247,25 @@ def report_from_run_dir(run_dir: Path, target: Path | None = None) -> Path:
         regenerated=manifest.get("regenerated", 0), cost=manifest.get("cost") or {},
     )
     return write_report(summary.report_path, accepted, rejected, summary, manifest["validation"],
-                        thresholds=manifest.get("models", {}).get("scorer"))
+                        thresholds=manifest.get("models", {}).get("scorer"),
+                        thumbnails=lambda keys: _published_thumbnails(paths, keys))
+
+
+def _published_thumbnails(paths: list[Path], keys: set[tuple[str, int]]) -> dict[tuple[str, int], bytes]:
+    """The thumbnails of the rows of `keys` in the published files at `paths`, made from their
+    images a row group at a time."""
+    import pyarrow.parquet as pq
+
+    found: dict[tuple[str, int], bytes] = {}
+    for path in paths:
+        file = pq.ParquetFile(path)
+        for group in range(file.metadata.num_row_groups):
+            ids = file.read_row_group(group, columns=["item_id", "attempt"])
+            wanted = [i for i, key in enumerate(zip(*(ids.column(c).to_pylist() for c in ids.column_names)))
+                      if key in keys]
+            if wanted:
+                rows = file.read_row_group(group, columns=["item_id", "attempt", "image", "overlay_text"])
+                rows = rows.take(pa.array(wanted, pa.int64())).to_pylist()
+                _attach_thumbnails(rows)
+                found |= {(row["item_id"], row["attempt"]): row["thumbnail"] for row in rows}
+    return found

@@ -193,13 +193,24 @@ def test_failing_items_are_regenerated_with_their_next_seed(published, tmp_path,
     assert 0 < cost["held_idle_seconds"] < cost["device_seconds"]
 
 
-def test_report_command_rebuilds_the_report_of_a_published_run(published, tmp_path, capsys):
+def test_report_command_rebuilds_the_report_of_a_published_run(published, tmp_path, capsys, monkeypatch):
+    import re
+
     runs = sorted((published["root"] / "_runs").glob("*/manifest.json"))
     run_dir = runs[-1].parent
     target = tmp_path / "again.html"
+    reads = []
+    real_read = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda path, **kw: reads.append(kw.get("columns")) or real_read(path, **kw))
     assert main(["report", str(run_dir), "--out", str(target)]) == 0
+    monkeypatch.undo()
+    assert reads and all(columns and "image" not in columns for columns in reads)  # whole files: no images
     page = target.read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") >= 10 and run_dir.name in page
+    # the same cards, each thumbnail made from its published image as the encode stage made it
+    thumbnails = re.compile(r"data:image/png;base64,[A-Za-z0-9+/=]+")
+    original = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert sorted(thumbnails.findall(page)) == sorted(thumbnails.findall(original))
     assert main(["report", str(tmp_path)]) == 2 and "no manifest.json" in capsys.readouterr().err
 
 
