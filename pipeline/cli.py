@@ -100,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_shards(args: argparse.Namespace) -> int:
     """Generate shards of a prepared run (what a Ray job runs on the cluster)."""
-    from pipeline.run import generate_shards
+    from pipeline.steps.generate import generate_shards
 
     address = os.environ.get("RAY_ADDRESS") or None
     if address and address.startswith(("http://", "https://")):

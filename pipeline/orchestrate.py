@@ -1,7 +1,7 @@
 """The one entry module the Airflow DAGs call: plain dicts in, plain dicts out (XCom-sized).
 
 A *spec* is everything a task needs to rebuild the run: absolute paths, run id and date,
-overrides. Every task function is one call into `pipeline.run`; this module never imports
+overrides. Every task function is one call into a step of `pipeline.steps`; this module never imports
 Airflow, and the DAG files only wire these functions together. It is an edge like the CLI,
 so it may read the environment (RAY_ADDRESS, SYNTHCAT_MODELS_DIR).
 """
@@ -87,7 +87,7 @@ def make_spec(params: dict, *, dag_run_id: str, run_date: str) -> dict:
 def request_from_spec(spec: dict):
     """The RunRequest a spec stands for."""
     from pipeline.models.presets import DEFAULT_MODELS_DIR
-    from pipeline.run import RunRequest
+    from pipeline.steps.state import RunRequest
 
     config = _job_config(spec)
     return RunRequest(
@@ -110,7 +110,7 @@ def check_manifest(spec: dict) -> dict:
 
 def plan_shards(spec: dict, max_groups: int = 8) -> list[list[str]]:
     """Prepare the run; return its shards cut into at most `max_groups` groups (one mapped task each)."""
-    from pipeline.run import prepare
+    from pipeline.steps.prepare import prepare
 
     shards = prepare(request_from_spec(spec))["shards"]
     size = max(1, -(-len(shards) // max_groups))
@@ -123,26 +123,26 @@ def _staging(spec: dict) -> Path:
 
 def generate_shards(spec: dict, shards: list[str]) -> dict:
     """Generate, score and encode one group of shards (skipping finished ones) on Ray."""
-    from pipeline.run import generate_shards as run_shards
+    from pipeline.steps.generate import generate_shards as run_shards
 
     return run_shards(_staging(spec), shards, ray_address=spec["ray_address"])
 
 
 def consolidate(spec: dict) -> dict:
-    from pipeline.run import consolidate as run_consolidate
+    from pipeline.steps.gate import consolidate as run_consolidate
 
     return run_consolidate(_staging(spec), ray_address=spec["ray_address"])
 
 
 def validate_run(spec: dict) -> dict:
-    from pipeline.run import validate
+    from pipeline.steps.validate import validate
 
     return validate(_staging(spec))
 
 
 def publish(spec: dict) -> dict:
     """Publish atomically; returns what the Asset event's metadata carries."""
-    from pipeline.run import publish as run_publish
+    from pipeline.steps.publish import publish as run_publish
 
     summary = run_publish(_staging(spec))
     return {"run_id": summary.run_id, "run_date": summary.run_date, "rows": summary.accepted,

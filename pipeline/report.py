@@ -220,7 +220,7 @@ def report_from_run_dir(run_dir: Path, target: Path | None = None) -> Path:
     import pyarrow.parquet as pq
 
     from pipeline.errors import BadInputError
-    from pipeline.run import RunSummary
+    from pipeline.steps.state import RunSummary
     from pipeline.schema import GATED_SCHEMA, conform
 
     manifest_path = Path(run_dir) / "manifest.json"

@@ -155,6 +155,7 @@ def test_failed_gate_exits_3_and_keeps_published_data(published, tmp_path, capsy
 
 def test_failing_items_are_regenerated_with_their_next_seed(published, tmp_path, monkeypatch):
     import pipeline.run as run
+    import pipeline.steps.gate as gate
     from pipeline.identity import seed_for
     from pipeline.warm_models import warm_session
 
@@ -166,7 +167,8 @@ def test_failing_items_are_regenerated_with_their_next_seed(published, tmp_path,
         return result
 
     real_generate_shards = run.generate_shards
-    monkeypatch.setattr(run, "generate_shards", generate_shards)
+    monkeypatch.setattr(run, "generate_shards", generate_shards)  # the first round
+    monkeypatch.setattr(gate, "generate_shards", generate_shards)  # the regeneration round
 
     scores = sorted(pq.read_table(published["root"] / "data").column("clip_score").to_pylist())
     threshold = scores[len(scores) // 2]  # about half the first attempts fail

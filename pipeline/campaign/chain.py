@@ -1,4 +1,4 @@
-"""Where campaign work enters a run's stage chain (`pipeline.run.build_stages`).
+"""Where campaign work enters a run's stage chain (`pipeline.steps.generate.build_stages`).
 
 generate (+ brand adapters, + inpainting around product photos) -> score -> composite (canvas,
 product pixels, palette) -> overlay (copy) -> integrity (product pixels) -> encode. The clip

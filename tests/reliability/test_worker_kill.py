@@ -58,6 +58,7 @@ class BlockOnceThenWork:
 def test_a_ray_worker_killed_mid_shard_is_replaced_without_loss_or_duplicates(
         tmp_path_factory, models_dir, ray_session, monkeypatch, hosted):
     import pipeline.run as run
+    import pipeline.steps.generate as generate
     from pipeline.shards import ShardStore
 
     clean = clean_run(tmp_path_factory.getbasetemp())
@@ -67,8 +68,8 @@ def test_a_ray_worker_killed_mid_shard_is_replaced_without_loss_or_duplicates(
                              run_date=RUN_DATE, run_id="ray-kill", models_dir=models_dir, show_progress=False)
     staging = Path(run.prepare(request)["staging"])
     marker = folder / "worker.pid"
-    real_build = run.build_stages
-    monkeypatch.setattr(run, "build_stages", lambda *args: [
+    real_build = generate.build_stages
+    monkeypatch.setattr(generate, "build_stages", lambda *args: [
         BlockOnceThenWork(stage, str(marker), hosted) if i == 0 else stage for i, stage in enumerate(real_build(*args))])
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

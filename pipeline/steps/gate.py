@@ -1,0 +1,74 @@
+"""Step 3: gate the whole run at once (duplicates are a global property), regenerating failing items."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.config import parse_job_config
+from pipeline.schema import GATED_SCHEMA, OUTPUT_SCHEMA, conform
+from pipeline.shards import ShardStore, shard_sizes
+from pipeline.steps.generate import generate_shards
+from pipeline.steps.state import read_state, update_state
+from pipeline.warm_models import held_idle, keep_models_warm
+
+
+def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: int | None = None) -> dict:
+    """Gate the whole run at once (duplicates are a global property); regenerate failing items
+    with their next seed up to `gates.max_attempts`; write accepted and rejected rows."""
+    from pipeline.consolidate import (gate_settings, plan_retries, published_history, reference_index,
+                                      run_gates, write_plan)
+    from pipeline.cost import add_held_idle
+
+    state, tick, regenerated = read_state(staging), time.perf_counter(), 0
+    config = parse_job_config(state["config"])
+    store = ShardStore(staging / "shards")
+    settings = gate_settings(config, state["scorer"])
+    history = (published_history(Path(state["dataset_root"]), state["run_date"], state["scorer"]["id"])
+               if config.gates.dedupe_history else None)
+    reference = (reference_index(config, state["scorer"], state["reference"]) if "reference" in state
+                 else reference_index(config, state["scorer"]))  # prepared before the reference was recorded
+    with keep_models_warm(state) as warm:  # each regeneration round reuses the models the first one loaded
+        warm.take_up_left_hosts(ray_address)  # the run's generate tasks left them: ended when this step ends
+        while True:
+            missing = sorted(set(state["shards"]) - store.done())
+            if missing:
+                raise RuntimeError(f"{staging}: shards not generated yet: {', '.join(missing[:5])}")
+            gated = run_gates(store.read_all(sorted(state["shards"]), images=False),  # images stay in the shards
+                              settings, history, reference)
+            if gated.accepted.num_rows + gated.rejected.num_rows != state["items"]:
+                raise RuntimeError(f"{staging}: gated {gated.accepted.num_rows + gated.rejected.num_rows} "
+                                   f"items of {state['items']} planned")
+            failed = gated.rejected.filter(pc.less(gated.rejected.column("attempt"), config.gates.max_attempts - 1))
+            if failed.num_rows == 0:
+                break
+            plan = pq.read_table(staging / "plan.parquet")
+            retries = plan_retries(plan, failed, config.shard_size)
+            write_plan(staging, pa.concat_tables([plan, retries]))
+            sizes = shard_sizes(retries)
+            if clash := set(sizes) & set(state["shards"]):  # they would be skipped as done: an endless loop
+                raise RuntimeError(f"{staging}: retry shards already planned: {sorted(clash)}")
+            state = update_state(staging, shards={**state["shards"], **sizes})
+            generate_shards(staging, list(sizes), ray_address=ray_address, ray_num_cpus=ray_num_cpus)
+            regenerated += retries.num_rows
+        idle = held_idle()  # the last gate pass ran with the models still set up: held too
+    (staging / "gated").mkdir(exist_ok=True)
+    pq.write_table(gated.accepted, staging / "gated" / "accepted.parquet")
+    pq.write_table(gated.rejected, staging / "gated" / "rejected.parquet")
+    result = {"accepted": gated.accepted.num_rows, "rejected": gated.rejected.num_rows,
+              "reasons": gated.reasons(), "regenerated": regenerated,
+              "history_rows": 0 if history is None else history.num_rows}
+    update_state(staging, gate=result, timings={**state["timings"], "gate": time.perf_counter() - tick},
+                  device=add_held_idle(read_state(staging).get("device"), idle))
+    return result
+
+
+def gated_tables(staging: Path) -> tuple[pa.Table, pa.Table]:
+    """(accepted, rejected) without their images (GATED_SCHEMA), or with them as earlier versions staged them."""
+    tables = [pq.read_table(staging / "gated" / f"{name}.parquet") for name in ("accepted", "rejected")]
+    accepted, rejected = (conform(t, OUTPUT_SCHEMA if "image" in t.column_names else GATED_SCHEMA) for t in tables)
+    return accepted, rejected

@@ -1,0 +1,98 @@
+"""Step 1: ingest and check the manifest, resolve the models, plan items and shards into staging."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.errors import BadInputError
+from pipeline.shards import shard_sizes
+from pipeline.steps.state import STATE, RunRequest, update_state
+
+
+def prepare(request: RunRequest) -> dict:
+    """Ingest and check the manifest, resolve the models, plan items and shards into staging.
+
+    A bad file or too many bad rows raise BadInputError here, before any work. Preparing
+    again (a resume, a task retry) rewrites the same plan: ids and seeds are deterministic.
+    """
+    from pipeline.ingest import check_bad_row_share, read_manifest
+    from pipeline.consolidate import memorization_thresholds, resolve_reference
+    from pipeline.models.presets import resolve_model, resolve_scorer, weights_sha256
+    from pipeline.plan import plan_items
+    from pipeline.publish import sha256_file
+
+    tick, config = time.perf_counter(), request.config
+    ingest = read_manifest(request.manifest, config)
+    check_bad_row_share(ingest, config.max_bad_row_share)
+    products = ingest.products
+    if request.skus:
+        if unknown := sorted(set(request.skus) - set(products.column("sku").to_pylist())):
+            raise BadInputError(f"{request.manifest}: skus not in the manifest: {', '.join(unknown)}")
+        products = products.filter(pc.is_in(products.column("sku"), pa.array(list(request.skus))))
+    model = resolve_model(config.model, request.models_dir)
+    scorer = resolve_scorer(config.scorer or model.scorer, request.models_dir)
+    # the memorization gate's reference index (the tiny preset's training set unless the job
+    # names one or `none`): built here on first use, so a bad path fails before any work
+    reference = resolve_reference(config.gates, model.name, request.models_dir, scorer.path)
+    generation = config.generation
+    items = plan_items(products, config, run_id=request.run_id, run_date=request.run_date,
+                       width=generation.width or model.width, height=generation.height or model.height,
+                       models_dir=request.models_dir)
+
+    staging = request.staging
+    model_sha256 = weights_sha256(model.path)
+    steps = generation.steps or model.steps
+    guidance = model.guidance_scale if generation.guidance_scale is None else generation.guidance_scale
+    encoding = f"{config.image_format}|{config.png_compress_level}"
+    fingerprint = _plan_fingerprint(items, f"{model_sha256}|{steps}|{guidance}|{encoding}")
+    _check_resumable(staging, fingerprint)
+    staging.mkdir(parents=True, exist_ok=True)
+    pq.write_table(items, staging / "plan.parquet")
+    if ingest.rejects.num_rows:
+        pq.write_table(ingest.rejects, staging / "input_rejects.parquet")
+    (staging / STATE).unlink(missing_ok=True)  # later steps' results belong to the earlier attempt
+    state = update_state(
+        staging, plan_sha256=fingerprint, run_id=request.run_id, run_date=request.run_date, dataset=config.dataset,
+        dataset_root=str(request.dataset_root), config=config.model_dump(mode="json"),
+        input={"path": str(request.manifest), "sha256": sha256_file(request.manifest),
+               "rows": ingest.total_rows, "bad_rows": ingest.bad_rows},
+        generator={"id": model.name, "path": str(model.path), "class": model.pipeline_class,
+                   "sha256": model_sha256, "steps": steps, "guidance_scale": guidance},
+        scorer={"id": scorer.name, "path": str(scorer.path),
+                "min_clip_score": scorer.min_clip_score if config.gates.min_clip_score is None
+                else config.gates.min_clip_score,
+                "min_semantic_cosine": scorer.min_semantic_cosine if config.gates.min_semantic_cosine is None
+                else config.gates.min_semantic_cosine,
+                **memorization_thresholds(config.gates, model, scorer)},
+        reference=reference,
+        items=items.num_rows, shards=shard_sizes(items),
+        timings={"prepare": time.perf_counter() - tick},
+    )
+    return {"staging": str(staging), "items": state["items"], "shards": sorted(state["shards"]),
+            "bad_rows": ingest.bad_rows}
+
+
+def _plan_fingerprint(items: pa.Table, generator: str) -> str:
+    """A hash of what decides every image: ids, shards, seeds, prompts, sizes and the generator."""
+    digest = hashlib.sha256(generator.encode())
+    for name in ("item_id", "shard_id", "seed", "prompt", "negative_prompt", "width", "height",
+                 "guidance_override"):
+        digest.update("\x1f".join(map(str, items.column(name).to_pylist())).encode())
+    return digest.hexdigest()
+
+
+def _check_resumable(staging: Path, fingerprint: str) -> None:
+    """Resuming is only sound when the plan is the one the finished shards were made from."""
+    path = staging / STATE
+    previous = json.loads(path.read_text(encoding="utf-8")).get("plan_sha256") if path.is_file() else None
+    if previous and previous != fingerprint and any((staging / "shards").glob("shard-*.parquet")):
+        raise BadInputError(
+            f"run id {staging.name!r} was started with a different manifest, config or model; "
+            f"resume it with the same inputs, or use a new --run-id (staging: {staging})")

@@ -1,0 +1,66 @@
+"""Step 5: write the report, stage the dataset's Parquet files, swap them in, manifest last."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pipeline
+from pipeline.config import parse_job_config
+from pipeline.errors import GateFailedError
+from pipeline.shards import ShardStore
+from pipeline.steps.gate import gated_tables
+from pipeline.steps.state import RunSummary, read_state
+
+
+def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
+    """Write the report, stage the Parquet files, swap partitions in, write manifest.json last."""
+    from pipeline.cost import run_cost
+    from pipeline.publish import publish_run, stage_run
+    from pipeline.report import write_report
+    from pipeline.training.card import wants_card, write_dataset_card
+    from pipeline.training.diversity import training_metrics
+
+    state, tick = read_state(staging), time.perf_counter()
+    if not state.get("validation", {}).get("success"):
+        raise GateFailedError(f"{staging}: the run has not passed validation; nothing published")
+    accepted, rejected = gated_tables(staging)
+    shards = ShardStore(staging / "shards")
+    root, run_id = Path(state["dataset_root"]), state["run_id"]
+    run_dir = root / "_runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (staging / "input_rejects.parquet").is_file():
+        shutil.copyfile(staging / "input_rejects.parquet", run_dir / "input_rejects.parquet")
+    extra = summary_extra or {}
+    summary = RunSummary(
+        run_id=run_id, run_date=state["run_date"], dataset_root=root, items=state["items"],
+        generated=extra.get("generated", state["items"]), resumed_shards=extra.get("skipped", 0),
+        accepted=accepted.num_rows, rejected=rejected.num_rows, reasons=state["gate"]["reasons"],
+        bad_rows=state["input"]["bad_rows"], images_per_s=extra.get("images_per_s", 0.0),
+        seconds=extra.get("seconds", 0.0), manifest_path=run_dir / "manifest.json",
+        report_path=run_dir / "report.html", timings=dict(state["timings"]),
+        regenerated=state["gate"].get("regenerated", 0),
+        cost=run_cost(state.get("device"), accepted.num_rows, parse_job_config(state["config"]).cost),
+    )
+    write_report(summary.report_path, accepted, rejected, summary, state["validation"], thresholds=state["scorer"],
+                 thumbnails=shards.thumbnails)
+    # the images are copied into the dataset's files from the shards, in one pass over them
+    stage_run(staging / "publish", accepted, rejected, run_id, images=shards)
+    manifest = {
+        "run_id": run_id, "run_date": state["run_date"], "dataset": state["dataset"],
+        "synthcat_version": pipeline.__version__, "input": state["input"], "config": state["config"],
+        "models": {"generator": state["generator"], "scorer": state["scorer"],
+                   "reference": state.get("reference")},  # the memorization gate's index, None: none
+        "items": state["items"], "reasons": state["gate"]["reasons"], "validation": state["validation"],
+        "regenerated": summary.regenerated, "images_per_s": summary.images_per_s,
+        "timings_s": {k: round(v, 3) for k, v in state["timings"].items()}, "cost": summary.cost,
+    }
+    if training := training_metrics(accepted, rejected):  # per class and split: Vendi, clip_score, duplicates
+        manifest["training"] = training
+    publish_run(root, staging / "publish", run_id, [state["run_date"]], manifest)
+    if wants_card(root, parse_job_config(state["config"])):
+        write_dataset_card(root)  # README.md at the dataset root, refreshed at each publish
+    shutil.rmtree(staging, ignore_errors=True)
+    summary.timings["publish"] = time.perf_counter() - tick
+    return summary

@@ -1,0 +1,77 @@
+"""What a run is asked to do (`RunRequest`), what it did (`RunSummary`), and its staging record."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import JobConfig
+from pipeline.errors import BadInputError
+
+STATE = "run.json"  # the staging folder's record of the run: request, models, step results
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What to run: the edge (CLI, DAG) fills this in from arguments and the environment."""
+
+    manifest: Path
+    config: JobConfig
+    out: Path
+    run_date: str
+    run_id: str
+    models_dir: Path
+    skus: tuple[str, ...] = ()          # on-demand subset; empty = every SKU
+    ray_address: str | None = None
+    ray_num_cpus: int | None = None
+    show_progress: bool = True
+
+    @property
+    def dataset_root(self) -> Path:
+        return self.out / self.config.dataset
+
+    @property
+    def staging(self) -> Path:
+        return self.dataset_root / "_staging" / self.run_id
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    run_date: str
+    dataset_root: Path
+    items: int
+    generated: int
+    resumed_shards: int
+    accepted: int
+    rejected: int
+    reasons: dict[str, int]
+    bad_rows: int
+    images_per_s: float
+    seconds: float
+    manifest_path: Path
+    report_path: Path
+    timings: dict[str, float] = field(default_factory=dict)
+    regenerated: int = 0
+    cost: dict = field(default_factory=dict)  # device-seconds and price per accepted image (pipeline/cost.py)
+
+
+# --- the staging record -------------------------------------------------------------------------
+def read_state(staging: Path) -> dict:
+    path = staging / STATE
+    if not path.is_file():
+        raise BadInputError(f"{staging}: no {STATE}; run the prepare step first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def update_state(staging: Path, **values) -> dict:
+    path = staging / STATE
+    state = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    state.update(values)
+    tmp = path.with_name(f".{STATE}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+    return state
+
