@@ -53,7 +53,8 @@ DATA_DIR, REJECTS_DIR, RUNS_DIR = "data", "rejects", "_runs"
 STAGED_MARKER = "_staged.json"
 ROW_GROUP_SIZE = 100      # rows carry image bytes; `datasets` writes image data in groups of 100
 ROWS_PER_FILE = 1000
-BUFFER_BYTES = 256 * 2**20  # images fetched for files whose row group is not yet complete
+BUFFER_BYTES = 128 * 2**20  # images fetched for files whose row group is not yet complete
+FETCH_ROWS = 25            # images fetched from the shards at a time (then copied out per file)
 _PARTITION_TYPE = pa.dictionary(pa.int32(), pa.string())
 FILE_SCHEMA = pa.schema(
     [f.with_type(_PARTITION_TYPE) if f.name in PARTITION_COLUMNS else f for f in OUTPUT_SCHEMA],
@@ -276,8 +277,8 @@ def _fetch_images(files: list[_StagedFile], source, buffer_bytes: int) -> None:
         file.rows.select(["item_id", "attempt"]).append_column("file", pa.array([i] * file.rows.num_rows, pa.int32()))
         for i, file in enumerate(files))
     tags = source.in_shard_order(tags)
-    for start in range(0, tags.num_rows, ROW_GROUP_SIZE):
-        chunk = tags.slice(start, ROW_GROUP_SIZE)
+    for start in range(0, tags.num_rows, FETCH_ROWS):
+        chunk = tags.slice(start, FETCH_ROWS)
         fetched, owners = source.images(chunk), chunk.column("file")
         for i in pc.unique(owners).to_pylist():
             files[i].add(fetched.filter(pc.equal(owners, i)))
