@@ -36,7 +36,7 @@ def run_job(request: RunRequest) -> RunSummary:
         generated = generate_shards(staging, ray_address=request.ray_address, ray_num_cpus=request.ray_num_cpus,
                                     show_progress=request.show_progress, on_first_batch=load_ge.start)
         update_state(staging, timings={**read_state(staging)["timings"], "generate": generated.get("seconds", 0.0),
-                                        "generate_first_batch": generated.get("first_batch_s") or 0.0})
+                                       "generate_first_batch": generated.get("first_batch_s") or 0.0})
         consolidate(staging, ray_address=request.ray_address, ray_num_cpus=request.ray_num_cpus)
     validate(staging)
     seconds = generated.get("seconds") or 0.0

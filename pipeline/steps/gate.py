@@ -63,7 +63,7 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
               "reasons": gated.reasons(), "regenerated": regenerated,
               "history_rows": 0 if history is None else history.num_rows}
     update_state(staging, gate=result, timings={**state["timings"], "gate": time.perf_counter() - tick},
-                  device=add_held_idle(read_state(staging).get("device"), idle))
+                 device=add_held_idle(read_state(staging).get("device"), idle))
     return result
 
 

@@ -84,6 +84,6 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
         seconds = time.perf_counter() - tick
         if todo.num_rows:  # held for this round, and idle since the last (read in the step's session)
             update_state(staging, device=add_device_seconds(read_state(staging).get("device"), *devices_held(stages),
-                                                             seconds, held_idle(seconds)))
+                                                            seconds, held_idle(seconds)))
     return {"shards": len(wanted), "generated": todo.num_rows, "skipped": len(wanted) - len(todo_shards),
             "seconds": seconds, "first_batch_s": first_batch_s}
