@@ -220,7 +220,7 @@ def _split_partitions(table: pa.Table):
 
 class _StagedFile:
     """One staged Parquet file, written a row group (`ROW_GROUP_SIZE` rows) at a time as its rows'
-    images come in, in its rows' order; renamed into place when its last row is written."""
+    images come in, in its rows' order; closed and renamed into place when its last row is written."""
 
     def __init__(self, root: Path, relative: Path, rows: pa.Table) -> None:
         self.relative, self.rows = relative, rows
@@ -257,13 +257,14 @@ class _StagedFile:
         self._writer.write_table(conform(group, OUTPUT_SCHEMA).cast(FILE_SCHEMA), row_group_size=ROW_GROUP_SIZE)
         self._written += count
         self._pending = [images.slice(count)] if count < len(images) else []
+        if self._written == self.rows.num_rows:  # closed as soon as it is whole: a run's files are not all open
+            self._writer.close()
+            os.replace(self._tmp, self.path)
 
     def record(self) -> dict:
-        """Close the finished file, rename it into place; its record for `_staged.json`."""
-        if self._writer is None or self._written != self.rows.num_rows:
+        """The finished file's record for `_staged.json`."""
+        if self._written != self.rows.num_rows:
             raise RuntimeError(f"{self.path}: {self._written} of {self.rows.num_rows} rows written")
-        self._writer.close()
-        os.replace(self._tmp, self.path)
         return {"path": self.relative.as_posix(), "rows": self.rows.num_rows, "bytes": self.path.stat().st_size,
                 "sha256": sha256_file(self.path)}
 

@@ -171,7 +171,21 @@ def test_publish_reads_each_shards_images_once_however_the_rows_split_into_files
     reads = []
     real_read = pq.read_table
     monkeypatch.setattr(pq, "read_table", lambda path, **kw: reads.append((path, kw.get("columns"))) or real_read(path, **kw))
+    opened, most_open = set(), []  # writers open at once: a file closes as soon as it is whole
+
+    class Writer(pq.ParquetWriter):
+        def __init__(self, where, *args, **kwargs):
+            super().__init__(where, *args, **kwargs)
+            opened.add(where)
+            most_open.append(len(opened))
+
+        def close(self):
+            super().close()
+            opened.discard(self.where)
+
+    monkeypatch.setattr(pq, "ParquetWriter", Writer)
     fetched = stage_run(tmp_path / "fetched", accepted, rejected, "run-x", rows_per_file=150, images=store)
+    assert max(most_open) <= 6 and not opened  # one per kind and market, not one per file (9)
     image_reads = [path for path, columns in reads if columns and "image" in columns]
     assert sorted(image_reads) == sorted(store.path(f"shard-{n:05d}") for n in range(3))  # each once
     # accepted: 2 files per market (150 + 36 rows, the first in two row groups); rejected: 1 (47 rows)
