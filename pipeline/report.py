@@ -220,8 +220,8 @@ def report_from_run_dir(run_dir: Path, target: Path | None = None) -> Path:
     import pyarrow.parquet as pq
 
     from pipeline.errors import BadInputError
-    from pipeline.steps.state import RunSummary
     from pipeline.schema import GATED_SCHEMA, conform
+    from pipeline.steps.state import RunSummary
 
     manifest_path = Path(run_dir) / "manifest.json"
     if not manifest_path.is_file():
@@ -259,12 +259,13 @@ def _published_thumbnails(paths: list[Path], keys: set[tuple[str, int]]) -> dict
     found: dict[tuple[str, int], bytes] = {}
     for path in paths:
         file = pq.ParquetFile(path)
+        columns = [c for c in ("item_id", "attempt", "image", "overlay_text") if c in file.schema_arrow.names]
         for group in range(file.metadata.num_row_groups):
             ids = file.read_row_group(group, columns=["item_id", "attempt"])
             wanted = [i for i, key in enumerate(zip(*(ids.column(c).to_pylist() for c in ids.column_names)))
                       if key in keys]
             if wanted:
-                rows = file.read_row_group(group, columns=["item_id", "attempt", "image", "overlay_text"])
+                rows = file.read_row_group(group, columns=columns)  # overlay_text: older runs lack it
                 rows = rows.take(pa.array(wanted, pa.int64())).to_pylist()
                 _attach_thumbnails(rows)
                 found |= {(row["item_id"], row["attempt"]): row["thumbnail"] for row in rows}
