@@ -235,16 +235,14 @@ class _StagedFile:
 
     def add(self, images: pa.Array | pa.ChunkedArray) -> None:
         """The images of this file's next rows; writes every row group they complete."""
-        self._pending.append(images)
+        self._pending += images.chunks if isinstance(images, pa.ChunkedArray) else [images]
         while (ready := sum(map(len, self._pending))) >= ROW_GROUP_SIZE or (
                 ready and self._written + ready == self.rows.num_rows):
             self.flush(min(ready, ROW_GROUP_SIZE))
 
     def flush(self, count: int | None = None) -> None:
         """Write a row group of the next `count` rows (default: all whose images are here)."""
-        images = pa.chunked_array([c for chunk in self._pending
-                                   for c in (chunk.chunks if isinstance(chunk, pa.ChunkedArray) else [chunk])],
-                                  IMAGE_TYPE)
+        images = pa.chunked_array(self._pending) if self._pending else pa.chunked_array([], IMAGE_TYPE)
         count = len(images) if count is None else count
         if count == 0:
             return
@@ -256,7 +254,7 @@ class _StagedFile:
             self._writer = pq.ParquetWriter(self._tmp, FILE_SCHEMA, compression="zstd")
         self._writer.write_table(conform(group, OUTPUT_SCHEMA).cast(FILE_SCHEMA), row_group_size=ROW_GROUP_SIZE)
         self._written += count
-        self._pending = [images.slice(count)] if count < len(images) else []
+        self._pending = images.slice(count).chunks
         if self._written == self.rows.num_rows:  # closed as soon as it is whole: a run's files are not all open
             self._writer.close()
             os.replace(self._tmp, self.path)
