@@ -254,7 +254,8 @@ class _StagedFile:
             self._writer = pq.ParquetWriter(self._tmp, FILE_SCHEMA, compression="zstd")
         self._writer.write_table(conform(group, OUTPUT_SCHEMA).cast(FILE_SCHEMA), row_group_size=ROW_GROUP_SIZE)
         self._written += count
-        self._pending = images.slice(count).chunks
+        rest = images.slice(count)  # a slice holds its whole chunk: the rest is copied out (under a row group)
+        self._pending = [pa.concat_arrays(rest.chunks)] if len(rest) else []
         if self._written == self.rows.num_rows:  # closed as soon as it is whole: a run's files are not all open
             self._writer.close()
             os.replace(self._tmp, self.path)

@@ -202,6 +202,21 @@ def test_publish_reads_each_shards_images_once_however_the_rows_split_into_files
     _check_same_rows(tmp_path / "tight", tmp_path / "with-images", tight, same_row_groups=False)
 
 
+def test_the_images_a_staged_file_keeps_waiting_hold_only_their_own_bytes(tmp_path):
+    """After a row group is written, the rest of the last chunk is copied out: a slice would hold
+    its whole chunk, memory the wait buffer does not count."""
+    table = make_output_table(130, markets=("en-US",))
+    images = table.column("image").combine_chunks()
+    file = publish._StagedFile(tmp_path, Path("data", "part.parquet"), table.drop_columns(["image"]))
+    file.add(images.slice(0, 125))  # one row group of 100 written, 25 rows wait
+    waiting = pa.chunked_array(file._pending)
+    assert len(waiting) == 25 and waiting.equals(pa.chunked_array([images.slice(100, 25)]))
+    assert sum(chunk.get_total_buffer_size() for chunk in file._pending) < 1.01 * file.pending_bytes  # (offsets: n + 1)
+    file.add(images.slice(125))  # the last 5: the file is whole, closed and renamed
+    assert file.record()["rows"] == 130
+    assert pq.read_table(tmp_path / "data" / "part.parquet").column("image").equals(table.column("image"))
+
+
 def _check_same_rows(root: Path, expected_root: Path, records: list[dict], same_row_groups: bool = True) -> None:
     """Every file holds the expected file's rows, in the same row groups or (same_row_groups=False)
     in more, shorter ones."""
