@@ -1,4 +1,5 @@
-"""Warm models: a run's later generation rounds reuse the model its first round set up.
+"""Warm models: a run's later generation rounds reuse the model its first round set up; and the
+Ray executor hands each finished batch on at once.
 
 The stage here is a real stage for the executors (set-up, batches of Arrow rows, resources) whose
 "model" is its process id and set-up count, so each output row tells which process and which
@@ -76,6 +77,22 @@ class PassOn:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return batch
+
+
+@dataclass
+class AfterTheFirstIsSeen(PassOn):
+    """Passes the first batch (item i0) on at once; every other batch waits, up to 20 s, until the
+    caller has seen a batch (the file `seen` exists), and says whether it gave up waiting."""
+
+    seen: str = ""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        first = batch.column("item_id")[0].as_py() == "i0"
+        deadline = time.monotonic() + 20
+        while not first and not Path(self.seen).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        gave_up = not first and not Path(self.seen).exists()
+        return batch.append_column("gave_up", pa.array([gave_up] * batch.num_rows))
 
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -346,3 +363,17 @@ def test_a_session_belongs_to_its_thread_and_ends_with_its_block():
         other.join()
         assert warm_session() is warm
     assert seen == [None] and warm_session() is None
+
+
+def test_a_finished_batch_reaches_the_caller_before_the_next_is_done(tmp_path, ray_session):
+    """The caller writes each shard once its rows are back, and the start-up ends at the first batch:
+    Ray Data's default prefetch held each finished batch back until the next one was done too."""
+    seen = tmp_path / "seen"
+    items = pa.table({"item_id": [f"i{k}" for k in range(6)], "shard_id": ["s0", "s0", "s1", "s1", "s2", "s2"]})
+    out = []
+    for batch in run_stages([AfterTheFirstIsSeen(seen=str(seen))], make_batches(items, 2), executor="ray"):
+        seen.touch()
+        out.append(batch)
+    table = pa.concat_tables(out).sort_by("item_id")
+    assert table.column("item_id").to_pylist() == items.column("item_id").to_pylist()
+    assert not any(table.column("gave_up").to_pylist())  # held back, the first batch waits for a second
