@@ -258,8 +258,9 @@ def run_ray(stages: Sequence[Stage], batches: Sequence[pa.Table], *, address: st
                 ds = ds.map_batches(_ActorStage, fn_constructor_args=(stage,), compute=pool, **options)
         # No prefetch: with Ray Data's default (one batch) its iterator holds a finished batch back
         # until the next one is done too, so each shard was written (and the start-up ended) one
-        # generation batch late (3.8 s of a CPU run's 20 s start-up). The blocks are in the local
-        # object store already; fetching one as it is asked for costs nothing the run would notice.
+        # generation batch late (3.8 s of a CPU run's 20 s start-up). On one machine the blocks are
+        # in the local object store already; on a cluster a block's fetch (a batch's encoded images)
+        # is no longer overlapped with the last block's shard write: small next to a batch.
         yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
 
 
