@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.report_charts import CHART_CSS, gate_charts
-from pipeline.thumbnail import THUMB, report_thumbnail, thumbnail_side
+from pipeline.thumbnail import THUMB, report_thumbnail, thumbnail_mime, thumbnail_side
 from pipeline.training.report import training_section
 
 # Cards the gallery and the duplicate groups show, each, per status: a page of more is slow to
@@ -49,7 +49,7 @@ def _thumbnail(image: dict, side: int = THUMB) -> bytes:
 
 
 def _attach_thumbnails(rows: list[dict], stored: dict[tuple[str, int], bytes] | None = None) -> None:
-    """Every row's thumbnail, PNG bytes (`row["thumbnail"]`): the one the encode stage stored,
+    """Every row's thumbnail, image bytes (`row["thumbnail"]`): the one the encode stage stored,
     keyed by (item_id, attempt), or else made here from the image, on every core (PIL releases
     the GIL while it decodes, resizes and encodes)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -88,9 +88,10 @@ def _card(row: dict) -> str:
     wide = bool(row.get("overlay_text"))  # creative with copy: big enough to read it
     side = thumbnail_side(wide)
     thumbnail = base64.b64encode(row["thumbnail"]).decode()  # inlined: the page is self-contained
+    mime = thumbnail_mime(row["thumbnail"])
     return (
         f"<div class='card {e(status)}{' wide' if wide else ''}'><img alt='{e(row['item_id'])}' "
-        f"style='width:{side}px;height:{side}px' src='data:image/png;base64,{thumbnail}'>"
+        f"style='width:{side}px;height:{side}px' src='data:{mime};base64,{thumbnail}'>"
         f"<div><b>{e(row['kind'])} · v{row['variant']} · {e(row['format'])}</b></div>"
         f"{_campaign(row)}<div class=muted>{e(row['prompt'])}</div>"
         f"<div>seed {row['seed']} · attempt {row['attempt']}</div>"
@@ -149,7 +150,7 @@ def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, va
     """Write `report.html` for a run (temporary name, then rename).
 
     `thresholds`: the gate thresholds the run used (min_clip_score, max_ref_similarity, ...),
-    drawn on the histograms. `thumbnails`: PNG thumbnails by (item_id, attempt), as the encode
+    drawn on the histograms. `thumbnails`: thumbnails (image bytes) by (item_id, attempt), as the encode
     stage stored them, or a function of the shown rows' keys giving them (`ShardStore.thumbnails`);
     rows without one get theirs made here. The gallery and the duplicate groups show at most
     `max_cards` rows of each status."""

@@ -138,7 +138,7 @@ ENCODE_FIELDS = [
 # so the driver does not decode every image again after the last one was generated. Kept in the
 # shards, never published.
 STAGING_FIELDS = [
-    pa.field("thumbnail", pa.binary()),       # the run report's thumbnail (PNG, pipeline/thumbnail.py)
+    pa.field("thumbnail", pa.binary()),       # the run report's thumbnail (JPEG, or PNG if not shrunk: pipeline/thumbnail.py)
     pa.field("copy_thumbnail", pa.binary()),  # the 64 px PNG the memorization gate's pixel check compares
     pa.field("image_nbytes", pa.int64()),     # the encoded image's size: the gate step reads no image
 ]

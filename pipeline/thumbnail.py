@@ -1,4 +1,9 @@
-"""The run report's thumbnails: each image shrunk to the size the report shows it, as PNG.
+"""The run report's thumbnails: each image shrunk to the size the report shows it.
+
+A shrunk image is a JPEG (quality 90, no chroma subsampling: coloured copy keeps its edges), about
+a quarter of the PNG's bytes and half its encode time; the report inlines up to 1,000 of them,
+so a page of 512 px creatives would otherwise pass 100 MB. An image already small enough
+(a 64 px training image) stays a PNG of its exact pixels: the report scales it up, pixelated.
 
 The encode stage makes them while the pixels are in memory (streaming, beside generation);
 the report only inlines them. Made one by one at publish time they cost a decode, a resize
@@ -18,9 +23,17 @@ def thumbnail_side(has_copy: bool) -> int:
 
 
 def report_thumbnail(image, side: int) -> bytes:
-    """`image` (PIL) shrunk to fit `side` x `side` (never enlarged), as PNG bytes."""
+    """`image` (PIL) shrunk to fit `side` x `side` (never enlarged): JPEG bytes, or PNG if not shrunk."""
     small = image.convert("RGB") if image.mode != "RGB" else image.copy()
     small.thumbnail((side, side))
     buffer = io.BytesIO()
-    small.save(buffer, format="PNG", compress_level=1)
+    if small.size == image.size:
+        small.save(buffer, format="PNG", compress_level=1)
+    else:
+        small.save(buffer, format="JPEG", quality=90, subsampling=0)
     return buffer.getvalue()
+
+
+def thumbnail_mime(data: bytes) -> str:
+    """The media type of a thumbnail's bytes (a run staged before JPEG thumbnails has PNGs)."""
+    return "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/png"

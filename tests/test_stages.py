@@ -272,6 +272,7 @@ def test_encode_stores_the_report_thumbnail_of_the_same_pixels(generated):
     creative = EncodeStage()(row.append_column("overlay_text", pa.array(["Sale"]))).column("thumbnail")[0].as_py()
     assert Image.open(io.BytesIO(plain)).size == (thumbnail_side(False),) * 2 == (160, 160)
     assert Image.open(io.BytesIO(creative)).size == (thumbnail_side(True),) * 2 == (320, 320)
+    assert Image.open(io.BytesIO(plain)).format == Image.open(io.BytesIO(creative)).format == "JPEG"  # shrunk
 
 
 def test_png_compress_level_changes_bytes_not_pixels(generated):
