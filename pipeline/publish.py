@@ -19,8 +19,10 @@ infers `string` and refuses the merge.
 Atomicity: each (kind, run_date) partition is swapped whole -- `renameat2(RENAME_EXCHANGE)` on
 Linux, rename-aside + rename elsewhere -- so a reader sees a date's old rows or its new rows,
 never a mix. The manifest is the commit record for the run as a whole. A publish that fails
-part-way can be re-run with the same staging folder: partitions already holding this run's
-files (named after the run id) are recognised and left as they are.
+or is killed part-way can be re-run with the same staging folder: each partition is made to hold
+exactly the files `_staged.json` lists for it, so one already swapped in stays, and an earlier
+attempt's that this one no longer stages goes (without the exchange, a kill between the two
+renames leaves the date without rows until that re-run).
 """
 
 from __future__ import annotations
@@ -145,8 +147,10 @@ def publish_run(dataset_root: Path, staging_dir: Path, run_id: str, run_dates: l
         for kind in (DATA_DIR, REJECTS_DIR):
             for run_date in sorted(set(run_dates)):
                 name = f"run_date={run_date}"
+                wanted = {r["path"].removeprefix(f"{kind}/{name}/"): (r["bytes"], r["sha256"]) for r in records
+                          if r["path"].startswith(f"{kind}/{name}/")}
                 _swap_partition(staged=staging_dir / kind / name, live=dataset_root / kind / name,
-                                aside=staging_dir / f".replaced-{kind}-{name}", run_id=run_id)
+                                aside=staging_dir / f".replaced-{kind}-{name}", wanted=wanted)
 
         # 3. Commit: the manifest is written last.
         missing = [r["path"] for r in records if not (dataset_root / r["path"]).is_file()
@@ -304,28 +308,40 @@ def _staged_records(staging_dir: Path, run_id: str, run_dates: list[str]) -> lis
 
 # --- swapping partitions -------------------------------------------------------------------------
 
-def _swap_partition(*, staged: Path, live: Path, aside: Path, run_id: str) -> None:
-    """Make `live` hold what `staged` holds (or nothing), in one atomic step where possible."""
-    # A retry of this publish after the partition moved in: nothing left to move. (When the run
-    # staged again -- a resume re-gates and re-stages -- the fresh files replace the earlier
-    # attempt's below, so the manifest describes exactly the files readers see.)
-    if not staged.exists() and _holds_run(live, run_id):
+def _swap_partition(*, staged: Path, live: Path, aside: Path, wanted: dict[str, tuple[int, str]]) -> None:
+    """Make `live` hold exactly `wanted` (file -> bytes and sha256, as `staged` holds them), or
+    nothing when it is empty: in one atomic step where possible, and idempotent, so that a retry
+    after a kill at any point of an earlier try ends in the same state."""
+    if _holds(live, wanted):  # in place already: a retry after the swap (`staged` is then the old
+        shutil.rmtree(staged, ignore_errors=True)  # partition, if the kill came before its removal)
         shutil.rmtree(aside, ignore_errors=True)
         return
-    if staged.exists() and live.exists() and _exchange(staged, live):
+    if wanted and not _holds(staged, wanted, read=False):  # the run's own files: their names and sizes
+        raise SynthcatError(f"{staged}: the staged files are missing or changed; stage the run again")
+    if wanted and live.exists() and _exchange(staged, live):
         shutil.rmtree(staged)  # now the old partition
         return
     if live.exists():
         shutil.rmtree(aside, ignore_errors=True)
         os.rename(live, aside)  # readers briefly see no rows for this date, never a mix
-    if staged.exists():
+    if wanted:
         live.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(staged, live)
+        try:
+            os.rename(staged, live)
+        except BaseException:
+            if aside.exists() and not live.exists():
+                os.rename(aside, live)  # the old rows back
+            raise
+    shutil.rmtree(staged, ignore_errors=True)
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _holds_run(partition: Path, run_id: str) -> bool:
-    return partition.is_dir() and any(partition.glob(f"market=*/part-{run_id}-*.parquet"))
+def _holds(partition: Path, wanted: dict[str, tuple[int, str]], read: bool = True) -> bool:
+    """Whether `partition` holds exactly the Parquet files of `wanted` (`market=<m>/<name>`): the
+    same names and sizes, then (`read`) the same bytes, read only when the names and sizes agree."""
+    found = {f"{path.parent.name}/{path.name}": path for path in partition.glob("market=*/*.parquet")}
+    return (found.keys() == wanted.keys() and all(found[n].stat().st_size == size for n, (size, _) in wanted.items())
+            and (not read or all(sha256_file(found[n]) == sha for n, (_, sha) in wanted.items())))
 
 
 @functools.cache

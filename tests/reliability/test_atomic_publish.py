@@ -201,3 +201,63 @@ def test_a_reader_during_publishes_sees_one_whole_run_or_retries(tmp_path):
     for ids, run_ids in seen:
         assert ids in allowed and len(run_ids) == 1, "a reader saw a mix of two runs"
     assert item_ids(read_published(root)) == item_ids(tables["run-5"])
+
+
+KILL_AT = {  # the child process kills itself right after this step of a partition's swap
+    "after the exchange": "real = publish._exchange\n"
+                          "def step(a, b):\n    done = real(a, b)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+                          "publish._exchange = step\n",
+    "between the two renames": "publish._exchange = lambda a, b: False\nreal = os.rename\n"
+                               "def step(a, b):\n    real(a, b)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+                               "os.rename = step\n",
+}
+
+
+@pytest.mark.parametrize("point", KILL_AT)
+def test_a_publish_killed_mid_swap_then_retried_publishes_exactly_the_new_run(tmp_path, point):
+    """A retry after a kill at any step of the swap ends with the new run's files, and only them,
+    in place; the retry does not swap back what the killed try had already swapped in."""
+    old = make_output_table(6, run_id="run-a", seed=1)
+    publish_tables(tmp_path, "run-a", old, rejected_rows(2, "run-a"))
+    new = make_output_table(4, run_id="run-b", seed=2)
+    staging = tmp_path / "_staging" / "run-b"
+    stage_run(staging, new, make_output_table(0), "run-b")
+    child = (f"import os, signal, sys\nsys.path[:0] = [{str(TESTS)!r}, {str(TESTS.parent)!r}]\n"
+             "from pathlib import Path\nfrom pipeline import publish\n" + KILL_AT[point] +
+             f"publish.publish_run(Path({str(tmp_path)!r}), Path({str(staging)!r}), 'run-b', [{D1!r}], {{}})\n")
+    assert subprocess.run([sys.executable, "-c", child], timeout=120).returncode == -9
+
+    manifest = publish_run(tmp_path, staging, "run-b", [D1], {})
+    assert item_ids(read_published(tmp_path)) == item_ids(new) and manifest["rows"]["accepted"] == 4
+    assert not list(tmp_path.rglob("part-run-a-*.parquet"))  # the old run's files: gone, not swapped back
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.parquet")) == \
+        sorted(record["path"] for record in manifest["files"])
+
+
+def test_a_run_id_that_begins_another_runs_id_still_replaces_its_date(tmp_path):
+    """Run `nightly` after `nightly-a` on the same date: the date's rejects, which only the first
+    had, go; `nightly-a`'s files are not taken for `nightly`'s."""
+    publish_tables(tmp_path, "nightly-a", make_output_table(3, run_id="nightly-a", seed=1),
+                   rejected_rows(2, "nightly-a"))
+    manifest = publish_tables(tmp_path, "nightly", make_output_table(0), rejected_rows(1, "nightly", seed=5))
+    assert read_published(tmp_path).num_rows == 0 and not (tmp_path / "data").joinpath(f"run_date={D1}").exists()
+    rejects = pq.read_table(tmp_path / "rejects")
+    assert set(rejects["run_id"].to_pylist()) == {"nightly"} and manifest["rows"] == {"accepted": 0, "rejected": 1}
+
+
+def test_a_resumed_publish_that_stages_fewer_partitions_removes_the_earlier_attempts(tmp_path, monkeypatch):
+    """Attempt 1 swaps in accepted rows and rejects, then dies before its manifest; the resumed
+    attempt re-gates to no rejects and stages again: the rejects attempt 1 swapped in go."""
+    staging = tmp_path / "_staging" / "run-b"
+    stage_run(staging, make_output_table(4, run_id="run-b", seed=2), rejected_rows(2, "run-b"), "run-b")
+    monkeypatch.setattr(publish, "_write_json", lambda path, value: (_ for _ in ()).throw(OSError("killed")))
+    with pytest.raises(OSError):
+        publish_run(tmp_path, staging, "run-b", [D1], {})
+    monkeypatch.undo()
+    assert pq.read_table(tmp_path / "rejects").num_rows == 2  # attempt 1's rejects are live
+
+    stage_run(staging, make_output_table(4, run_id="run-b", seed=2), make_output_table(0), "run-b")
+    manifest = publish_run(tmp_path, staging, "run-b", [D1], {})
+    assert not (tmp_path / "rejects" / f"run_date={D1}").exists() and manifest["rows"]["rejected"] == 0
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.parquet")) == \
+        sorted(record["path"] for record in manifest["files"])
