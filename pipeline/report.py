@@ -216,6 +216,7 @@ def report_from_run_dir(run_dir: Path, target: Path | None = None) -> Path:
 
     The files are read without their images; the shown cards' thumbnails are made from them a
     row group at a time (`_published_thumbnails`), so the rebuild's memory does not grow with the run."""
+    import dataclasses
     import json
 
     import pyarrow.parquet as pq
@@ -227,7 +228,15 @@ def report_from_run_dir(run_dir: Path, target: Path | None = None) -> Path:
     manifest_path = Path(run_dir) / "manifest.json"
     if not manifest_path.is_file():
         raise BadInputError(f"{run_dir}: no manifest.json (not a published run folder)")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise BadInputError(f"{manifest_path}: cannot be read as JSON ({error})") from None
+    wanted = {"run_id", "run_date", "files", "items", "rows", "reasons", "input", "validation"}
+    if not isinstance(manifest, dict) or (missing := sorted(wanted - manifest.keys())):
+        raise BadInputError(f"{manifest_path}: not a synthcat run manifest (no {', '.join(missing or wanted)})")
+    if target is not None and not Path(target).parent.is_dir():
+        raise BadInputError(f"--out {target}: the folder {Path(target).parent} does not exist")
     root = manifest_path.parent.parent.parent
     tables, paths = {"data": [], "rejects": []}, []
     for record in manifest["files"]:
@@ -239,14 +248,8 @@ def report_from_run_dir(run_dir: Path, target: Path | None = None) -> Path:
         tables[record["path"].split("/", 1)[0]].append(conform(pq.read_table(path, columns=names), GATED_SCHEMA))
         paths.append(path)
     accepted, rejected = (pa.concat_tables(t) if t else GATED_SCHEMA.empty_table() for t in tables.values())
-    summary = RunSummary(
-        run_id=manifest["run_id"], run_date=manifest["run_date"], dataset_root=root, items=manifest["items"],
-        generated=manifest["items"], resumed_shards=0, accepted=accepted.num_rows, rejected=rejected.num_rows,
-        reasons=manifest["reasons"], bad_rows=manifest["input"]["bad_rows"],
-        images_per_s=manifest.get("images_per_s", 0.0), seconds=0.0, manifest_path=manifest_path,
-        report_path=target or manifest_path.with_name("report.html"), timings=manifest.get("timings_s", {}),
-        regenerated=manifest.get("regenerated", 0), cost=manifest.get("cost") or {},
-    )
+    summary = dataclasses.replace(RunSummary.of_manifest(manifest_path, manifest), accepted=accepted.num_rows,
+                                  rejected=rejected.num_rows, report_path=target or manifest_path.with_name("report.html"))
     return write_report(summary.report_path, accepted, rejected, summary, manifest["validation"],
                         thresholds=manifest.get("models", {}).get("scorer"),
                         thumbnails=lambda keys: _published_thumbnails(paths, keys))

@@ -214,6 +214,11 @@ def test_report_command_rebuilds_the_report_of_a_published_run(published, tmp_pa
     original = (run_dir / "report.html").read_text(encoding="utf-8")
     assert sorted(thumbnails.findall(page)) == sorted(thumbnails.findall(original))
     assert main(["report", str(tmp_path)]) == 2 and "no manifest.json" in capsys.readouterr().err
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "no" / "r.html")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    for text, says in (('{"run_id": ', "cannot be read as JSON"), ("{}", "not a synthcat run manifest")):
+        (tmp_path / "manifest.json").write_text(text)
+        assert main(["report", str(tmp_path)]) == 2 and says in capsys.readouterr().err
 
 
 def test_campaign_rows_carry_the_copy_drawn_its_font_and_the_brand_lineage(published):

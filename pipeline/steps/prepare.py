@@ -29,6 +29,9 @@ def prepare(request: RunRequest) -> dict:
     from pipeline.publish import sha256_file
 
     tick, config = time.perf_counter(), request.config
+    published = request.dataset_root / "_runs" / request.run_id / "manifest.json"
+    if published.is_file() and not (request.staging / STATE).is_file():  # staged: killed after its commit
+        raise BadInputError(f"run id {request.run_id!r} is already published ({published}); use a new --run-id")
     ingest = read_manifest(request.manifest, config)
     check_bad_row_share(ingest, config.max_bad_row_share)
     products = ingest.products

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
 
 import pipeline
 from pipeline.config import parse_job_config
-from pipeline.errors import GateFailedError
+from pipeline.errors import BadInputError, GateFailedError
 from pipeline.shards import ShardStore
 from pipeline.steps.gate import gated_tables
 from pipeline.steps.state import RunSummary, read_state
@@ -19,16 +20,17 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
     from pipeline.cost import run_cost
     from pipeline.publish import publish_run, stage_run
     from pipeline.report import write_report
-    from pipeline.training.card import wants_card, write_dataset_card
     from pipeline.training.diversity import training_metrics
 
     state, tick = read_state(staging), time.perf_counter()
+    root, run_id = Path(state["dataset_root"]), state["run_id"]
+    run_dir = root / "_runs" / run_id
+    if (run_dir / "manifest.json").is_file():  # before anything is written into the run's folder
+        return _committed(staging, state, run_dir / "manifest.json", summary_extra or {})
     if not state.get("validation", {}).get("success"):
         raise GateFailedError(f"{staging}: the run has not passed validation; nothing published")
     accepted, rejected = gated_tables(staging)
     shards = ShardStore(staging / "shards")
-    root, run_id = Path(state["dataset_root"]), state["run_id"]
-    run_dir = root / "_runs" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     if (staging / "input_rejects.parquet").is_file():
         shutil.copyfile(staging / "input_rejects.parquet", run_dir / "input_rejects.parquet")
@@ -59,8 +61,29 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
     if training := training_metrics(accepted, rejected):  # per class and split: Vendi, clip_score, duplicates
         manifest["training"] = training
     publish_run(root, staging / "publish", run_id, [state["run_date"]], manifest)
+    _finish(root, staging, state)
+    summary.timings["publish"] = time.perf_counter() - tick
+    return summary
+
+
+def _finish(root: Path, staging: Path, state: dict) -> None:
+    """After the commit: the dataset card, then the staging folder goes."""
+    from pipeline.training.card import wants_card, write_dataset_card
+
     if wants_card(root, parse_job_config(state["config"])):
         write_dataset_card(root)  # README.md at the dataset root, refreshed at each publish
     shutil.rmtree(staging, ignore_errors=True)
-    summary.timings["publish"] = time.perf_counter() - tick
+
+
+def _committed(staging: Path, state: dict, manifest_path: Path, extra: dict) -> RunSummary:
+    """The run id is published. The same run (input, config, run date), killed between its commit
+    and its clean-up, is finished and its summary returned (a retried Airflow task succeeds);
+    another run under that id is refused before it writes anything."""
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if any(manifest.get(key) != state.get(key) for key in ("input", "config", "run_date")):
+        raise BadInputError(f"run {state['run_id']} is already published ({manifest_path}); "
+                            "publish this one under a new --run-id")
+    _finish(manifest_path.parents[2], staging, state)
+    summary = RunSummary.of_manifest(manifest_path, manifest)
+    summary.resumed_shards = extra.get("skipped", 0)  # this attempt's, as a normal publish reports it
     return summary

@@ -58,6 +58,19 @@ class RunSummary:
     cost: dict = field(default_factory=dict)  # device-seconds and price per accepted image (pipeline/cost.py)
 
 
+    @classmethod
+    def of_manifest(cls, manifest_path: Path, manifest: dict) -> RunSummary:
+        """The summary a published run's manifest.json records (`synthcat report`, a retried publish)."""
+        return cls(
+            run_id=manifest["run_id"], run_date=manifest["run_date"], dataset_root=manifest_path.parents[2],
+            items=manifest["items"], generated=manifest["items"], resumed_shards=0,
+            accepted=manifest["rows"]["accepted"], rejected=manifest["rows"]["rejected"], reasons=manifest["reasons"],
+            bad_rows=manifest["input"]["bad_rows"], images_per_s=manifest.get("images_per_s", 0.0), seconds=0.0,
+            manifest_path=manifest_path, report_path=manifest_path.with_name("report.html"),
+            timings=manifest.get("timings_s", {}), regenerated=manifest.get("regenerated", 0),
+            cost=manifest.get("cost") or {})
+
+
 # --- the staging record -------------------------------------------------------------------------
 def read_state(staging: Path) -> dict:
     path = staging / STATE

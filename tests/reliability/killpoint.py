@@ -3,6 +3,7 @@
     python killpoint.py generate:2 run --manifest ...   # killed entering the 2nd generate call
     python killpoint.py score:1 run ...                  # killed entering the 1st score call
     python killpoint.py publish:1 run ...                # killed right after the 1st partition swap
+    python killpoint.py commit:1 run ...                 # killed right after the commit record
 
 The point is reached through the real code path; only the moment of death is chosen, so the
 test is deterministic instead of racing a timer against a 2-core machine.
@@ -47,6 +48,9 @@ def main() -> int:
     elif stage == "publish":
         from pipeline import publish as owner
         _kill_on_call(owner, "_swap_partition", int(nth), point, after=True)
+    elif stage == "commit":
+        from pipeline import publish as owner
+        _kill_on_call(owner, "publish_run", int(nth), point, after=True)
     else:
         raise SystemExit(f"unknown kill point {point!r}")
     from pipeline.cli import main as synthcat

@@ -60,9 +60,18 @@ def test_killed_at_every_step_then_resumed_publishes_exactly_the_clean_rows(tmp_
     assert visible.column("item_id").to_pylist() == clean.item_ids
     assert not (root / "_runs" / "crash" / "manifest.json").exists()
 
-    # 4. Resumed to the end (the dead process's publish lock died with it).
+    # 4. Resumed, and killed right after the commit record, before the staging folder went: the
+    #    run is published, and its own resume finishes it (another run under its id: refused).
+    killed = run_killed(args, "commit:1")
+    assert killed.returncode == -9 and "SIGKILL at commit:1" in killed.stderr, killed.stderr[-2000:]
+    assert (root / "_runs" / "crash" / "manifest.json").is_file() and (root / "_staging" / "crash").is_dir()
+    report = (root / "_runs" / "crash" / "report.html").read_bytes()
+
+    # 5. Resumed to the end (the dead process's publish lock died with it).
     assert main(args) == 0
     assert "resumed shards 2" in capsys.readouterr().out
+    assert (root / "_runs" / "crash" / "report.html").read_bytes() == report  # the published one, kept
+    assert main(args) == 2 and "already published" in capsys.readouterr().err
     rows = published_rows(root)
     same_rows_as_clean(rows, clean)
     assert set(rows.column("run_id").to_pylist()) == {"crash"}
