@@ -81,6 +81,27 @@ def test_unusable_product_photos_are_bad_rows(ingested, config):
                                 "image URLs are not fetched for campaign creative")
 
 
+def test_a_damaged_or_unusual_photo_is_a_bad_row_whatever_pillow_raises(tmp_path, config):
+    """Pillow raises more than OSError: ValueError for a text chunk that unpacks too large (an
+    editor's XMP), SyntaxError for a broken chunk length. Each is the row's problem, not a crash."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", "x" * 2_000_000, zip=True)
+    cutout = Image.new("RGBA", (8, 8), (200, 10, 10, 255))
+    cutout.save(tmp_path / "xmp.png", pnginfo=info)
+    good = tmp_path / "good.png"
+    cutout.save(good)
+    data = bytearray(good.read_bytes())
+    idat = data.index(b"IDAT") - 4
+    data[idat:idat + 4] = (6).to_bytes(4, "big")  # a chunk length that cuts the image data short
+    (tmp_path / "length.png").write_bytes(bytes(data))
+    for name, raised in (("xmp.png", "ValueError"), ("length.png", "SyntaxError")):
+        product = {"markets": ["th-TH"], "image": str(tmp_path / name)}
+        (problem,) = campaign_problems(product, {"image": "image", "markets": "markets"}, config)
+        assert problem[0] == "image" and problem[1].startswith(f"cannot read the product photo ({raised}")
+
+
 def test_product_pixels_are_kept_exactly_and_the_background_is_generated(produced):
     out, plain = produced["out"].to_pylist(), produced["plain"].to_pylist()
     photo_rows = [i for i, r in enumerate(out) if r["product_image"]]

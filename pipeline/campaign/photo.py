@@ -35,8 +35,8 @@ def check_cutout(path: str | Path) -> tuple[str, tuple[int, int]]:
         with Image.open(path) as im:
             im.load()
             rgba = im.convert("RGBA") if "A" in im.getbands() or "transparency" in im.info else None
-    except (OSError, Image.DecompressionBombError) as exc:
-        raise PhotoError(f"cannot read the product photo ({exc})") from None
+    except Exception as exc:  # Pillow's decoders also raise ValueError, SyntaxError, struct.error ...
+        raise PhotoError(f"cannot read the product photo ({type(exc).__name__}: {exc})") from None
     if rgba is None:
         raise PhotoError("the product photo has no alpha channel: background replacement needs a "
                          "cut-out (PNG or WebP with transparency around the product)")
