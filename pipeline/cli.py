@@ -116,12 +116,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.ingest import read_manifest
 
     config = load_job_config(args.config)
+    rejects_csv = Path(args.rejects_csv) if args.rejects_csv else None
+    if rejects_csv and (rejects_csv.is_dir() or not rejects_csv.parent.is_dir()):
+        raise BadInputError(f"--rejects-csv {rejects_csv}: not a file in an existing folder")
+    if rejects_csv and rejects_csv.exists() and any(p and Path(p).exists() and rejects_csv.samefile(p)
+                                                    for p in (args.path, args.config)):
+        raise BadInputError(f"--rejects-csv {rejects_csv} is an input of this command; it would be overwritten")
     result = read_manifest(args.path, config)
     problems = result.problems()
-    if args.rejects_csv:  # for the operator's spreadsheet: cells are escaped, never formulas
+    if rejects_csv:  # for the operator's spreadsheet: cells are escaped, never formulas
         from pipeline.csvsafe import write_csv
 
-        write_csv(Path(args.rejects_csv), result.rejects.to_pylist(), result.rejects.column_names)
+        write_csv(rejects_csv, result.rejects.to_pylist(), result.rejects.column_names)
     if problems:
         for line in problems:
             print(line, file=sys.stderr)

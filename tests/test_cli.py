@@ -45,6 +45,24 @@ def test_validate_lists_every_bad_row(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_validate_never_writes_its_rejects_over_an_input_or_into_nowhere(tmp_path, capsys):
+    manifest = tmp_path / "bad.csv"
+    manifest.write_text(text := "sku,title,category\nA,,mug\n")
+    for target, says in ((manifest, "is an input of this command"), (tmp_path / "no" / "r.csv", "existing folder"),
+                         (tmp_path, "existing folder")):
+        code, _, err = _run(capsys, "validate", str(manifest), "--rejects-csv", str(target))
+        assert code == 2 and says in err and "Traceback" not in err
+    assert manifest.read_text() == text and list(tmp_path.iterdir()) == [manifest]
+    code, _, _ = _run(capsys, "validate", str(manifest), "--rejects-csv", str(tmp_path / "r.csv"))
+    assert code == 2 and "\"2\",\"A\",\"title\"" in (tmp_path / "r.csv").read_text(encoding="utf-8-sig")
+
+
+def test_run_refuses_an_out_that_is_a_file(tmp_path, capsys):
+    (out := tmp_path / "out").write_text("not a folder")
+    code, _, err = _run(capsys, "run", "--manifest", str(EXAMPLE_CATALOG), "--out", str(out))
+    assert code == 2 and "is a file, not a folder" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("content, expected", [
     (None, "manifest not found"),
     ("title,category\nMug,mug\n", "sku"),

@@ -29,6 +29,8 @@ def prepare(request: RunRequest) -> dict:
     from pipeline.publish import sha256_file
 
     tick, config = time.perf_counter(), request.config
+    if bad := next((f for f in (request.out, request.dataset_root) if f.exists() and not f.is_dir()), None):
+        raise BadInputError(f"--out {request.out}: {bad} is a file, not a folder")
     published = request.dataset_root / "_runs" / request.run_id / "manifest.json"
     if published.is_file() and not (request.staging / STATE).is_file():  # staged: killed after its commit
         raise BadInputError(f"run id {request.run_id!r} is already published ({published}); use a new --run-id")
