@@ -232,7 +232,16 @@ def _read_parquet(data: bytes, source: str) -> tuple[list[str], list[_Record]]:
         table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError) as exc:
         raise BadInputError(f"{source}: not a Parquet file ({exc})".replace("\n", " ")) from None
-    return table.column_names, [_Record(i + 1, row) for i, row in enumerate(table.to_pylist())]
+    try:
+        rows = table.to_pylist()
+    except (pa.ArrowException, ValueError, OverflowError) as exc:  # bytes not UTF-8, dates past 9999 ...
+        for name, column in zip(table.column_names, table.columns):  # name the column
+            try:
+                column.to_pylist()
+            except (pa.ArrowException, ValueError, OverflowError):
+                raise BadInputError(f"{source}: column {name!r} cannot be read ({type(exc).__name__}: {exc})") from None
+        raise BadInputError(f"{source}: its rows cannot be read ({type(exc).__name__}: {exc})") from None
+    return table.column_names, [_Record(i + 1, row) for i, row in enumerate(rows)]
 
 
 def _resolve_columns(columns: list[str], config: JobConfig, source: str) -> dict[str, str]:

@@ -249,7 +249,8 @@ def report_from_run_dir(run_dir: Path, target: Path | None = None) -> Path:
         paths.append(path)
     accepted, rejected = (pa.concat_tables(t) if t else GATED_SCHEMA.empty_table() for t in tables.values())
     summary = dataclasses.replace(RunSummary.of_manifest(manifest_path, manifest), accepted=accepted.num_rows,
-                                  rejected=rejected.num_rows, report_path=target or manifest_path.with_name("report.html"))
+                                  rejected=rejected.num_rows,
+                                  report_path=target or manifest_path.with_name("report.html"))
     return write_report(summary.report_path, accepted, rejected, summary, manifest["validation"],
                         thresholds=manifest.get("models", {}).get("scorer"),
                         thumbnails=lambda keys: _published_thumbnails(paths, keys))

@@ -323,6 +323,19 @@ def test_no_data_rows(tmp_path, name, content):
     assert_bad_file(path)
 
 
+def test_parquet_values_python_cannot_hold_name_their_column(tmp_path):
+    """Bytes that are not UTF-8 in a string column, a timestamp past year 9999: exit 2 naming the
+    file and the column, not a traceback."""
+    base = {"sku": ["A"], "title": ["Mug"], "category": ["mug"]}
+    cases = {"title": pa.array([b"M\xf6g"], pa.binary()).cast(pa.string(), safe=False),  # Latin-1 bytes
+             "description": pa.array([2 * 253_402_300_800_000], pa.int64()).cast(pa.timestamp("ms"))}  # > 9999
+    for column, array in cases.items():
+        path = tmp_path / f"{column}.parquet"
+        pq.write_table(pa.table({**base, column: array}), path)
+        with pytest.raises(BadInputError, match=rf"{path.name}: column '{column}' cannot be read"):
+            read_manifest(path, JobConfig())
+
+
 def test_empty_parquet(tmp_path):
     pq.write_table(pa.table({"sku": pa.array([], pa.string()), "title": pa.array([], pa.string()),
                              "category": pa.array([], pa.string())}), tmp_path / "c.parquet")
