@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from pipeline.config import ImageSources
+from pipeline.errors import BadInputError
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 Resolver = Callable[[str, int], list[str]]
@@ -54,7 +55,10 @@ class ImageReferences:
         base = Path(manifest_dir).resolve()
         self.sources = sources
         self.manifest_dir = base
-        self.roots = list(dict.fromkeys([base, *((base / root).resolve() for root in sources.roots)]))
+        try:
+            self.roots = list(dict.fromkeys([base, *((base / root).resolve() for root in sources.roots)]))
+        except (OSError, RuntimeError) as exc:  # a symlink loop among the roots
+            raise BadInputError(f"job config images.roots: {exc}") from None
         self._resolver = resolver
         self._hosts: dict[tuple[str, int], str | None] = {}  # (host, port) -> refusal, resolved once
 
@@ -79,9 +83,9 @@ class ImageReferences:
         try:
             resolved = candidate.resolve()  # follows every symlink, so a link out of a root is caught
             is_file = resolved.is_file()
-        except OSError as exc:  # a name too long, a symlink loop, ...
+        except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop (RuntimeError before 3.13) ...
             shown = reference if len(reference) <= 80 else reference[:77] + "..."
-            raise ValueError(f"{shown!r}: not a usable image path ({exc.strerror or exc})") from None
+            raise ValueError(f"{shown!r}: not a usable image path ({getattr(exc, 'strerror', None) or exc})") from None
         if not any(resolved.is_relative_to(root) for root in self.roots):
             via = f" (it resolves to {resolved})" if resolved != candidate.absolute() else ""
             roots = ", ".join(str(r) for r in self.roots)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from pipeline.cli import main
 from pipeline.config import ImageSources
+from pipeline.errors import BadInputError
 from pipeline.references import ImageReferences
 
 PUBLIC = "93.184.215.14"
@@ -29,6 +30,7 @@ def tree(tmp_path) -> Path:
     (tmp_path / "secret.txt").write_text("secret")
     os.symlink(tmp_path / "secret.txt", tmp_path / "catalog" / "images" / "escape.png")
     os.symlink(tmp_path / "catalog" / "images" / "mug.png", tmp_path / "catalog" / "alias.png")
+    os.symlink(tmp_path / "catalog" / "loop.png", tmp_path / "catalog" / "loop.png")  # a link to itself
     return tmp_path
 
 
@@ -39,6 +41,12 @@ def references(tree: Path, resolver=None, **sources) -> ImageReferences:
                                             "mixed.example.com": [PUBLIC, "127.0.0.1"],
                                             "v6.example.com": ["::ffff:127.0.0.1"]}[host])
     return ImageReferences(ImageSources(**sources), tree / "catalog", resolver=fake)
+
+
+def test_a_symlink_loop_among_the_roots_names_the_setting(tree):
+    os.symlink(tree / "catalog" / "looping", tree / "catalog" / "looping")
+    with pytest.raises(BadInputError, match="images.roots"):
+        references(tree, roots=("looping",))
 
 
 def test_local_paths_under_the_roots_are_resolved(tree):
@@ -57,6 +65,7 @@ def test_local_paths_under_the_roots_are_resolved(tree):
     ("images/none.png", "image file not found"),
     ("images", "image file not found"),
     ("[" * 5000, "not a usable image path"),  # a name the file system refuses (ENAMETOOLONG)
+    ("loop.png", "not a usable image path"),  # a symlink loop (RuntimeError, not OSError, before 3.13)
     ("C:\\images\\mug.png", "Windows drive"),
     ("images\\mug.png", "backslashes"),
     ("file:///etc/passwd", "scheme 'file' is not allowed"),
