@@ -58,7 +58,17 @@ class Generation(_Strict):
             if name is not None and name not in PROMPT_FIELDS:
                 allowed = ", ".join("{" + f + "}" for f in PROMPT_FIELDS)
                 raise ValueError(f"unknown field {{{name}}}; allowed: {allowed}")
-        return value
+        return fillable(value, PROMPT_FIELDS)
+
+
+def fillable(template: str, fields) -> str:
+    """`template` if text fills it: a conversion (`!z`), a format spec (`:d`) or a field nested in
+    one (`{title:{x}}`) that would fail at planning fails here, naming the template."""
+    try:
+        template.format_map(dict.fromkeys(fields, "text"))
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+        raise ValueError(f"template {template!r} cannot be filled in ({type(exc).__name__}: {exc})") from None
+    return template
 
 
 class Gates(_Strict):
@@ -264,6 +274,7 @@ class Training(_Strict):
             if unknown:
                 allowed = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
                 raise ValueError(f"template {template!r} uses unknown field {{{unknown[0]}}}; allowed: {allowed}")
+            fillable(template, TEMPLATE_FIELDS)
         return self
 
 

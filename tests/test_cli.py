@@ -97,6 +97,17 @@ def test_bad_config_names_the_key_and_allowed_values(tmp_path, capsys):
     assert "key 'colour': unknown key" in err
 
 
+@pytest.mark.parametrize("key, config", [
+    ("generation.prompt_template", {"generation": {"prompt_template": "{title:{bogus}}"}}),  # a nested field
+    ("generation.prompt_template", {"generation": {"prompt_template": "{title:d}"}}),  # a number's format
+    ("training", {"kinds": ["training"], "training": {"templates": ["a {label!z} photo"]}}),  # a conversion
+])
+def test_a_template_that_text_cannot_fill_is_refused_when_the_config_loads(tmp_path, capsys, key, config):
+    (path := tmp_path / "job.yaml").write_text(json.dumps(config))
+    code, _, err = _run(capsys, "validate", str(EXAMPLE_CATALOG), "--config", str(path))
+    assert code == 2 and f"key '{key}'" in err and "cannot be filled in" in err and "Traceback" not in err
+
+
 def test_bad_market_in_config_and_unknown_model(tmp_path, capsys):
     config = tmp_path / "job.yaml"
     config.write_text("markets: [en-US, zz-ZZ]\n")
