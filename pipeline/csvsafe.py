@@ -17,6 +17,12 @@ from pathlib import Path
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+def storable(text: str) -> str:
+    """`text` with any unpaired UTF-16 surrogate (JSON's "\\ud83d" alone) written as an escape, so
+    that it can be stored as UTF-8 (Arrow, Parquet, a file) and shown."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def escape_cell(value: object) -> str:
     """The cell's text, with a leading `'` when it would start a formula; None is empty."""
     text = "" if value is None else str(value)

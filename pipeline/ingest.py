@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from pipeline.campaign.planner import campaign_problems
 from pipeline.config import CANONICAL_FIELDS, REQUIRED_FIELDS, JobConfig
+from pipeline.csvsafe import storable
 from pipeline.errors import BadInputError
 from pipeline.locales import normalize_market
 from pipeline.references import ImageReferences
@@ -108,7 +109,7 @@ def read_manifest(path: str | Path, config: JobConfig) -> IngestResult:
     products, rejects, first_line_of_sku = [], [], {}
     images = ImageReferences(config.images, path.parent)
     for record in records:
-        raw = json.dumps(record.values, ensure_ascii=False, default=str)
+        raw = storable(json.dumps(record.values, ensure_ascii=False, default=str))
         if record.error:
             product, problems = None, [(None, record.error)]
         else:
@@ -120,7 +121,7 @@ def read_manifest(path: str | Path, config: JobConfig) -> IngestResult:
                     problems.append((fields["image"], str(exc)))
             if not problems:  # campaign rows also need a market profile and a usable cut-out
                 problems += campaign_problems(product, fields, config)
-        sku = product["sku"] if product else None
+        sku = storable(product["sku"]) if product and product["sku"] else None
         if sku and sku in first_line_of_sku:
             first = _place(fmt, first_line_of_sku[sku])
             problems.append((fields["sku"], f"duplicate sku {sku!r} (first on {first})"))
@@ -128,7 +129,7 @@ def read_manifest(path: str | Path, config: JobConfig) -> IngestResult:
             # Bad rows register their SKU too: fixing them must not create a duplicate later.
             first_line_of_sku[sku] = record.line
         rejects += [{"source": source, "line": record.line, "sku": sku, "field": field,
-                     "reason": reason, "raw": raw} for field, reason in problems]
+                     "reason": storable(reason), "raw": raw} for field, reason in problems]
         if not problems:
             products.append({"line": record.line, **product})
     return IngestResult(source, pa.Table.from_pylist(products, schema=PRODUCT_SCHEMA),
@@ -305,8 +306,8 @@ def _text(value: object) -> str | None:
     if isinstance(value, (dict, list, bytes)):
         raise ValueError(f"expected text, got {_json_type(value)}")
     text = (json.dumps(value) if isinstance(value, bool) else str(value)).strip()
-    if "\x00" in text:
-        raise ValueError("contains a NUL character")
+    if "\x00" in text or storable(text) != text:  # a surrogate: an emoji cut in half by an exporter?
+        raise ValueError("contains a NUL character" if "\x00" in text else "has half a character (a lone \\ud8xx)")
     if len(text) > MAX_TEXT_CHARS:
         raise ValueError(f"is {len(text):,} characters long; the limit is {MAX_TEXT_CHARS:,}")
     return text or None
@@ -367,8 +368,7 @@ def _parse_attributes(value: object) -> dict:
         raise ValueError(f"must be a JSON object like {{\"color\": \"red\"}}, got {_json_type(value)}")
     attributes = {}
     for key, item in value.items():
-        name = str(key).strip()
-        if not name:
+        if not (name := _text(str(key))):
             raise ValueError("has an empty attribute name")
         try:
             item = _attribute_value(item)
