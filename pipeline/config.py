@@ -295,7 +295,7 @@ class JobConfig(_Strict):
     out: str = "./out"
     max_bad_row_share: float = Field(0.2, ge=0, le=1)
     columns: dict[str, str] = Field(default_factory=dict)
-    list_separator: str = ";"
+    list_separator: str = Field(";", min_length=1)
     generation: Generation = Generation()
     gates: Gates = Gates()
     resources: Resources = Resources()

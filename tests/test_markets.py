@@ -136,4 +136,9 @@ def test_job_markets_need_profiles_and_bad_profile_files_are_named(tmp_path):
     load_profile.__globals__["_profiles"].cache_clear()
     with pytest.raises(BadInputError, match=r"fr-FR.yaml: bad market profile.*each month 1-12 exactly once"):
         load_profile("fr-FR", profiles)
+    for data in (b"\xff\xfe" + good.encode("utf-16-le"), b"a: " + b"[" * 5000):  # not UTF-8; nested too deeply
+        (profiles / "fr-FR.yaml").write_bytes(data)
+        load_profile.__globals__["_profiles"].cache_clear()
+        with pytest.raises(BadInputError, match=r"fr-FR.yaml: cannot read market profile"):
+            load_profile("fr-FR", profiles)
     load_profile.__globals__["_profiles"].cache_clear()

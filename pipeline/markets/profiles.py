@@ -145,8 +145,9 @@ def _read(path: Path) -> MarketProfile:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         profile = MarketProfile.model_validate(data)
-    except (OSError, yaml.YAMLError) as exc:
-        raise BadInputError(f"{path}: cannot read market profile ({exc})".replace("\n", " ")) from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:  # not UTF-8, nested too deeply
+        raise BadInputError(f"{path}: cannot read market profile ({exc or type(exc).__name__})"
+                            .replace("\n", " ")) from None
     except ValidationError as exc:
         details = "; ".join(f"key '{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors())
         raise BadInputError(f"{path}: bad market profile: {details}") from None
