@@ -129,9 +129,19 @@ class WarmModels:
             threading.Thread(target=self._keep_claiming, daemon=True).start()
 
     def _keep_claiming(self) -> None:
+        """Claims every host each keep_s / 3 without waiting on any: a host still setting up (or
+        restarting) answers only then, and its twin stages' idle hosts must not expire meanwhile."""
+        import ray
+
+        pending: dict = {}  # host -> its claim not yet answered (one at a time per host)
         while not self._closed.wait(max(0.1, self.keep_s / 3)):
             for host in [h for hosts in list(self.hosts.values()) for h in hosts]:
-                _claimed(host)
+                if host in pending and not ray.wait([pending[host]], timeout=0)[0]:
+                    continue
+                with contextlib.suppress(ray.exceptions.RayActorError):  # it ended: the next round makes it again
+                    if host in pending:
+                        ray.get(pending.pop(host))
+                pending[host] = host.claim.options(concurrency_group="control").remote()
 
     def _named(self, host, options: dict, stage, name: str) -> tuple[object, float]:
         """The run's host `name` and its idle seconds: the one there (claimed), else a new one

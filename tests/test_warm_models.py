@@ -298,6 +298,23 @@ def test_an_open_step_keeps_its_hosts_however_long_its_gates_take(ray_session):
     assert set(second.column("setups").to_pylist()) == {1}
 
 
+@dataclass
+class SlowToSetUp(WhoRanIt):
+    def setup(self) -> None:
+        time.sleep(4)  # longer than keep_warm_s: the claims must not wait on this host meanwhile
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return batch
+
+
+def test_a_host_still_setting_up_does_not_let_its_twin_stages_idle_host_expire(ray_session):
+    items = pa.table({"item_id": [f"i{k}" for k in range(4)], "shard_id": ["s0"] * 4})
+    with keep_models_warm(_run_state(keep_warm_s=1.0)):
+        out = pa.concat_tables(run_stages([SlowToSetUp(), WhoRanIt(name="score")], make_batches(items, 2),
+                                          executor="ray"))
+    assert out.num_rows == 4
+
+
 def test_hosts_are_named_after_what_decides_the_runs_images():
     from pipeline.warm_models import _run_naming
 
