@@ -84,10 +84,11 @@ class WarmModels:
 
     def _adopt(self, stage: str, found: list[tuple[object, float]]) -> None:
         """`stage`'s hosts, with the seconds each sat idle since an earlier step's last batch: held
-        time, counted with this step's next reading (per host on average, as the record
-        multiplies by all the stage's devices)."""
+        time, counted with this step's next reading. A wall time, as the record multiplies it by
+        all the model stages' devices: per host on average, and the run's stages sat idle over the
+        same time (the longest of them, not their sum)."""
         self.hosts[stage] = [host for host, _ in found]
-        self.carried_idle += sum(idle for _, idle in found) / len(found)
+        self.carried_idle = max(self.carried_idle, sum(idle for _, idle in found) / len(found))
 
     def take_up_left_hosts(self, address: str | None = None) -> int:
         """The run's last step: take up the hosts its earlier steps left on a Ray that outlives them,

@@ -366,6 +366,10 @@ def test_time_the_models_sit_set_up_between_rounds_is_counted_once():
         a3, b3, idle = _timed(held_idle)
         assert max(0.2, a3 - b2) <= idle <= b3 - a2
         assert held_idle() == 0.0  # counted once
+    with keep_models_warm() as warm:  # two stages' hosts that an earlier step left idle 3 s: 3 s, not 6
+        warm._adopt("generate", [("host-g", 3.0)]), warm._adopt("score", [("host-s", 2.0), ("host-t", 4.0)])
+        idle, _ = held_idle(), warm.hosts.clear()  # (not real hosts: nothing to end)
+    assert idle == 3.0
 
 
 def test_a_session_belongs_to_its_thread_and_ends_with_its_block():
