@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -97,7 +98,7 @@ class _ActorStage:
         stage.setup()
         self.stage = stage
         self._first = True
-        self._proxies = 0  # as a warm model's host: the Ray Data proxies bound to it
+        self._proxies: dict[str, int] = {}  # as a warm model's host: the Ray Data proxies bound, per round
         parts = ", ".join(f"{k} {v:.1f} s" for k, v in (getattr(stage, "setup_s", None) or {}).items())
         worker_log().info("%s: actor set up in %.1f s%s (pid %d)", stage.name, time.perf_counter() - tick,
                           f" ({parts})" if parts else "", os.getpid())
@@ -106,14 +107,16 @@ class _ActorStage:
         if idle_exit_s:  # a run's named host (pipeline/warm_models.py): it ends itself once left idle
             threading.Thread(target=self._end_when_idle, args=(idle_exit_s,), daemon=True).start()
 
-    def proxies(self) -> int:
-        return self._proxies
+    def proxies(self, round_id: str) -> int:
+        """The proxies of the round `round_id` bound to this host (counted per round: a host that
+        restarted, or was made again, would otherwise draw every proxy until it caught up)."""
+        return self._proxies.get(round_id, 0)
 
-    def bind(self, expected: int) -> bool:
-        """A proxy binds this host if no other proxy did since it read `proxies()` (compare-and-set)."""
-        if self._proxies != expected:
+    def bind(self, expected: int, round_id: str) -> bool:
+        """A proxy binds this host if no other proxy of its round did since it read `proxies()`."""
+        if self.proxies(round_id) != expected:
             return False
-        self._proxies += 1
+        self._proxies[round_id] = expected + 1
         return True
 
     def claim(self) -> float | None:
@@ -251,7 +254,8 @@ def run_ray(stages: Sequence[Stage], batches: Sequence[pa.Table], *, address: st
                 # host has its next batch while the proxy still hands on the last one's output.
                 pool = ray.data.ActorPoolStrategy(size=r.actors, max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
                                                   enable_true_multi_threading=True)
-                ds = ds.map_batches(HostedStage, fn_constructor_args=(warm.hosts_for(stage),), compute=pool,
+                ds = ds.map_batches(HostedStage, fn_constructor_args=(warm.hosts_for(stage), uuid.uuid4().hex),
+                                    compute=pool,
                                     **{**options, "num_cpus": 0, "num_gpus": None})
             else:
                 pool = ray.data.ActorPoolStrategy(size=r.actors, max_concurrent_calls_per_actor=CALLS_PER_ACTOR)

@@ -324,18 +324,19 @@ def hosted_stages(stages: Sequence) -> list[bool]:
 class HostedStage:
     """Ray Data's actor for a warm stage: a proxy that runs each batch on one of the stage's hosts.
 
-    Each proxy binds the host with the fewest proxies (a compare-and-set on the host, so
-    proxies starting together spread one per host); it waits for the host's set-up there.
+    Each proxy binds the host with the fewest proxies of its round (`round_id`: one Ray Data
+    execution; a compare-and-set on the host, so proxies starting together spread one per host);
+    it waits for the host's set-up there.
     """
 
-    def __init__(self, hosts: list) -> None:
+    def __init__(self, hosts: list, round_id: str) -> None:
         import ray
 
         tick = time.perf_counter()
         while True:
-            counts = ray.get([h.proxies.options(concurrency_group="control").remote() for h in hosts])
+            counts = ray.get([h.proxies.options(concurrency_group="control").remote(round_id) for h in hosts])
             index = min(range(len(hosts)), key=counts.__getitem__)
-            if ray.get(hosts[index].bind.options(concurrency_group="control").remote(counts[index])):
+            if ray.get(hosts[index].bind.options(concurrency_group="control").remote(counts[index], round_id)):
                 break
         self.host = hosts[index]
         from pipeline.executor import worker_log
