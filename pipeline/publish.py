@@ -28,18 +28,13 @@ renames leaves the date without rows until that re-run).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import datetime as dt
-import errno
 import fcntl
-import functools
 import hashlib
 import json
 import os
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -49,6 +44,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline.errors import SynthcatError
+from pipeline.fsops import exchange as _exchange
+from pipeline.fsops import fsync as _fsync
+from pipeline.fsops import write_json as _write_json
 from pipeline.schema import IMAGE_TYPE, OUTPUT_SCHEMA, PARTITION_COLUMNS, conform, with_hf_metadata
 
 DATA_DIR, REJECTS_DIR, RUNS_DIR = "data", "rejects", "_runs"
@@ -105,6 +103,8 @@ def stage_run(staging_dir: Path, accepted: pa.Table, rejected: pa.Table, run_id:
             file.add(file.rows.column("image"))
     _fetch_images([f for f in files if "image" not in f.rows.column_names], images, buffer_bytes)
     records = [file.record() for file in files]
+    for folder in sorted({p for file in files for p in file.path.parents[:3]}, key=lambda p: -len(p.parts)):
+        _fsync(folder)  # the files' names, then their folders' (market, date, kind)
     marker = {"run_id": run_id, "files": records}
     _write_json(staging_dir / STAGED_MARKER, marker)
     return records
@@ -152,6 +152,9 @@ def publish_run(dataset_root: Path, staging_dir: Path, run_id: str, run_dates: l
                 _swap_partition(staged=staging_dir / kind / name, live=dataset_root / kind / name,
                                 aside=staging_dir / f".replaced-{kind}-{name}", wanted=wanted)
 
+        for folder in (dataset_root / DATA_DIR, dataset_root / REJECTS_DIR, dataset_root, staging_dir):
+            if folder.is_dir():
+                _fsync(folder)  # the renames on the disk before the record that relies on them
         # 3. Commit: the manifest is written last.
         missing = [r["path"] for r in records if not (dataset_root / r["path"]).is_file()
                    or (dataset_root / r["path"]).stat().st_size != r["bytes"]]
@@ -262,6 +265,7 @@ class _StagedFile:
         self._pending = [pa.concat_arrays(rest.chunks)] if len(rest) else []
         if self._written == self.rows.num_rows:  # closed as soon as it is whole: a run's files are not all open
             self._writer.close()
+            _fsync(self._tmp)  # on the disk before anything can list it (pipeline/fsops.py)
             os.replace(self._tmp, self.path)
 
     def record(self) -> dict:
@@ -344,35 +348,6 @@ def _holds(partition: Path, wanted: dict[str, tuple[int, str]], read: bool = Tru
             and (not read or all(sha256_file(found[n]) == sha for n, (_, sha) in wanted.items())))
 
 
-@functools.cache
-def _renameat2():
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    function = getattr(libc, "renameat2", None)  # glibc >= 2.28
-    if function is not None:
-        function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                             ctypes.c_uint]
-        function.restype = ctypes.c_int
-    return function
-
-
-_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two existing paths; False where the OS or filesystem cannot."""
-    function = _renameat2()
-    if function is None:
-        return False
-    if function(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    error = ctypes.get_errno()
-    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise OSError(error, os.strerror(error), str(a), None, str(b))
-
-
 # --- small helpers -------------------------------------------------------------------------------
 
 def _check_name(what: str, value) -> None:
@@ -388,13 +363,3 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_json(path: Path, value: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(value, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

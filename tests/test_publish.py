@@ -220,6 +220,24 @@ def test_manifest_is_written_after_every_partition_moved(tmp_path, monkeypatch):
     assert events.index("manifest.json") > max(i for i, e in enumerate(events) if e == "swap")
 
 
+def test_files_and_the_folders_renamed_into_are_flushed_to_disk_before_the_manifest(tmp_path, monkeypatch):
+    """A power cut after the commit must not find the manifest without its files: each file is
+    flushed before its rename, its folders before the marker, the live folders before the manifest."""
+    events = []
+    swap, write_json, fsync = publish._swap_partition, publish._write_json, publish._fsync
+    monkeypatch.setattr(publish, "_fsync", lambda path: (events.append(("fsync", Path(path))), fsync(path))[1])
+    monkeypatch.setattr(publish, "_swap_partition", lambda **kw: (events.append(("swap", kw["live"])), swap(**kw))[1])
+    monkeypatch.setattr(publish, "_write_json", lambda path, value: (events.append(("write", path)), write_json(path, value))[1])
+    manifest = publish_tables(tmp_path, "run-a", [D1], make_output_table(4), rejected_rows(1))
+    flushed = [path for event, path in events if event == "fsync"]
+    for record in manifest["files"]:
+        staged = tmp_path / "_staging" / "run-a" / record["path"]
+        assert staged.with_name(f".{staged.name}.tmp") in flushed and staged.parent in flushed
+    commit = events.index(("write", tmp_path / "_runs" / "run-a" / "manifest.json"))
+    last_swap = max(i for i, (event, _) in enumerate(events) if event == "swap")
+    assert {path for _, path in events[last_swap:commit]} >= {tmp_path / "data", tmp_path / "rejects"}
+
+
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "rename-aside"])
 def test_republishing_a_date_replaces_it_and_keeps_other_dates(tmp_path, monkeypatch, exchange):
     if not exchange:
