@@ -225,7 +225,7 @@ def report_from_run_dir(run_dir: Path, target: Path | None = None) -> Path:
     from pipeline.schema import GATED_SCHEMA, conform
     from pipeline.steps.state import RunSummary
 
-    manifest_path = Path(run_dir) / "manifest.json"
+    manifest_path = Path(run_dir).resolve() / "manifest.json"  # the dataset is two folders up, even from "."
     if not manifest_path.is_file():
         raise BadInputError(f"{run_dir}: no manifest.json (not a published run folder)")
     try:

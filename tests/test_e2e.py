@@ -214,6 +214,8 @@ def test_report_command_rebuilds_the_report_of_a_published_run(published, tmp_pa
     original = (run_dir / "report.html").read_text(encoding="utf-8")
     assert sorted(thumbnails.findall(page)) == sorted(thumbnails.findall(original))
     assert main(["report", str(tmp_path)]) == 2 and "no manifest.json" in capsys.readouterr().err
+    monkeypatch.chdir(run_dir)  # from inside the run's folder: the dataset is still found two folders up
+    assert main(["report", ".", "--out", str(tmp_path / "here.html")]) == 0 and (tmp_path / "here.html").is_file()
     assert main(["report", str(run_dir), "--out", str(tmp_path / "no" / "r.html")]) == 2
     assert "does not exist" in capsys.readouterr().err
     for text, says in (('{"run_id": ', "cannot be read as JSON"), ("{}", "not a synthcat run manifest")):
