@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -206,3 +207,34 @@ def test_job_configs_load_or_are_refused_naming_the_file(config):
         code, err = synthcat("validate", str(not_a_manifest), "--config", str(path))
     assert code == 2 and "Traceback" not in err
     assert err.startswith((f"synthcat: error: {path}: ", f"synthcat: error: {not_a_manifest}: unsupported"))
+
+
+def test_half_a_character_is_the_rows_problem_and_its_reject_can_be_stored(tmp_path):
+    """JSON's lone "\\ud83d" (an emoji cut in half by an exporter) in a JSONL value or in a CSV
+    attributes cell: the row is rejected naming the field, and the rejects table holds it escaped."""
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text('{"sku": "A\\ud800", "title": "Mug", "category": "mug"}\n'
+                     '{"sku": "B", "title": "Mug \\ud83d", "category": "mug"}\n', encoding="utf-8")
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_text('sku,title,category,attributes\nC,Mug,mug,"{""colour"": ""red \\ud83d""}"\n'
+                        'D,Mug,mug,"{""\\udc00"": 1}"\n', encoding="utf-8")
+    for path, expected in ((jsonl, [(1, "sku"), (2, "title")]), (csv_path, [(2, "attributes"), (3, "attributes")])):
+        result = read_manifest(path, JobConfig())
+        rejects = result.rejects.to_pylist()
+        assert [(r["line"], r["field"]) for r in rejects] == expected and result.products.num_rows == 0
+        assert all("half a character" in r["reason"] for r in rejects)
+        pq.write_table(result.rejects, tmp_path / "rejects.parquet")  # UTF-8 throughout
+    assert rejects[0]["raw"].count("\\ud83d") == 1
+
+
+def test_parquet_values_python_cannot_hold_name_their_column(tmp_path):
+    """Bytes that are not UTF-8 in a string column, a timestamp past year 9999: exit 2 naming the
+    file and the column, not a traceback."""
+    base = {"sku": ["A"], "title": ["Mug"], "category": ["mug"]}
+    cases = {"title": pa.array([b"M\xf6g"], pa.binary()).cast(pa.string(), safe=False),  # Latin-1 bytes
+             "description": pa.array([2 * 253_402_300_800_000], pa.int64()).cast(pa.timestamp("ms"))}  # > 9999
+    for column, array in cases.items():
+        path = tmp_path / f"{column}.parquet"
+        pq.write_table(pa.table({**base, column: array}), path)
+        with pytest.raises(BadInputError, match=rf"{path.name}: column '{column}' cannot be read"):
+            read_manifest(path, JobConfig())
