@@ -136,7 +136,9 @@ class WarmModels:
 
         pending: dict = {}  # host -> its claim not yet answered (one at a time per host)
         while not self._closed.wait(max(0.1, self.keep_s / 3)):
-            for host in [h for hosts in list(self.hosts.values()) for h in hosts]:
+            current = [h for hosts in list(self.hosts.values()) for h in hosts]
+            pending = {host: ref for host, ref in pending.items() if host in current}  # hosts made again: dropped
+            for host in current:
                 if host in pending and not ray.wait([pending[host]], timeout=0)[0]:
                     continue
                 with contextlib.suppress(ray.exceptions.RayActorError):  # it ended: the next round makes it again

@@ -12,7 +12,6 @@ import ray
 import ray.cloudpickle
 
 from pipeline.config import StageResources
-from pipeline.executor import make_batches, run_stages
 from pipeline.warm_models import HostedStage, keep_models_warm
 from test_warm_models import WhoRanIt, _round, _run_state
 
@@ -29,10 +28,8 @@ class SlowToSetUp(WhoRanIt):
 
 
 def test_a_host_still_setting_up_does_not_let_its_twin_stages_idle_host_expire(ray_session):
-    items = pa.table({"item_id": [f"i{k}" for k in range(4)], "shard_id": ["s0"] * 4})
     with keep_models_warm(_run_state(keep_warm_s=1.0)):
-        out = pa.concat_tables(run_stages([SlowToSetUp(), WhoRanIt(name="score")], make_batches(items, 2),
-                                          executor="ray"))
+        out = _round("ray", rows=4, stages=[SlowToSetUp(), WhoRanIt(name="score")])
     assert out.num_rows == 4
 
 

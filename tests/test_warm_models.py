@@ -98,9 +98,9 @@ class AfterTheFirstIsSeen(PassOn):
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def _round(executor: str, rows: int = 6, stage: WhoRanIt | None = None) -> pa.Table:
+def _round(executor: str, rows: int = 6, stage: WhoRanIt | None = None, stages: list | None = None) -> pa.Table:
     items = pa.table({"item_id": [f"i{k}" for k in range(rows)], "shard_id": ["s0"] * rows})
-    return pa.concat_tables(run_stages([stage or WhoRanIt()], make_batches(items, 2), executor=executor))
+    return pa.concat_tables(run_stages(stages or [stage or WhoRanIt()], make_batches(items, 2), executor=executor))
 
 
 def _gone(pid: int, timeout: float = 60.0) -> bool:
