@@ -5,8 +5,10 @@ included) until the last batch is out, so device-seconds = that step's wall time
 its model stages hold: GPUs when any stage asks for one, else the CPU cores they are granted.
 Regeneration rounds add their own time, and where a run keeps its models set up between rounds
 (pipeline/warm_models.py) the time they sit idle meanwhile, while the gates run or until the
-run's next task takes them up, counts too (`held_idle_seconds`). Prices come from the job config
-(`cost:`).
+run's next task takes them up, counts too (`held_idle_seconds`). Steps that generate at the same
+time on the run's shared model hosts count their common time once: the record keeps each
+holder's spans of held time (`spans`, epoch seconds) and sums the union. Prices come from the
+job config (`cost:`).
 """
 
 from __future__ import annotations
@@ -28,21 +30,46 @@ def devices_held(stages: Sequence) -> tuple[str, float]:
     return "cpu", sum(s.resources.num_cpus * s.resources.actors for s in workers)
 
 
-def add_device_seconds(previous: dict | None, kind: str, count: float, seconds: float, held_idle: float = 0.0,
-                       rounds: int = 1) -> dict:
-    """The run's device record after one more generation round of `seconds` on `count` devices,
-    which before it sat `held_idle` seconds set up and idle since the previous round."""
+def add_held(previous: dict | None, kind: str, count: float, holder: str, start: float, end: float,
+             idle: float = 0.0, rounds: int = 1) -> dict:
+    """The run's device record after `holder` held `count` devices of `kind` from `start` to `end`
+    (epoch seconds), the first `idle` seconds of it set up and idle (models kept between rounds,
+    or left by an earlier step), the rest generating (`rounds` rounds).
+
+    A holder is the run's shared model hosts (every step that used them), or one step's own
+    workers. Its spans are merged: two Airflow tasks of a run generating at the same time on the
+    run's hosts hold those devices once, not twice. Different holders' times add up."""
     previous = previous or {}
-    return {"kind": kind, "count": count, "seconds": previous.get("seconds", 0.0) + (seconds + held_idle) * count,
-            "held_idle_seconds": previous.get("held_idle_seconds", 0.0) + held_idle * count,
-            "rounds": previous.get("rounds", 0) + rounds}
+    spans = {name: dict(held) for name, held in previous.get("spans", {}).items()}
+    mine = spans.setdefault(holder, {"held": [], "busy": []})
+    mine["held"] = _merged([*mine["held"], [start, end]])
+    mine["busy"] = _merged([*mine["busy"], [min(start + idle, end), end]]) if rounds else mine["busy"]
+    held = sum(_length(s["held"]) for s in spans.values())
+    busy = sum(_length(s["busy"]) for s in spans.values())
+    return {"kind": kind, "count": count, "seconds": held * count, "held_idle_seconds": (held - busy) * count,
+            "rounds": previous.get("rounds", 0) + rounds, "spans": spans}
 
 
-def add_held_idle(previous: dict | None, held_idle: float) -> dict | None:
-    """The record after the last round's models sat `held_idle` seconds set up (the last gate pass)."""
-    if not previous or held_idle <= 0:
+def add_held_idle(previous: dict | None, holder: str, end: float, idle: float) -> dict | None:
+    """The record after `holder`'s models sat set up and idle for the `idle` seconds up to `end`
+    (the last gate pass); unchanged where nothing was generated or nothing was held."""
+    if not previous or idle <= 0:
         return previous
-    return add_device_seconds(previous, previous["kind"], previous["count"], 0.0, held_idle, rounds=0)
+    return add_held(previous, previous["kind"], previous["count"], holder, end - idle, end, idle, rounds=0)
+
+
+def _merged(spans: list) -> list[list[float]]:
+    out: list[list[float]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        elif b > a:
+            out.append([a, b])
+    return out
+
+
+def _length(spans: list) -> float:
+    return sum(b - a for a, b in spans)
 
 
 def run_cost(device: dict | None, accepted: int, prices: Cost) -> dict:

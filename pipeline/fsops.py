@@ -27,12 +27,13 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_json(path: Path, value: dict) -> None:
-    """`value` as `path`, whole or not at all, and on the disk when this returns."""
+def write_json(path: Path, value: dict, default=None) -> None:
+    """`value` as `path`, whole or not at all, and on the disk when this returns (one writer at a
+    time: the temporary file's name is fixed). `default`: as `json.dump`'s."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(value, handle, indent=2, sort_keys=True)
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=2, sort_keys=True, default=default)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)

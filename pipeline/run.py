@@ -16,7 +16,7 @@ from pipeline.steps.gate import consolidate
 from pipeline.steps.generate import build_stages, generate_shards
 from pipeline.steps.prepare import prepare
 from pipeline.steps.publish import publish
-from pipeline.steps.state import RunRequest, RunSummary, read_state, update_state
+from pipeline.steps.state import RunRequest, RunSummary, editing_state, read_state
 from pipeline.steps.validate import validate
 from pipeline.warm_models import keep_models_warm
 
@@ -35,8 +35,9 @@ def run_job(request: RunRequest) -> RunSummary:
     with keep_models_warm(read_state(staging)):  # the regeneration rounds reuse the models generation loaded
         generated = generate_shards(staging, ray_address=request.ray_address, ray_num_cpus=request.ray_num_cpus,
                                     show_progress=request.show_progress, on_first_batch=load_ge.start)
-        update_state(staging, timings={**read_state(staging)["timings"], "generate": generated.get("seconds", 0.0),
-                                       "generate_first_batch": generated.get("first_batch_s") or 0.0})
+        with editing_state(staging) as state:
+            state["timings"].update(generate=generated.get("seconds", 0.0),
+                                    generate_first_batch=generated.get("first_batch_s") or 0.0)
         consolidate(staging, ray_address=request.ray_address, ray_num_cpus=request.ray_num_cpus)
     validate(staging)
     seconds = generated.get("seconds") or 0.0

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -52,6 +53,14 @@ class WarmModels:
     last: bool = True       # the run's last step (or the whole run): closing ends the run's hosts
     _closed: threading.Event = field(default_factory=threading.Event, repr=False)
     _claiming: bool = field(default=False, repr=False)
+    _id: str = field(default_factory=lambda: uuid.uuid4().hex, repr=False)
+
+    @property
+    def holder(self) -> str:
+        """Who holds this session's devices, for the run's device record (pipeline/cost.py): the
+        run's named hosts, shared by every step that takes them up (steps at the same time hold
+        them once), else this session's own workers."""
+        return f"hosts:{self.run}" if self.run and self.hosts else f"session:{self._id}"
 
     def hosts_for(self, stage) -> list:
         """The host actors of `stage` (created on first use; set-up starts at once, in the hosts).

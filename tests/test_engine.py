@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import Cost, Engine, JobConfig, StageResources
-from pipeline.cost import add_device_seconds, add_held_idle, describe_cost, devices_held, run_cost
+from pipeline.cost import add_held, add_held_idle, describe_cost, devices_held, run_cost
 from pipeline.models.presets import resolve_model, resolve_scorer
 from pipeline.plan import plan_items
 from pipeline.schema import PRODUCT_SCHEMA
@@ -264,14 +264,27 @@ def test_run_cost_per_accepted_image_and_per_thousand():
     cpu_stages = [GenerateStage(None, "m", "x", "P", 1, 0.0, resources=StageResources(num_cpus=1, actors=2)),
                   ScoreStage(None, "c", resources=StageResources(num_cpus=0.5))]
     assert devices_held(cpu_stages) == ("cpu", 2.5)
-    # two generation rounds (a regeneration) on one GPU: 700 s + 20 s
-    device = add_device_seconds(add_device_seconds(None, "gpu", 1, 700.0), "gpu", 1, 20.0)
-    assert device == {"kind": "gpu", "count": 1, "seconds": 720.0, "held_idle_seconds": 0.0, "rounds": 2}
-    # a warm generator held between the rounds (3 s of gates) and after the last (2 s), on 2 GPUs
-    warm = add_held_idle(add_device_seconds(add_device_seconds(None, "gpu", 2, 10.0), "gpu", 2, 4.0, 3.0), 2.0)
-    assert warm == {"kind": "gpu", "count": 2, "seconds": 38.0, "held_idle_seconds": 10.0, "rounds": 2}
-    assert add_held_idle(device, 0.0) is device and add_held_idle(None, 5.0) is None
+    # two generation rounds (a regeneration) on one GPU: 700 s + 20 s, 30 s apart, by steps of their own
+    device = add_held(add_held(None, "gpu", 1, "step-a", 0.0, 700.0), "gpu", 1, "step-b", 730.0, 750.0)
+    assert {k: device[k] for k in ("kind", "count", "seconds", "held_idle_seconds", "rounds")} == \
+        {"kind": "gpu", "count": 1, "seconds": 720.0, "held_idle_seconds": 0.0, "rounds": 2}
+    # a warm generator on 2 GPUs: 10 s, 3 s of gates held idle, 4 s, then 2 s of the last gate pass
+    warm = add_held(add_held(None, "gpu", 2, "hosts", 100.0, 110.0), "gpu", 2, "hosts", 110.0, 117.0, 3.0)
+    warm = add_held_idle(warm, "hosts", 119.0, 2.0)
+    assert (warm["seconds"], warm["held_idle_seconds"], warm["rounds"]) == (38.0, 10.0, 2)
+    assert add_held_idle(device, "step-b", 800.0, 0.0) is device and add_held_idle(None, "hosts", 9.0, 5.0) is None
     assert run_cost(warm, 10, Cost())["held_idle_seconds"] == 10.0
+    # two Airflow tasks of a run at once on the run's shared hosts: 0-60 s and 20-90 s, held 90 s, once;
+    # the second found the hosts busy (no idle). On workers of their own, both count.
+    shared = add_held(add_held(None, "gpu", 1, "hosts", 20.0, 90.0), "gpu", 1, "hosts", 0.0, 60.0)
+    assert (shared["seconds"], shared["held_idle_seconds"], shared["rounds"]) == (90.0, 0.0, 2)
+    own = add_held(add_held(None, "gpu", 1, "step-a", 20.0, 90.0), "gpu", 1, "step-b", 0.0, 60.0)
+    assert own["seconds"] == 130.0
+    # a later task took the hosts up after they sat 5 s idle (its span begins with them): counted once too
+    later = add_held(shared, "gpu", 1, "hosts", 85.0, 100.0, idle=5.0)
+    assert (later["seconds"], later["held_idle_seconds"]) == (100.0, 0.0)  # 85-90 was the other task's batches
+    later = add_held(shared, "gpu", 1, "hosts", 90.0, 100.0, idle=5.0)
+    assert (later["seconds"], later["held_idle_seconds"]) == (100.0, 5.0)
     cost = run_cost(device, accepted=10_000, prices=Cost(gpu_hour_usd=2.5))
     assert cost["device_s_per_accepted"] == pytest.approx(0.072)
     assert cost["usd"] == pytest.approx(0.5) and cost["usd_per_1000_accepted"] == pytest.approx(0.05)

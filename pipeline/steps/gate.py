@@ -13,7 +13,7 @@ from pipeline.config import parse_job_config
 from pipeline.schema import GATED_SCHEMA, OUTPUT_SCHEMA, conform
 from pipeline.shards import ShardStore, shard_sizes
 from pipeline.steps.generate import generate_shards
-from pipeline.steps.state import read_state, update_state
+from pipeline.steps.state import editing_state, read_state, update_state
 from pipeline.warm_models import held_idle, keep_models_warm
 
 
@@ -55,15 +55,16 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
             state = update_state(staging, shards={**state["shards"], **sizes})
             generate_shards(staging, list(sizes), ray_address=ray_address, ray_num_cpus=ray_num_cpus)
             regenerated += retries.num_rows
-        idle = held_idle()  # the last gate pass ran with the models still set up: held too
+        idle, holder = held_idle(), warm.holder  # the last gate pass ran with the models still set up: held too
     (staging / "gated").mkdir(exist_ok=True)
     pq.write_table(gated.accepted, staging / "gated" / "accepted.parquet")
     pq.write_table(gated.rejected, staging / "gated" / "rejected.parquet")
     result = {"accepted": gated.accepted.num_rows, "rejected": gated.rejected.num_rows,
               "reasons": gated.reasons(), "regenerated": regenerated,
               "history_rows": 0 if history is None else history.num_rows}
-    update_state(staging, gate=result, timings={**state["timings"], "gate": time.perf_counter() - tick},
-                 device=add_held_idle(read_state(staging).get("device"), idle))
+    with editing_state(staging) as record:
+        record.update(gate=result, timings={**record["timings"], "gate": time.perf_counter() - tick},
+                      device=add_held_idle(record.get("device"), holder, time.time(), idle))
     return result
 
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from pipeline.config import parse_job_config
 from pipeline.errors import BadInputError
 from pipeline.shards import ShardStore
-from pipeline.steps.state import read_state, update_state
+from pipeline.steps.state import editing_state, read_state
 from pipeline.warm_models import held_idle, keep_models_warm
 
 
@@ -48,7 +48,7 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
     process, `executor: local`). A shard file appears only when the shard is complete; the
     first one back calls `on_first_batch()` and ends `first_batch_s`, the start-up.
     """
-    from pipeline.cost import add_device_seconds, devices_held
+    from pipeline.cost import add_held, devices_held
     from pipeline.executor import run_stages
     from pipeline.plan import generation_batches
     from pipeline.progress import Progress
@@ -73,7 +73,8 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
     tick, first_batch_s = time.perf_counter(), None
     stages = build_stages(state, todo.num_rows)
     # a step of the run: the next one (consolidate, on the same Ray) may take the models up
-    with Progress("generate", total=todo.num_rows, enabled=show_progress) as bar, keep_models_warm(state, last=False):
+    with Progress("generate", total=todo.num_rows, enabled=show_progress) as bar, \
+            keep_models_warm(state, last=False) as warm:
         batches = generation_batches(todo, config.resources.generate.batch_size)
         results = run_stages(stages, batches, executor=config.executor, ray_address=ray_address, num_cpus=ray_num_cpus)
         for _, rows in store.collect(results, {s: state["shards"][s] for s in todo_shards}):
@@ -81,9 +82,11 @@ def generate_shards(staging: Path, shards: list[str] | None = None, *, ray_addre
                 first_batch_s = time.perf_counter() - tick
                 on_first_batch()
             bar.advance(rows)
-        seconds = time.perf_counter() - tick
+        seconds, end = time.perf_counter() - tick, time.time()
         if todo.num_rows:  # held for this round, and idle since the last (read in the step's session)
-            update_state(staging, device=add_device_seconds(read_state(staging).get("device"), *devices_held(stages),
-                                                            seconds, held_idle(seconds)))
+            idle = held_idle(seconds)
+            with editing_state(staging) as record:  # other steps of the run may be adding theirs
+                record["device"] = add_held(record.get("device"), *devices_held(stages), warm.holder,
+                                            end - seconds - idle, end, idle)
     return {"shards": len(wanted), "generated": todo.num_rows, "skipped": len(wanted) - len(todo_shards),
             "seconds": seconds, "first_batch_s": first_batch_s}

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
-import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import JobConfig
 from pipeline.errors import BadInputError
+from pipeline.fsops import write_json
 
 STATE = "run.json"  # the staging folder's record of the run: request, models, step results
 
@@ -80,11 +83,24 @@ def read_state(staging: Path) -> dict:
 
 
 def update_state(staging: Path, **values) -> dict:
-    path = staging / STATE
-    state = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    state.update(values)
-    tmp = path.with_name(f".{STATE}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    """Set `values` in the staging record; returns the record."""
+    with editing_state(staging) as state:
+        state.update(values)
     return state
 
+
+@contextlib.contextmanager
+def editing_state(staging: Path) -> Iterator[dict]:
+    """The staging record to change in place, written back (atomically) when the block ends.
+
+    A run's steps may run at once (Airflow's mapped `generate_shards` tasks, on one machine or on
+    a Ray cluster's shared volume), each reading the record, adding its device time and writing it
+    back: an exclusive lock on a file beside the record makes each read-change-write whole, so no
+    step's update overwrites another's. The record is on the disk when the block ends: a step
+    resumed after a power cut finds it whole."""
+    path = staging / STATE
+    with open(staging / f".{STATE}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        state = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        yield state
+        write_json(path, state, default=str)

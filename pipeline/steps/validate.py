@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.errors import GateFailedError
 from pipeline.steps.gate import gated_tables
-from pipeline.steps.state import STATE, read_state, update_state
+from pipeline.steps.state import STATE, editing_state, read_state
 
 
 def validate(staging: Path) -> dict:
@@ -17,7 +17,8 @@ def validate(staging: Path) -> dict:
     state, tick = read_state(staging), time.perf_counter()
     accepted, _ = gated_tables(staging)
     report = validate_accepted(accepted, min_clip_score=state["scorer"]["min_clip_score"]).to_dict()
-    update_state(staging, validation=report, timings={**state["timings"], "validate": time.perf_counter() - tick})
+    with editing_state(staging) as record:
+        record.update(validation=report, timings={**record["timings"], "validate": time.perf_counter() - tick})
     if not report["success"]:
         failed = [r for r in report["results"] if not r["success"]]
         names = "; ".join(f"{r['expectation']}({r.get('column') or ''}): observed {r.get('observed')}"

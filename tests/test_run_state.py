@@ -1,0 +1,92 @@
+"""The staging record (run.json) when a run's steps run at once: Airflow's mapped generate tasks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import yaml
+
+from conftest import EXAMPLE_CATALOG, REPO
+from pipeline.steps.state import STATE, editing_state, read_state
+
+ADD = """
+import sys
+from pathlib import Path
+from pipeline.steps.state import editing_state
+for _ in range(int(sys.argv[2])):
+    with editing_state(Path(sys.argv[1])) as state:
+        state[sys.argv[3]] = state.get(sys.argv[3], 0) + 1
+        state["total"] = state.get("total", 0) + 1
+"""
+
+
+def test_steps_changing_the_record_at_once_lose_none_of_each_others_changes(tmp_path):
+    (tmp_path / STATE).write_text(json.dumps({"run_id": "r"}))
+    steps = [subprocess.Popen([sys.executable, "-c", ADD, str(tmp_path), "40", f"step{k}"], cwd=REPO)
+             for k in range(4)]
+    assert [step.wait(timeout=120) for step in steps] == [0] * 4
+    state = read_state(tmp_path)
+    assert state == {"run_id": "r", "total": 160, **{f"step{k}": 40 for k in range(4)}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{STATE}.lock", STATE]  # no temporary file left
+
+
+def test_a_failed_change_leaves_the_record_as_it_was(tmp_path):
+    (tmp_path / STATE).write_text(json.dumps({"run_id": "r"}))
+    try:
+        with editing_state(tmp_path) as state:
+            state["half"] = "written"
+            raise KeyError("a step failed half-way")
+    except KeyError:
+        pass
+    assert read_state(tmp_path) == {"run_id": "r"}
+
+
+def test_two_generate_tasks_at_once_on_the_runs_hosts_count_their_common_time_once(tmp_path, models_dir,
+                                                                                   ray_session):
+    from pipeline import orchestrate
+
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text("".join(EXAMPLE_CATALOG.read_text().splitlines(keepends=True)[:4]))
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**yaml.safe_load((REPO / "examples" / "job.yaml").read_text()),
+                                   "shard_size": 2, "kinds": ["campaign"]}))
+    spec = orchestrate.make_spec(
+        {"manifest": str(catalog), "config": str(job), "out": str(tmp_path / "out"), "markets": ["en-US"],
+         "variants": 4}, dag_run_id="manual__2026-11-29T01:00:00+00:00", run_date="2026-11-29")
+    groups = orchestrate.plan_shards(spec, max_groups=2)
+    assert len(groups) == 2
+    # two mapped tasks at once (threads here: each has a session of its own, as a process would);
+    # whichever asks first makes the run's generator host, the other takes it up and waits for it
+    results, errors = [], []
+
+    def task(group: list[str]) -> None:
+        try:
+            results.append(orchestrate.generate_shards(spec, group))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    tick = time.time()
+    tasks = [threading.Thread(target=task, args=(group,)) for group in groups]
+    for thread in tasks:
+        thread.start()
+    for thread in tasks:
+        thread.join(timeout=300)
+    wall = time.time() - tick
+    assert not errors, errors
+    device = read_state(orchestrate._staging(spec))["device"]
+    assert device["rounds"] == 2  # both tasks' records are there
+    spans = device["spans"]
+    assert list(spans) == [next(iter(spans))] and next(iter(spans)).startswith("hosts:")  # one holder: the hosts
+    both = sum(result["seconds"] for result in results)
+    # the tasks overlapped (both waited for the one host's set-up), so their sum is well over the wall time
+    assert both > 1.5 * wall
+    assert max(r["seconds"] for r in results) * device["count"] <= device["seconds"] + 0.01
+    assert device["seconds"] <= wall * device["count"] + 0.01  # held once, not once per task
+    print(f"tasks {[round(r['seconds'], 1) for r in results]} s, wall {wall:.1f} s, record {device['seconds']:.1f}")
+    orchestrate.consolidate(spec)  # the last step (regenerating, and ending the hosts) adds its own time
+    after = read_state(orchestrate._staging(spec))["device"]
+    assert after["seconds"] > device["seconds"] and list(after["spans"]) == list(spans)
