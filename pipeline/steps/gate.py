@@ -55,7 +55,8 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
             state = update_state(staging, shards={**state["shards"], **sizes})
             generate_shards(staging, list(sizes), ray_address=ray_address, ray_num_cpus=ray_num_cpus)
             regenerated += retries.num_rows
-        idle, holder = held_idle(), warm.holder  # the last gate pass ran with the models still set up: held too
+        # the last gate pass ran with the models still set up: held too, until now
+        idle, holder, now = held_idle(), warm.holder, time.time()
     (staging / "gated").mkdir(exist_ok=True)
     pq.write_table(gated.accepted, staging / "gated" / "accepted.parquet")
     pq.write_table(gated.rejected, staging / "gated" / "rejected.parquet")
@@ -64,7 +65,7 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
               "history_rows": 0 if history is None else history.num_rows}
     with editing_state(staging) as record:
         record.update(gate=result, timings={**record["timings"], "gate": time.perf_counter() - tick},
-                      device=add_held_idle(record.get("device"), holder, time.time(), idle))
+                      device=add_held_idle(record.get("device"), holder, now, idle))
     return result
 
 
