@@ -5,11 +5,12 @@ Start that Ray first (`ray start --head --num-cpus=2`), then:
     python bench/airflow_steps.py --keep-warm-s 120 --out /tmp/steps-120
     python bench/airflow_steps.py --keep-warm-s 0 --out /tmp/steps-0
 
-prints each task's wall time: plan_shards, the mapped generate_shards tasks one after another,
-then consolidate (the gates and their regeneration rounds), as `airflow dags test` would run
+prints each task's wall time: plan_shards, the mapped generate_shards tasks (one after another,
+or `--parallel N` at once, as Airflow's `max_active_tis_per_dagrun` lets them run), then consolidate (the gates and their regeneration rounds), as `airflow dags test` would run
 them but each in a fresh process, as a real scheduler does. `--keep-warm-s` is the job's
 `engine.keep_warm_s`: 0 makes every task set up its own generator. Last, the run's model hosts
-still on the Ray (none: consolidate ended them) and its device record (`held_idle_seconds`).
+still on the Ray (none: consolidate ended them) and its device record (`held_idle_seconds`);
+with `--parallel`, the generate tasks' wall time and the device time the record counts for them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=REPO / "examples" / "job.yaml")
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument("--max-attempts", type=int, help="the job's gates.max_attempts (1: no regeneration round)")
+    parser.add_argument("--parallel", type=int, default=1, help="generate tasks at once (the DAG allows 4)")
     args = parser.parse_args(argv)
 
     from pipeline import orchestrate
@@ -76,8 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     seconds, groups = _task(spec_path, "plan", str(args.groups))
     print(f"plan_shards      {seconds:6.1f} s")
-    for k, group in enumerate(json.loads(groups.splitlines()[-1])):
-        print(f"generate_shards {k} {_task(spec_path, 'generate', json.dumps(group))[0]:6.1f} s")
+    tick = time.perf_counter()
+    with ThreadPoolExecutor(args.parallel) as pool:  # each task its own process, as Airflow's workers
+        done = pool.map(lambda group: _task(spec_path, "generate", json.dumps(group))[0],
+                        json.loads(groups.splitlines()[-1]))
+        for k, seconds in enumerate(done):
+            print(f"generate_shards {k} {seconds:6.1f} s")
+    wall = time.perf_counter() - tick
+    if args.parallel > 1:
+        device = json.loads(_task(spec_path, "after")[1].splitlines()[-1])["device"]
+        print(f"generate tasks, {args.parallel} at once: {wall:.1f} s of wall time, "
+              f"{device['seconds']:.1f} device-s counted for them ({device['count']:g} devices)")
     print(f"consolidate      {_task(spec_path, 'consolidate')[0]:6.1f} s")
     print(f"keep_warm_s {args.keep_warm_s:g}: {time.perf_counter() - start:.1f} s in all")
     print(f"after the run    {_task(spec_path, 'after')[1].splitlines()[-1]}")

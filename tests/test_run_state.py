@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+import pytest
 import yaml
 
 from conftest import EXAMPLE_CATALOG, REPO
@@ -36,12 +37,9 @@ def test_steps_changing_the_record_at_once_lose_none_of_each_others_changes(tmp_
 
 def test_a_failed_change_leaves_the_record_as_it_was(tmp_path):
     (tmp_path / STATE).write_text(json.dumps({"run_id": "r"}))
-    try:
-        with editing_state(tmp_path) as state:
-            state["half"] = "written"
-            raise KeyError("a step failed half-way")
-    except KeyError:
-        pass
+    with pytest.raises(KeyError), editing_state(tmp_path) as state:
+        state["half"] = "written"
+        raise KeyError("a step failed half-way")
     assert read_state(tmp_path) == {"run_id": "r"}
 
 
@@ -90,3 +88,25 @@ def test_two_generate_tasks_at_once_on_the_runs_hosts_count_their_common_time_on
     orchestrate.consolidate(spec)  # the last step (regenerating, and ending the hosts) adds its own time
     after = read_state(orchestrate._staging(spec))["device"]
     assert after["seconds"] > device["seconds"] and list(after["spans"]) == list(spans)
+
+
+def test_on_a_volume_without_locks_the_record_still_changes(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    (tmp_path / STATE).write_text(json.dumps({"run_id": "r"}))
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with editing_state(tmp_path) as state:
+        state["device"] = {"seconds": 1.0}
+    assert read_state(tmp_path) == {"run_id": "r", "device": {"seconds": 1.0}}
+
+    def broken(fd, operation):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", broken)  # any other lock error is not passed over
+    with pytest.raises(OSError, match="Bad file descriptor"), editing_state(tmp_path) as state:
+        state["device"] = {"seconds": 2.0}
+    assert read_state(tmp_path)["device"] == {"seconds": 1.0}

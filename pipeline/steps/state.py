@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 from collections.abc import Iterator
@@ -100,7 +101,11 @@ def editing_state(staging: Path) -> Iterator[dict]:
     resumed after a power cut finds it whole."""
     path = staging / STATE
     with open(staging / f".{STATE}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        except OSError as exc:  # a shared volume without locks (NFSv3 without lockd): as before, unlocked
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
         state = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         yield state
         write_json(path, state, default=str)
