@@ -104,6 +104,48 @@ def test_keep_rule_never_rejects_for_a_rejected_row():
     assert duplicates[0] is None and duplicates[1].kept_id == "a" and duplicates[2] is None
 
 
+def test_a_row_another_gate_rejected_is_never_kept_so_its_copy_is_kept_instead():
+    base = _noise(2)
+    touched = base.copy()
+    touched[0, 0] = 255 - touched[0, 0]  # the same picture: a perceptual copy
+    table = _rows([base, touched])
+    table = table.set_column(table.schema.get_field_index("clip_score"), "clip_score",
+                             pa.array([0.10, 0.35], pa.float32()))
+    result = apply_gates(table, GateSettings(min_clip_score=0.2), created_at=NOW)
+    assert result.accepted.column("item_id").to_pylist() == ["item01"]
+    (rejected,) = result.rejected.to_pylist()
+    assert rejected["item_id"] == "item00" and rejected["gate_reasons"] == ["clip_score: 0.1000 < 0.2000"]
+    assert result.accepted.column("dup_group").to_pylist() == [None]  # no group named after a reject
+
+
+def test_a_missing_embedding_leaves_the_semantic_check_on_for_every_other_row():
+    e = np.eye(8, dtype=np.float32)
+    table = _rows([_noise(1), _noise(2), _noise(3)], np.stack([e[0], e[0], e[2]]))
+    settings = GateSettings(max_phash_distance=None, min_semantic_cosine=0.95)
+    # a published file without embeddings (an older layout): compared by hash, not by embedding
+    history = pa.table({"item_id": ["old0"], "image_sha256": ["0" * 64], "image_phash": ["0" * 16],
+                        "clip_embedding": pa.array([None], pa.list_(pa.float32()))})
+    result = apply_gates(table, settings, created_at=NOW, history=history)
+    assert result.rejected.column("item_id").to_pylist() == ["item01"]
+    # a run row without one is rejected (nothing clears it of being a copy); the others are still compared
+    column = table.schema.get_field_index("clip_embedding")
+    table = table.set_column(column, "clip_embedding", pa.array([e[0], e[0], None], pa.list_(pa.float32())))
+    reasons = {r["item_id"]: r["gate_reasons"] for r in apply_gates(table, settings, created_at=NOW).rejected.to_pylist()}
+    assert reasons == {"item01": ["duplicate: semantic copy of item00"], "item02": ["clip_embedding: missing"]}
+
+
+def test_nan_scores_and_pixel_statistics_are_rejected_not_passed():
+    table = _rows([_noise(1), _noise(2), _noise(3)])
+    table = table.set_column(table.schema.get_field_index("clip_score"), "clip_score",
+                             pa.array([float("nan"), 0.3, 0.3], pa.float32()))
+    table = table.set_column(table.schema.get_field_index("pixel_mean"), "pixel_mean",
+                             pa.array([120.0, float("nan"), 120.0], table.schema.field("pixel_mean").type))
+    result = apply_gates(table, GateSettings(min_clip_score=0.2, max_phash_distance=None), created_at=NOW)
+    reasons = {r["item_id"]: r["gate_reasons"] for r in result.rejected.to_pylist()}
+    assert reasons == {"item00": ["clip_score: missing"], "item01": ["sanity: no pixel statistics"]}
+    assert result.accepted.column("item_id").to_pylist() == ["item02"]
+
+
 def test_retries_take_the_next_attempt_and_seed():
     plan = pa.Table.from_pylist([
         {"item_id": f"i{i}", "shard_id": "shard-00000", "attempt": 0, "seed": seed_for(f"i{i}", 0),

@@ -10,6 +10,7 @@ every reason it failed in `gate_reasons`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -58,8 +59,13 @@ class GateResult:
         return counts
 
 
+def _missing(value: float | None) -> bool:
+    """None or NaN: a NaN compares False with every threshold, so it would pass them all."""
+    return value is None or math.isnan(value)
+
+
 def _sanity(mean: float | None, std: float | None, settings: GateSettings) -> str | None:
-    if mean is None or std is None:
+    if _missing(mean) or _missing(std):
         return "sanity: no pixel statistics"
     if mean < settings.min_pixel_mean:
         return f"sanity: black image (mean {mean:.1f} < {settings.min_pixel_mean:g})"
@@ -68,11 +74,21 @@ def _sanity(mean: float | None, std: float | None, settings: GateSettings) -> st
     return None
 
 
-def _embeddings(table: pa.Table) -> np.ndarray | None:
+def _embeddings(table: pa.Table) -> tuple[np.ndarray | None, list[bool]]:
+    """(rows x dim, zeros where a row has none; None when no row has one), and per row whether it has one.
+
+    One missing embedding (an old published file, a broken row) must not switch the semantic and
+    memorization checks off for every other row."""
     values = table.column("clip_embedding").to_pylist()
-    if not values or any(v is None for v in values):
-        return None
-    return np.asarray(values, dtype=np.float32)
+    present = [v is not None and len(v) > 0 and not any(map(math.isnan, v)) for v in values]
+    dim = next((len(v) for v, ok in zip(values, present) if ok), None)
+    if dim is None:
+        return None, present
+    vectors = np.zeros((len(values), dim), dtype=np.float32)
+    for row, (v, ok) in enumerate(zip(values, present)):
+        if ok:
+            vectors[row] = v
+    return vectors, present
 
 
 def apply_gates(table: pa.Table, settings: GateSettings, *, created_at: datetime,
@@ -96,15 +112,18 @@ def apply_gates(table: pa.Table, settings: GateSettings, *, created_at: datetime
         problem = _sanity(mean, std, settings)
         if problem:
             reasons[row].append(problem)
-        if score is None or score < settings.min_clip_score:
+        if _missing(score) or score < settings.min_clip_score:
             reasons[row].append(f"clip_score: {score:.4f} < {settings.min_clip_score:.4f}"
-                                if score is not None else "clip_score: missing")
+                                if not _missing(score) else "clip_score: missing")
     # campaign rows: copy drawn and legible, product photo intact, colours on brand
     for row, extra in enumerate(campaign_reasons(table, settings.max_palette_distance, settings.max_product_diff)):
         reasons[row] += extra
 
     # 2. Memorization: copy descriptor and tiled pixel L2 against the reference index, CFG gap
-    embeddings = _embeddings(table)
+    embeddings, has_embedding = _embeddings(table)
+    for row, present in enumerate(has_embedding):
+        if not present:  # nothing to compare: neither the copy nor the duplicate checks could clear it
+            reasons[row].append("clip_embedding: missing")
     memorized = memorization_evidence(
         table, embeddings, reference, max_ref_similarity=settings.max_ref_similarity,
         max_ref_tile_l2=settings.max_ref_tile_l2, max_mem_cfg_gap=settings.max_mem_cfg_gap)
@@ -116,11 +135,13 @@ def apply_gates(table: pa.Table, settings: GateSettings, *, created_at: datetime
     past = history if history is not None else table.slice(0, 0)
     both = pa.concat_tables([past.select(["item_id", "image_sha256", "image_phash", "clip_embedding"]),
                              table.select(["item_id", "image_sha256", "image_phash", "clip_embedding"])])
+    both_embeddings, both_have = _embeddings(both)
     duplicates = find_duplicates(
         both.column("item_id").to_pylist(), both.column("image_sha256").to_pylist(),
-        both.column("image_phash").to_pylist(), _embeddings(both), history=past.num_rows,
+        both.column("image_phash").to_pylist(), both_embeddings, history=past.num_rows,
         exact=settings.exact_duplicates, max_phash_distance=settings.max_phash_distance,
-        min_semantic_cosine=settings.min_semantic_cosine)
+        min_semantic_cosine=settings.min_semantic_cosine,
+        keepable=[True] * past.num_rows + [not r for r in reasons], has_embedding=both_have)
     dup_group: list[str | None] = [None] * n
     dup_reason: list[str | None] = [None] * n
     dup_similarity: list[float | None] = [None] * n
