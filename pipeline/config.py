@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import string
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -183,6 +183,18 @@ class Campaign(_Strict):
     markets_dir: str | None = None             # extra market profiles (<market>.yaml), beside the packaged ones
     brands: dict[str, BrandProfile] = Field(default_factory=dict)
 
+    @field_validator("markets_dir")
+    @classmethod
+    def _a_folder(cls, value: str | None) -> str | None:
+        """An absolute path (a config file's relative one is taken from its folder by `load_job_config`),
+        so Ray workers with another working folder read the same profiles."""
+        if value is None:
+            return None
+        folder = Path(value).expanduser().resolve()
+        if not folder.is_dir():
+            raise ValueError(f"{value!r} is not a folder")
+        return str(folder)
+
 
 class Engine(_Strict):
     """How the generate stage drives its model (pipeline/stages/engine.py).
@@ -221,6 +233,10 @@ class Cost(_Strict):
     cpu_hour_usd: float = Field(0.05, ge=0)  # one CPU core for one hour (runs without GPUs)
 
 
+# phrasings to pick from: at least one, none empty (an empty one leaves a hole in the prompt)
+Phrases = Annotated[tuple[Annotated[str, Field(min_length=1)], ...], Field(min_length=1)]
+
+
 class Training(_Strict):
     """The `training` kind: labelled, class-balanced, diverse images (pipeline/training/).
 
@@ -238,8 +254,8 @@ class Training(_Strict):
     guidance_scale: float | None = Field(None, ge=0)
     templates: tuple[str, ...] | None = None             # fields: see pipeline/training/prompts.py
     class_templates: dict[str, tuple[str, ...]] = Field(default_factory=dict)
-    class_words: dict[str, tuple[str, ...]] = Field(default_factory=dict)  # paraphrases of a class name
-    scenes: dict[str, tuple[str, ...]] | None = None     # scene name -> its phrasings
+    class_words: dict[str, Phrases] = Field(default_factory=dict)  # paraphrases of a class name
+    scenes: dict[str, Phrases] | None = None             # scene name -> its phrasings
     viewpoints: tuple[str, ...] = ()                     # e.g. "front view" (the tiny model knows none)
     lighting: tuple[str, ...] = ()                       # e.g. "soft daylight"
     materials: tuple[str, ...] | None = None             # a SKU's own `material` attribute wins
@@ -393,4 +409,8 @@ def load_job_config(path: str | Path | None) -> JobConfig:
         raise BadInputError(f"{path}: the YAML is nested too deeply") from None
     except yaml.YAMLError as exc:
         raise BadInputError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    campaign = data.get("campaign") if isinstance(data, dict) else None
+    if isinstance(campaign, dict) and isinstance(campaign.get("markets_dir"), str):  # relative to the file
+        data = {**data, "campaign": {**campaign, "markets_dir": str(path.parent / Path(campaign["markets_dir"])
+                                                                    .expanduser())}}
     return parse_job_config(data, str(path))

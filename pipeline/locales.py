@@ -21,10 +21,13 @@ def normalize_market(code: str) -> str:
     language, script, region = match.group(1).lower(), match.group(2), match.group(3).upper()
     parts = [language] + ([script.title()] if script else []) + [region]
     try:
-        Locale.parse("_".join(parts))
+        locale = Locale.parse("_".join(parts))
     except (UnknownLocaleError, ValueError):
         raise ValueError(f"{text!r} is not a locale known to CLDR") from None
-    return "-".join(parts)
+    if locale.territory != region:  # CLDR filled in another region (en-ZZ -> en_US): not a market
+        raise ValueError(f"{text!r} is not a locale known to CLDR (region {region!r})")
+    # a deprecated language code takes its current one (iw -> he, in -> id): one market, one tag
+    return "-".join([locale.language, *parts[1:]])
 
 
 def market_to_locale(market: str) -> str:

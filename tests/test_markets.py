@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.campaign.prompt import campaign_text, format_price
+from pipeline.campaign.prompt import campaign_text, format_price, strip_terms
 from pipeline.config import parse_job_config
 from pipeline.errors import BadInputError
 from pipeline.ingest import read_manifest
@@ -142,3 +142,49 @@ def test_job_markets_need_profiles_and_bad_profile_files_are_named(tmp_path):
         with pytest.raises(BadInputError, match=r"fr-FR.yaml: cannot read market profile"):
             load_profile("fr-FR", profiles)
     load_profile.__globals__["_profiles"].cache_clear()
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('sale: "Jetzt reduziert: {product}"', 'sale: "Jetzt reduziert: {product:d}"', r"copy\.sale.*no format spec"),
+    ('sale: "Jetzt reduziert: {product}"', 'sale: "Jetzt {product!r}"', r"copy\.sale.*no format spec"),
+    ('sale: "Jetzt reduziert: {product}"', 'sale: "Jetzt {product:{x}}"', r"copy\.sale.*no format spec"),
+    ('sale: "Jetzt reduziert: {product}"', 'sale: "Jetzt reduziert:\\n{product}"', r"copy\.sale.*line break"),
+    ("greeting: Winterzeit,", 'greeting: "Winter\\tzeit",', r"seasons\.winter\.greeting.*control character"),
+    ("fonts: [Noto Sans]", "fonts: [Arial, Noto Sans]", r"\['Arial'\] are not ones the project installs"),
+    ("easter: [-14, 1]", "easter: [5, -5]", r"\[5, -5\] starts after it ends"),
+])
+def test_a_profile_that_would_break_every_creative_is_refused_naming_the_key(tmp_path, old, new, message):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    good = (Path(__file__).resolve().parents[1] / "pipeline" / "markets" / "data" / "de-DE.yaml").read_text("utf-8")
+    assert old in good
+    (profiles / "fr-FR.yaml").write_text(good.replace("market: de-DE", "market: fr-FR").replace(old, new), "utf-8")
+    load_profile.__globals__["_profiles"].cache_clear()
+    with pytest.raises(BadInputError, match=rf"fr-FR.yaml: bad market profile.*{message}"):
+        load_profile("fr-FR", profiles)
+    load_profile.__globals__["_profiles"].cache_clear()
+
+
+def test_markets_dir_must_be_a_folder_and_a_config_files_relative_one_is_taken_from_its_folder(tmp_path):
+    from pipeline.config import load_job_config
+
+    with pytest.raises(BadInputError, match=r"key 'campaign.markets_dir': .*'/no/such/profiles' is not a folder"):
+        parse_job_config({"campaign": {"markets_dir": "/no/such/profiles"}})
+    (tmp_path / "jobs" / "profiles").mkdir(parents=True)
+    job = tmp_path / "jobs" / "job.yaml"
+    job.write_text("campaign: {markets_dir: profiles}\n", encoding="utf-8")
+    assert load_job_config(job).campaign.markets_dir == str((tmp_path / "jobs" / "profiles").resolve())
+
+
+def test_deprecated_language_codes_take_their_current_one_and_unknown_regions_are_refused():
+    from pipeline.locales import normalize_market
+
+    assert [normalize_market(m) for m in ("iw-IL", "in-ID", "he-IL", "en-us", "es-419", "zh-Hant-TW")] == \
+        ["he-IL", "id-ID", "he-IL", "en-US", "es-419", "zh-Hant-TW"]
+    with pytest.raises(ValueError, match=r"'en-ZZ' is not a locale known to CLDR"):
+        normalize_market("en-ZZ")
+
+
+def test_banned_terms_that_begin_or_end_with_a_sign_are_stripped_too():
+    assert strip_terms("adult 18+ mug, c++ print, beach", ["18+", "C++"]) == "adult mug, print, beach"
+    assert strip_terms("pineapple mug, apple", ["apple"]) == "pineapple mug"  # never inside a longer word

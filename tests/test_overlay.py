@@ -208,3 +208,16 @@ def test_without_raqm_latin_copy_uses_basic_layout_and_shaped_scripts_are_refuse
                 fonts.load(fonts.face(family, 700), 20)
     finally:
         fonts.load.cache_clear()  # later tests get raqm fonts again
+
+
+def test_japanese_lines_break_between_characters_but_never_inside_a_price_or_before_a_small_kana():
+    from pipeline.campaign.overlay import _wrap
+
+    def fits(n):
+        return lambda line: len(line) <= n
+
+    assert _wrap("セール：￥128,000", fits(8), "chars") == ["セール：", "￥128,000"]
+    assert _wrap("￥128,000", fits(5), "chars") is None  # the price does not fit: a smaller size, not a split
+    assert _wrap("ゴールデンウィーク", fits(6), "chars") is None  # ウ|ィ would begin a line with a small kana
+    assert _wrap("ゴールデンウィーク", fits(8), "chars") == ["ゴールデンウィー", "ク"]
+    assert _wrap("Sale 20% off", fits(8), "spaces") == ["Sale 20%", "off"]

@@ -128,3 +128,14 @@ def test_both_kinds_plan_side_by_side():
 def test_bad_training_config_is_refused_naming_the_key(training, key):
     with pytest.raises(BadInputError, match=key.replace(".", r"\.")):
         parse_job_config({"kinds": ["training"], "training": training}, "job.yaml")
+
+
+@pytest.mark.parametrize("training, key", [
+    ({"splits": {"train": float("nan"), "val": 0.5, "test": 0.5}}, r"training\.splits.*finite numbers >= 0"),
+    ({"splits": {"train": float("inf"), "val": float("nan")}}, r"training\.splits.*finite numbers >= 0"),
+    ({"scenes": {"beach": []}}, r"training\.scenes\.beach"),
+    ({"class_words": {"mug": [""]}}, r"training\.class_words\.mug\.0"),
+])
+def test_training_settings_that_would_fail_planning_are_refused_naming_the_key(training, key):
+    with pytest.raises(BadInputError, match=key):
+        parse_job_config({"kinds": ["training"], "training": training})

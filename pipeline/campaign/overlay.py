@@ -13,6 +13,7 @@ colour and any background pixel next to the glyphs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,14 @@ MIN_CONTRAST = 4.5                      # WCAG 2 AA for normal text
 TEXT_COLOURS = ((255, 255, 255), (17, 17, 17))
 STYLES = {"greeting": (700, 1.0), "offer": (400, 0.8), "price": (700, 0.95)}  # role -> weight, size factor
 MIN_SIZE = 9
-_NO_LINE_START = set("、。，．・：；？！ー）」』】〕〉》!?,.:;)]}%")  # kinsoku: never begins a line
+# kinsoku shori: what never begins a line (closing marks, small kana, iteration marks) and what
+# never ends one (opening brackets, a currency sign before its amount)
+_NO_LINE_START = set("、。，．・：；？！ー）」』】〕〉》!?,.:;)]}%"
+                     "ぁぃぅぇぉっゃゅょゎゕゖァィゥェォッャュョヮヵヶ々ゝゞヽヾ゛゜")
+_NO_LINE_END = set("（「『【〔〈《([{￥¥$€£＄")
+# in `chars` line breaking, a run of Latin letters or digits (a brand, a price: ￥128,000 with its
+# sign) is one unit
+_UNBREAKABLE = re.compile(r"[￥¥$€£＄]?[0-9A-Za-z０-９Ａ-Ｚａ-ｚ]+(?:[.,，．][0-9０-９]+)*|.", re.DOTALL)
 
 
 class CopyDoesNotFit(ValueError):
@@ -65,12 +73,14 @@ class _Line:
 
 def _wrap(text: str, fits, line_break: str) -> list[str] | None:
     """Greedy wrap of `text` so that `fits(line)` holds for every line; None if a unit is too wide."""
-    units = list(text) if line_break == "chars" else text.split(" ")
-    joiner = "" if line_break == "chars" else " "
+    chars = line_break == "chars"
+    units = _UNBREAKABLE.findall(text) if chars else text.split(" ")
+    joiner = "" if chars else " "
     lines: list[str] = []
     for unit in units:
         candidate = f"{lines[-1]}{joiner}{unit}" if lines else unit
-        if lines and (fits(candidate) or (line_break == "chars" and unit in _NO_LINE_START)):
+        held = chars and lines and (unit[0] in _NO_LINE_START or lines[-1][-1] in _NO_LINE_END)
+        if lines and (fits(candidate) or held):
             lines[-1] = candidate
         elif fits(unit):
             lines.append(unit)

@@ -47,8 +47,8 @@ def _attribute(attributes: dict, *names: str) -> str:
 
 def strip_terms(text: str, terms) -> str:
     """`text` without any of `terms` (whole words, any case), and without the commas they leave."""
-    for term in terms:
-        text = re.sub(rf"(?i)\b{re.escape(term)}\b", "", text)
+    for term in terms:  # not inside a longer word; a term may begin or end with a sign (18+, c++)
+        text = re.sub(rf"(?i)(?<!\w){re.escape(term)}(?!\w)", "", text)
     parts = [re.sub(r"\s+", " ", p).strip() for p in text.split(",")]
     return ", ".join(p for p in parts if p)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
@@ -79,6 +80,13 @@ class Holiday(_Strict):
                 raise ValueError(f"{window!r} is not YYYY-MM-DD..YYYY-MM-DD (start before end)")
         return value
 
+    @field_validator("easter")
+    @classmethod
+    def _easter(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and value[0] > value[1]:
+            raise ValueError(f"{list(value)} starts after it ends: [days from, days to] around Easter")
+        return value
+
     @model_validator(mode="after")
     def _one_rule(self) -> "Holiday":
         rules = [self.yearly is not None, self.easter is not None, bool(self.windows)]
@@ -114,10 +122,40 @@ class MarketProfile(_Strict):
         if missing or set(value) - set(THEMES):
             raise ValueError(f"copy must have exactly the themes {', '.join(THEMES)}")
         for theme, template in value.items():
-            names = {n for _, n, _, _ in string.Formatter().parse(template) if n is not None}
-            if names != {"product"}:
-                raise ValueError(f"copy.{theme}: the template must use {{product}} and nothing else")
+            try:
+                fields = [(n, spec, conversion) for _, n, spec, conversion in string.Formatter().parse(template)
+                          if n is not None]
+            except ValueError as exc:  # a lone brace
+                raise ValueError(f"copy.{theme}: {exc}") from None
+            # a format spec or conversion ({product:d}, {product!r}) would fail or garble the drawn copy
+            if not fields or any(field != ("product", "", None) for field in fields):
+                raise ValueError(f"copy.{theme}: the template must use {{product}} and nothing else "
+                                 "(no format spec or conversion)")
         return value
+
+    @field_validator("fonts")
+    @classmethod
+    def _fonts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from pipeline.campaign.fonts import FONT_PACKAGES
+
+        if unknown := [family for family in value if family not in FONT_PACKAGES]:
+            raise ValueError(f"font families {unknown} are not ones the project installs; "
+                             f"known: {', '.join(FONT_PACKAGES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _drawn_on_one_line(self) -> "MarketProfile":
+        """Copy is drawn one role to a line (greeting, offer, price), wrapped by the overlay: a line
+        break or other control character in it would break the text layout of every creative."""
+        drawn = {**{f"copy.{k}": v for k, v in self.copy_templates.items()},
+                 **{f"products.{k}": v for k, v in self.products.items()},
+                 "product_fallback": self.product_fallback,
+                 **{f"seasons.{s.name}.greeting": s.greeting for s in self.seasons},
+                 **{f"holidays.{h.name}.greeting": h.greeting for h in self.holidays}}
+        for where, text in drawn.items():
+            if any(unicodedata.category(c) == "Cc" for c in text):
+                raise ValueError(f"{where}: {text!r} holds a line break or control character")
+        return self
 
     @field_validator("currency")
     @classmethod
@@ -158,6 +196,8 @@ def _read(path: Path) -> MarketProfile:
 
 @lru_cache(maxsize=None)
 def _profiles(folder: str) -> dict[str, MarketProfile]:
+    if not Path(folder).is_dir():  # a typo in campaign.markets_dir must not fall back to the packaged ones
+        raise BadInputError(f"{folder}: campaign.markets_dir is not a folder")
     return {p.stem: _read(p) for p in sorted(Path(folder).glob("*.yaml"))}
 
 

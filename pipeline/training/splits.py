@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 
 SPLITS = ("train", "val", "test")
@@ -38,8 +39,8 @@ def check_ratios(ratios: Mapping[str, float]) -> Mapping[str, float]:
     unknown = sorted(set(ratios) - set(SPLITS))
     if unknown:
         raise ValueError(f"unknown split {unknown[0]!r}; allowed: {', '.join(SPLITS)}")
-    if any(value < 0 for value in ratios.values()):
-        raise ValueError("split ratios must be >= 0")
+    if any(not math.isfinite(value) or value < 0 for value in ratios.values()):  # NaN passes every comparison
+        raise ValueError("split ratios must be finite numbers >= 0")
     total = sum(ratios.values())
     if abs(total - 1.0) > 1e-6:
         raise ValueError(f"split ratios must sum to 1, got {total:g}")
