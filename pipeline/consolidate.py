@@ -101,8 +101,9 @@ def reference_index(config: JobConfig, scorer: dict, resolved=_LEGACY):
 
 
 def published_history(dataset_root: Path, run_date: str, clip_model: str) -> pa.Table:
-    """Published rows of other run dates (this date's partition is about to be replaced),
-    scored by the same CLIP model, with the columns the duplicate checks compare."""
+    """Published rows of other run dates (this date's partition is about to be replaced), with the
+    columns the duplicate checks compare. Rows scored by another CLIP model keep their bytes and
+    pHash, compared as ever, but not their embeddings: those live in another model's space."""
     schema = pa.schema([SHARD_SCHEMA.field(c) for c in HISTORY_COLUMNS])
     parts = []
     for path in sorted((dataset_root / "data").rglob("*.parquet")):
@@ -113,8 +114,11 @@ def published_history(dataset_root: Path, run_date: str, clip_model: str) -> pa.
     if not parts:
         return schema.empty_table()
     table = pa.concat_tables(parts)
-    keep = pc.and_(pc.equal(table.column("clip_model"), clip_model), pc.is_valid(table.column("image_phash")))
-    return table.filter(keep)
+    table = table.filter(pc.is_valid(table.column("image_phash")))
+    same_space = pc.fill_null(pc.equal(table.column("clip_model"), clip_model), False)
+    embeddings = table.column("clip_embedding")
+    return table.set_column(table.schema.get_field_index("clip_embedding"), "clip_embedding",
+                            pc.if_else(same_space, embeddings, pa.scalar(None, embeddings.type)))
 
 
 def latest_attempts(rows: pa.Table) -> pa.Table:

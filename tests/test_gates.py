@@ -221,3 +221,22 @@ def test_memorization_gate_against_a_built_reference_index(tmp_path, models_dir,
     assert apply_gates(table, GateSettings(), created_at=NOW, reference=index).rejected.num_rows == 0
     with pytest.raises(BadInputError, match="rebuild the index"):
         ReferenceIndex(tmp_path / "index", models_dir / "vit-b-32" / "clip")
+
+
+def test_history_scored_by_another_clip_model_is_still_compared_by_bytes_and_phash(tmp_path):
+    from pipeline.consolidate import published_history
+
+    published = _rows([_noise(7), _noise(8)])
+    published = published.set_column(published.schema.get_field_index("clip_model"), "clip_model",
+                                     pa.array(["old-clip", "tiny-clip"]))
+    partition = tmp_path / "data" / "run_date=2026-11-01" / "market=en-US"
+    partition.mkdir(parents=True)
+    pq.write_table(published.set_column(0, "item_id", pa.array(["old07", "new08"])), partition / "part-0.parquet")
+    history = published_history(tmp_path, "2026-11-26", "tiny-clip")
+    assert history.column("item_id").to_pylist() == ["old07", "new08"]
+    assert [e is None for e in history.column("clip_embedding").to_pylist()] == [True, False]  # another space
+    assert published_history(tmp_path, "2026-11-01", "tiny-clip").num_rows == 0  # the date being replaced
+    run = _rows([_noise(7), _noise(9)], np.eye(8, dtype=np.float32)[[4, 5]])
+    result = apply_gates(run, GateSettings(min_semantic_cosine=0.95), created_at=NOW, history=history)
+    (rejected,) = result.rejected.to_pylist()
+    assert (rejected["item_id"], rejected["dup_group"], rejected["dup_reason"]) == ("item00", "old07", "exact")
