@@ -24,7 +24,7 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
                                       run_gates, write_plan)
     from pipeline.cost import add_held_idle
 
-    state, tick, regenerated = read_state(staging), time.perf_counter(), 0
+    state, tick = read_state(staging), time.perf_counter()
     config = parse_job_config(state["config"])
     store = ShardStore(staging / "shards")
     settings = gate_settings(config, state["scorer"])
@@ -36,8 +36,10 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
         warm.take_up_left_hosts(ray_address)  # the run's generate tasks left them: ended when this step ends
         while True:
             missing = sorted(set(state["shards"]) - store.done())
-            if missing:
-                raise RuntimeError(f"{staging}: shards not generated yet: {', '.join(missing[:5])}")
+            if unplanned := sorted(set(missing) - _retry_shards(staging)) if missing else []:  # generate tasks' own
+                raise RuntimeError(f"{staging}: shards not generated yet: {', '.join(unplanned[:5])}")
+            if missing:  # a regeneration round an earlier attempt of this step began (a retried task)
+                generate_shards(staging, missing, ray_address=ray_address, ray_num_cpus=ray_num_cpus)
             gated = run_gates(store.read_all(sorted(state["shards"]), images=False),  # images stay in the shards
                               settings, history, reference)
             if gated.accepted.num_rows + gated.rejected.num_rows != state["items"]:
@@ -54,19 +56,25 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
                 raise RuntimeError(f"{staging}: retry shards already planned: {sorted(clash)}")
             state = update_state(staging, shards={**state["shards"], **sizes})
             generate_shards(staging, list(sizes), ray_address=ray_address, ray_num_cpus=ray_num_cpus)
-            regenerated += retries.num_rows
         # the last gate pass ran with the models still set up: held too, until now
         idle, holder, now = held_idle(), warm.holder, time.time()
     (staging / "gated").mkdir(exist_ok=True)
     pq.write_table(gated.accepted, staging / "gated" / "accepted.parquet")
     pq.write_table(gated.rejected, staging / "gated" / "rejected.parquet")
-    result = {"accepted": gated.accepted.num_rows, "rejected": gated.rejected.num_rows,
-              "reasons": gated.reasons(), "regenerated": regenerated,
+    retried = pq.read_table(staging / "plan.parquet", columns=["attempt"]).column("attempt")
+    result = {"accepted": gated.accepted.num_rows, "rejected": gated.rejected.num_rows,  # every round's, retried too
+              "reasons": gated.reasons(), "regenerated": pc.sum(pc.greater(retried, 0)).as_py() or 0,
               "history_rows": 0 if history is None else history.num_rows}
     with editing_state(staging) as record:
         record.update(gate=result, timings={**record["timings"], "gate": time.perf_counter() - tick},
                       device=add_held_idle(record.get("device"), holder, now, idle))
     return result
+
+
+def _retry_shards(staging: Path) -> set[str]:
+    """The shards of the plan's regeneration rounds (attempt 1 on), which this step generates."""
+    plan = pq.read_table(staging / "plan.parquet", columns=["shard_id", "attempt"])
+    return set(pc.unique(plan.filter(pc.greater(plan.column("attempt"), 0)).column("shard_id")).to_pylist())
 
 
 def gated_tables(staging: Path) -> tuple[pa.Table, pa.Table]:

@@ -12,7 +12,7 @@ from pipeline.config import parse_job_config
 from pipeline.errors import BadInputError, GateFailedError
 from pipeline.shards import ShardStore
 from pipeline.steps.gate import gated_tables
-from pipeline.steps.state import RunSummary, read_state
+from pipeline.steps.state import STATE, RunSummary, read_state
 
 
 def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
@@ -22,6 +22,11 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
     from pipeline.report import write_report
     from pipeline.training.diversity import training_metrics
 
+    published = staging.parents[1] / "_runs" / staging.name / "manifest.json"
+    if not (staging / STATE).is_file() and published.is_file():
+        # a retried task whose first attempt finished, its staging already cleaned up (the worker
+        # died before Airflow recorded the success); prepare refuses another run under a published id
+        return RunSummary.of_manifest(published, json.loads(published.read_text(encoding="utf-8")))
     state, tick = read_state(staging), time.perf_counter()
     root, run_id = Path(state["dataset_root"]), state["run_id"]
     run_dir = root / "_runs" / run_id

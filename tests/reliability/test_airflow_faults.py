@@ -10,10 +10,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reliability_support import DATASET, RUN_DATE, clean_run, published_rows, same_rows_as_clean
+from reliability_support import DATASET, JOB, RUN_DATE, clean_run, published_rows, same_rows_as_clean, write_job
 from test_dags import dagbag  # noqa: F401 - the suite's one Airflow home, migrated, and its DagBag
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,3 +102,48 @@ def test_retried_generate_tasks_lose_and_duplicate_nothing(dagbag, tmp_path_fact
     same_rows_as_clean(rows, clean)
     assert pq.read_table(out / DATASET / "data").num_rows == 2
 
+
+
+def _steps_up_to_consolidate(folder: Path, **job) -> dict:
+    """The run's tasks as the DAG calls them, through its generate tasks; returns the run's spec."""
+    from pipeline import orchestrate
+
+    manifest, config = write_job(folder, **job)
+    spec = orchestrate.make_spec({"manifest": str(manifest), "config": str(config), "out": str(folder / "out")},
+                                 dag_run_id="manual__retried", run_date=RUN_DATE)
+    orchestrate.check_manifest(spec)
+    for group in orchestrate.plan_shards(spec):
+        orchestrate.generate_shards(spec, group)
+    return spec
+
+
+def test_a_retried_consolidate_finishes_the_regeneration_round_its_first_try_began(tmp_path, monkeypatch):
+    import pipeline.steps.gate as gate
+    from pipeline import orchestrate
+
+    # every image fails the alignment gate: each item is regenerated once (two attempts in all)
+    spec = _steps_up_to_consolidate(tmp_path, gates={**JOB["gates"], "min_clip_score": 0.99, "max_attempts": 2})
+    real = gate.generate_shards
+
+    def lost(*args, **kwargs):
+        raise RuntimeError("worker lost during the regeneration round")
+
+    monkeypatch.setattr(gate, "generate_shards", lost)  # the retry shards are planned, then the worker goes
+    with pytest.raises(RuntimeError, match="worker lost"):
+        orchestrate.consolidate(spec)
+    monkeypatch.setattr(gate, "generate_shards", real)
+    retried = orchestrate.consolidate(spec)  # Airflow's retry generates them and gates the run
+    assert (retried["regenerated"], retried["rejected"], retried["accepted"]) == (2, 2, 0)
+    assert orchestrate.consolidate(spec) == retried  # and a second retry counts the same round, once
+
+
+def test_a_retried_publish_whose_first_try_finished_returns_the_published_run(tmp_path):
+    from pipeline import orchestrate
+
+    spec = _steps_up_to_consolidate(tmp_path)
+    orchestrate.consolidate(spec)
+    orchestrate.validate_run(spec)
+    first = orchestrate.publish(spec)
+    assert not orchestrate._staging(spec).exists()  # cleaned up; then the worker died before Airflow knew
+    assert orchestrate.publish(spec) == first
+    assert pq.read_table(Path(first["path"]) / "data").num_rows == first["rows"] == 2
