@@ -27,7 +27,10 @@ LOCALE = "^[A-Za-z]{2,3}([-_][A-Za-z]{4})?[-_]([A-Za-z]{2}|[0-9]{3})$"
         "manifest": Param("examples/catalog.csv", type="string", minLength=1,
                           description="catalog manifest (CSV, JSONL or Parquet); relative to the project"),
         "config": Param("examples/job.yaml", type="string", minLength=1, description="job config YAML"),
-        "out": Param("out", type="string", minLength=1, description="output root"),
+        # its own root by default: a run replaces its run_date's partition, and an on-demand run
+        # of a few SKUs into the nightly's dataset would replace that day's whole catalog
+        "out": Param("out/on-demand", type="string", minLength=1,
+                     description="output root (default apart from the nightly's: a run replaces its date's partition)"),
         "skus": Param([], type="array", items={"type": "string", "minLength": 1},
                       description="SKUs to run; empty = all"),
         "markets": Param([], type="array", items={"type": "string", "pattern": LOCALE},

@@ -48,6 +48,26 @@ def _run_id(text: str) -> str:
     return text
 
 
+def _json_out(text: str) -> str:
+    """A `--json FILE` whose folder exists: checked before the work, not after it."""
+    if not Path(text).parent.is_dir() or Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: give a file in an existing folder")
+    return text
+
+
+def _at_least(minimum: int):
+    def number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least {minimum}")
+        return value
+
+    return number
+
+
 def _models_dir(config_value: str | None) -> Path:
     from pipeline.models.presets import DEFAULT_MODELS_DIR
 
@@ -82,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
         raise SynthcatError(f"no space left on device{where}: nothing was published; free space under "
                             f"{request.out} and resume with --run-id {run_id}") from None
-    console = Console(stderr=False, highlight=False)
+    console = Console(stderr=False, highlight=False, soft_wrap=True)  # paths on one line in a CI log too
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.reasons.items())) or "none"
     console.print(f"[bold green]published[/] run {summary.run_id} (run_date {summary.run_date})")
     console.print(f"  items {summary.items} · generated {summary.generated} "
@@ -267,10 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation = sub.add_parser("eval", help="evaluations of the gates against ground truth")
     eval_sub = evaluation.add_subparsers(dest="eval_command", required=True)
     memorization = eval_sub.add_parser("memorization", help="planted vs ordinary prompts: AUC, TPR at 1%% FPR")
-    memorization.add_argument("--json", help="also write the figures to this file")
-    memorization.add_argument("--seeds", type=int, default=8, help="seeds per planted caption (default: 8)")
-    memorization.add_argument("--ordinary", type=int, default=200, help="ordinary prompts (default: 200)")
-    memorization.add_argument("--calibration", type=int, default=200,
+    memorization.add_argument("--json", type=_json_out, help="also write the figures to this file")
+    memorization.add_argument("--seeds", type=_at_least(1), default=8, help="seeds per planted caption (default: 8)")
+    memorization.add_argument("--ordinary", type=_at_least(2), default=200, help="ordinary prompts (default: 200)")
+    memorization.add_argument("--calibration", type=_at_least(2), default=200,
                               help="ordinary prompts the thresholds and z-scores are calibrated on (default: 200)")
     memorization.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
     memorization.set_defaults(func=cmd_eval_memorization)
@@ -296,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="index: synthetic embeddings (default: clustered, see bench/README.md)")
     bench.add_argument("--centres", type=int, default=4096, help="index: clusters of the clustered data")
     bench.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
-    bench.add_argument("--json", help="also write the figures to this file")
+    bench.add_argument("--json", type=_json_out, help="also write the figures to this file")
     bench.add_argument("--items", type=int, default=32, help="items per measurement (default: 32)")
     bench.add_argument("--batch-size", type=int, default=16, help="engine batch size (default: 16)")
     bench.add_argument("--gpus", type=float, default=0, help="GPUs per generate/score actor (default: 0)")

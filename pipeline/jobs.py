@@ -1,6 +1,6 @@
 """Ray Jobs API: run a prepared run's shards on a Ray cluster and follow the job to its end.
 
-The submission id is deterministic (run id + shard range), so a retried Airflow task finds
+The submission id is deterministic (run id, staging folder and plan, shard range), so a retried Airflow task finds
 its earlier job: a finished one is not run again, a running one is followed, and a failed
 one is resubmitted under the next numbered id (`...-r2`, `...-r3`).
 """
@@ -17,9 +17,15 @@ from pipeline.executor import HF_OFFLINE_ENV
 _DONE = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
-def submission_base(run_id: str, shards: list[str]) -> str:
+def submission_base(run_id: str, shards: list[str], staging: Path, plan_sha256: str) -> str:
+    """`synthcat-<run_id>-<run>-<shards>`: <run> (8 hex digits) stands for the staging folder and the
+    plan, so two datasets' runs under one run id, or a run id used again after its staging was
+    removed, never follow each other's jobs; a retried task of the same run finds its own."""
+    import hashlib
+
     span = shards[0] if len(shards) == 1 else f"{shards[0]}-{shards[-1].removeprefix('shard-')}"
-    return f"synthcat-{run_id}-{span}"
+    run = hashlib.sha256(f"{Path(staging).resolve()}|{plan_sha256}".encode()).hexdigest()[:8]
+    return f"synthcat-{run_id}-{run}-{span}"
 
 
 def _pick_submission(client, base: str) -> tuple[str, bool]:
@@ -59,7 +65,8 @@ def submit_shards(address: str, staging: Path, shards: list[str], state: dict, *
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)
-    submission_id, existing = _pick_submission(client, submission_base(state["run_id"], shards))
+    submission_id, existing = _pick_submission(client, submission_base(state["run_id"], shards, staging,
+                                                                            state["plan_sha256"]))
     if not existing:
         entrypoint = (f"python -m pipeline.cli shards {shlex.quote(str(staging))} "
                       f"--shards {','.join(shards)}")

@@ -57,8 +57,16 @@ def _job_config(spec: dict) -> JobConfig:
         data = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
         raise BadInputError(f"{config_path}: cannot read the job config ({exc})") from None
-    data.update({k: spec[k] for k in OVERRIDES if spec.get(k) not in (None, [], "")})
-    return parse_job_config(data, str(config_path))
+    overrides = {k: spec[k] for k in OVERRIDES if spec.get(k) not in (None, [], "")}
+    try:
+        return parse_job_config({**data, **overrides}, str(config_path))
+    except BadInputError as exc:
+        if not overrides:
+            raise
+        parse_job_config(data, str(config_path))  # the file alone: its own error names the file's key
+        problem = str(exc).removeprefix(f"{config_path}: ")
+        raise BadInputError(f"param {' / '.join(f'{k!r}' for k in sorted(overrides))} on the job config "
+                            f"{config_path}: {problem}") from None
 
 
 def make_spec(params: dict, *, dag_run_id: str, run_date: str) -> dict:

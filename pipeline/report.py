@@ -235,8 +235,13 @@ def report_from_run_dir(run_dir: Path, target: Path | None = None) -> Path:
     wanted = {"run_id", "run_date", "files", "items", "rows", "reasons", "input", "validation"}
     if not isinstance(manifest, dict) or (missing := sorted(wanted - manifest.keys())):
         raise BadInputError(f"{manifest_path}: not a synthcat run manifest (no {', '.join(missing or wanted)})")
-    if target is not None and not Path(target).parent.is_dir():
-        raise BadInputError(f"--out {target}: the folder {Path(target).parent} does not exist")
+    if target is not None:
+        target = Path(target) / "report.html" if Path(target).is_dir() else Path(target)
+        if not target.parent.is_dir():
+            raise BadInputError(f"--out {target}: the folder {target.parent} does not exist")
+        if target.exists() and target.suffix.lower() not in (".html", ".htm"):  # a manifest, a Parquet part
+            raise BadInputError(f"--out {target}: an existing file that is not a report (.html); "
+                                "it is not overwritten")
     root = manifest_path.parent.parent.parent
     tables, paths = {"data": [], "rejects": []}, []
     for record in manifest["files"]:

@@ -139,3 +139,38 @@ def test_console_script_help_runs_in_a_fresh_process():
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--run-id" in result.stdout
+
+
+def test_a_run_that_plans_no_items_is_refused_before_any_work(tmp_path, capsys):
+    config = tmp_path / "job.yaml"
+    config.write_text("kinds: [training]\ntraining: {class_quotas: {mug: 0}}\n", encoding="utf-8")
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "run", "--manifest", str(EXAMPLE_CATALOG), "--config", str(config),
+                        "--out", str(out), "--skus", "MUG-001")
+    assert code == 2 and "plans no items" in err and "Traceback" not in err
+    assert not (out / "catalog_images" / "_staging").exists()
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_path, capsys):
+    code, _, err = _run(capsys, "run", "--manifest", str(EXAMPLE_CATALOG), "--out", "/proc/synthcat-out",
+                        "--skus", "MUG-001")
+    assert code == 2 and "--out /proc/synthcat-out: cannot create" in err and "Traceback" not in err
+    for args in (["bench", "index", "--sizes", "100", "--json", str(tmp_path / "no" / "x.json")],
+                 ["eval", "memorization", "--json", str(tmp_path)],  # a folder
+                 ["eval", "memorization", "--calibration", "0"],
+                 ["models", "train", "--resume", str(tmp_path / "none")]):
+        code, _, err = _run(capsys, *args)
+        assert code == 2 and any(s in err for s in ("existing folder", "at least 2", "not a folder")), (args, err)
+
+
+def test_ray_job_ids_stand_for_the_run_not_only_its_id(tmp_path):
+    import re
+
+    from pipeline.jobs import submission_base
+
+    shards = ["shard-00000", "shard-00003"]
+    brand_a = submission_base("nightly-1", shards, tmp_path / "brand_a" / "_staging" / "nightly-1", "plan-1")
+    assert re.fullmatch(r"synthcat-nightly-1-[0-9a-f]{8}-shard-00000-00003", brand_a)
+    assert brand_a == submission_base("nightly-1", shards, tmp_path / "brand_a" / "_staging" / "nightly-1", "plan-1")
+    assert brand_a != submission_base("nightly-1", shards, tmp_path / "brand_b" / "_staging" / "nightly-1", "plan-1")
+    assert brand_a != submission_base("nightly-1", shards, tmp_path / "brand_a" / "_staging" / "nightly-1", "plan-2")

@@ -186,3 +186,25 @@ def test_reference_index_task_builds_the_index_named_in_the_settings(tmp_path, m
     assert result["images"] == 3 and (Path(result["index"]) / "index.parquet").is_file()
     with pytest.raises(orchestrate.BadInputError, match="reference_images"):
         orchestrate.build_reference_index({"reference_images": None, "out": str(tmp_path / "out")})
+
+
+def test_settings_without_reference_images_leave_the_reference_dag_manual(dagbag, tmp_path, monkeypatch):
+    import runpy
+
+    settings = tmp_path / "dags" / "settings.yaml"
+    settings.parent.mkdir()
+    settings.write_text("manifest: examples/catalog.csv\nconfig: examples/job.yaml\nout: out\n", encoding="utf-8")
+    monkeypatch.setenv("SYNTHCAT_DAGS_SETTINGS", str(settings))
+    module = runpy.run_path(str(REPO / "dags" / "synthcat_reference_index.py"))
+    assert module["REFERENCE_IMAGES"] is None  # imports (no KeyError); triggered by hand, its task says why
+
+
+def test_a_param_the_job_config_cannot_take_is_named_as_the_param(tmp_path):
+    from pipeline import orchestrate
+    from pipeline.errors import BadInputError
+
+    params = {"manifest": str(EXAMPLE_CATALOG), "config": "examples/job.yaml", "out": str(tmp_path)}
+    with pytest.raises(BadInputError, match=r"^param 'markets' on the job config .*job.yaml: .*'fr-FR'.*no market"):
+        orchestrate.make_spec({**params, "markets": ["fr-FR"]}, dag_run_id="manual__p", run_date="2026-11-26")
+    assert orchestrate.make_spec({**params, "markets": ["de-DE"]}, dag_run_id="manual__p",
+                                 run_date="2026-11-26")["markets"] == ["de-DE"]

@@ -218,6 +218,12 @@ def test_report_command_rebuilds_the_report_of_a_published_run(published, tmp_pa
     assert main(["report", ".", "--out", str(tmp_path / "here.html")]) == 0 and (tmp_path / "here.html").is_file()
     assert main(["report", str(run_dir), "--out", str(tmp_path / "no" / "r.html")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    manifest = (run_dir / "manifest.json").read_bytes()  # a dataset's file is never overwritten with a report
+    assert main(["report", str(run_dir), "--out", str(run_dir / "manifest.json")]) == 2
+    assert "not a report" in capsys.readouterr().err and (run_dir / "manifest.json").read_bytes() == manifest
+    (tmp_path / "folder").mkdir()  # a folder: its report.html
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "folder")]) == 0
+    assert (tmp_path / "folder" / "report.html").is_file()
     for text, says in (('{"run_id": ', "cannot be read as JSON"), ("{}", "not a synthcat run manifest")):
         (tmp_path / "manifest.json").write_text(text)
         assert main(["report", str(tmp_path)]) == 2 and says in capsys.readouterr().err

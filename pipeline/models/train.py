@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--new-text-tower goes on from a models folder: give --resume DIR")
     if args.clip and not args.new_text_tower:
         parser.error("--clip is the text round's CLIP: give --new-text-tower")
+    for option, folder in (("--resume", args.resume), ("--clip", args.clip)):
+        if folder is not None and not folder.is_dir():
+            parser.error(f"{option} {folder}: not a folder")
     if args.new_image_tower and (args.resume is None or args.new_text_tower):
         parser.error("--new-image-tower goes on from a models folder (--resume DIR), without --new-text-tower")
     recipe = Recipe.quick() if args.quick else Recipe()

@@ -50,6 +50,9 @@ def prepare(request: RunRequest) -> dict:
     items = plan_items(products, config, run_id=request.run_id, run_date=request.run_date,
                        width=generation.width or model.width, height=generation.height or model.height,
                        models_dir=request.models_dir)
+    if items.num_rows == 0:  # a run of nothing would publish nothing (an Airflow run: succeed doing nothing)
+        raise BadInputError(f"{request.manifest}: the run plans no items: its SKUs, markets, kinds and "
+                            "training.class_quotas leave none to generate")
 
     staging = request.staging
     model_sha256 = weights_sha256(model.path)
@@ -58,7 +61,14 @@ def prepare(request: RunRequest) -> dict:
     encoding = f"{config.image_format}|{config.png_compress_level}"
     fingerprint = _plan_fingerprint(items, f"{model_sha256}|{steps}|{guidance}|{encoding}")
     _check_resumable(staging, fingerprint)
-    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only or impossible --out; a full disk is the run's own error
+        from pipeline.faults import is_disk_full
+
+        if is_disk_full(exc):
+            raise
+        raise BadInputError(f"--out {request.out}: cannot create {staging} ({exc.strerror or exc})") from None
     pq.write_table(items, staging / "plan.parquet")
     if ingest.rejects.num_rows:
         pq.write_table(ingest.rejects, staging / "input_rejects.parquet")
