@@ -109,3 +109,21 @@ def test_torch_stream_reads_each_row_once_one_row_group_at_a_time(training_datas
     iterator = iter(stream)
     next(iterator)
     assert pa.total_allocated_bytes() - before < 4 * max(group_bytes)
+
+
+def test_the_dataset_root_loads_afresh_after_each_publish_not_from_the_cache(tmp_path):
+    """`datasets` caches `load_dataset(<root>)` by the card's header: the card changes with the files."""
+    import datasets
+
+    from pipeline.training.card import write_dataset_card
+
+    root = tmp_path / "catalog_images"
+    counts = []
+    for day, rows in (("2026-11-01", 6), ("2026-11-02", 10)):  # two publishes, the card rewritten by each
+        partition = root / "data" / f"run_date={day}" / "market=en-US"
+        partition.mkdir(parents=True)
+        pq.write_table(pa.table({"kind": ["campaign"] * rows, "sku": [f"S{i}" for i in range(rows)],
+                                 "run_date": [day] * rows, "run_id": [f"r-{day}"] * rows}), partition / "part-0.parquet")
+        write_dataset_card(root)
+        counts.append(datasets.load_dataset(str(root), split="train", cache_dir=str(tmp_path / "hf")).num_rows)
+    assert counts == [6, 16]

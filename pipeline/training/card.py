@@ -161,6 +161,10 @@ def render_card(root: Path) -> str:
         "task_categories": ["image-classification"],
         "tags": ["synthetic", "synthcat", "product-images"],
         "size_categories": [_size_category(published.num_rows)],
+        # `datasets` keys its cache of `load_dataset(<root>)` on the card's dataset_info (not on the
+        # files): the published files' bytes change it at each publish, so no reader gets stale rows
+        "dataset_info": {"config_name": "default",
+                         "download_size": sum(p.stat().st_size for p in (root / "data").rglob("*.parquet"))},
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/**/*.parquet"}]}],
     }
     dates = sorted({r for r in published.column("run_date").to_pylist()}) if published.num_rows else []
