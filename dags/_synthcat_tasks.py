@@ -29,7 +29,8 @@ def spec_for_this_run(params: dict) -> dict:
     was triggered) -> the run's spec. Bad params fail the task at once."""
     dag_run = get_current_context()["dag_run"]
     run_date = (dag_run.logical_date or dag_run.run_after).date().isoformat()
-    return _call(lambda: orchestrate.make_spec(params, dag_run_id=dag_run.run_id, run_date=run_date))
+    return _call(lambda: orchestrate.make_spec(params, dag_run_id=dag_run.run_id, run_date=run_date,
+                                               clear_number=getattr(dag_run, "clear_number", 0) or 0))
 
 
 @task

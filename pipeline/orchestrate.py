@@ -69,9 +69,13 @@ def _job_config(spec: dict) -> JobConfig:
                             f"{config_path}: {problem}") from None
 
 
-def make_spec(params: dict, *, dag_run_id: str, run_date: str) -> dict:
+def make_spec(params: dict, *, dag_run_id: str, run_date: str, clear_number: int = 0) -> dict:
     """Check a trigger's params and turn them into a spec; bad params raise BadInputError
-    naming the field, before any work."""
+    naming the field, before any work.
+
+    `clear_number`: how often the DAG run was cleared. A run cleared after it published runs again
+    under `<run id>-c<n>` and replaces its date's partition (Airflow's way to redo a date); a run
+    cleared before it published keeps its id and resumes its staging folder."""
     spec = {
         "manifest": _resolve(params["manifest"]), "config": _resolve(params["config"]),
         "out": _resolve(params["out"]), "skus": list(params.get("skus") or []),
@@ -88,7 +92,9 @@ def make_spec(params: dict, *, dag_run_id: str, run_date: str) -> dict:
     for field in ("manifest", "config"):
         if not Path(spec[field]).is_file():
             raise BadInputError(f"param '{field}': file {spec[field]} not found")
-    _job_config(spec)  # raises with the key at fault
+    config = _job_config(spec)  # raises with the key at fault
+    if clear_number and (Path(spec["out"]) / config.dataset / "_runs" / spec["run_id"] / "manifest.json").is_file():
+        spec["run_id"] = f"{spec['run_id'][:120]}-c{clear_number}"
     return spec
 
 

@@ -208,3 +208,20 @@ def test_a_param_the_job_config_cannot_take_is_named_as_the_param(tmp_path):
         orchestrate.make_spec({**params, "markets": ["fr-FR"]}, dag_run_id="manual__p", run_date="2026-11-26")
     assert orchestrate.make_spec({**params, "markets": ["de-DE"]}, dag_run_id="manual__p",
                                  run_date="2026-11-26")["markets"] == ["de-DE"]
+
+
+def test_a_dag_run_cleared_after_it_published_runs_again_under_a_new_id(tmp_path):
+    from pipeline import orchestrate
+
+    params = {"manifest": str(EXAMPLE_CATALOG), "config": "examples/job.yaml", "out": str(tmp_path)}
+    dag_run_id, run_date = "scheduled__2026-11-26T01:00:00+00:00", "2026-11-26"
+    base = orchestrate.make_spec(params, dag_run_id=dag_run_id, run_date=run_date)["run_id"]
+    # cleared before it published (a failed task, cleared with the run): the same id resumes its staging
+    assert orchestrate.make_spec(params, dag_run_id=dag_run_id, run_date=run_date, clear_number=1)["run_id"] == base
+    published = tmp_path / "catalog_images" / "_runs" / base / "manifest.json"
+    published.parent.mkdir(parents=True)
+    published.write_text("{}")
+    # cleared after it published (Airflow's way to redo a date): a new id, which replaces the partition
+    assert orchestrate.make_spec(params, dag_run_id=dag_run_id, run_date=run_date, clear_number=1)["run_id"] == \
+        f"{base}-c1"
+    assert orchestrate.make_spec(params, dag_run_id=dag_run_id, run_date=run_date)["run_id"] == base  # a retry
