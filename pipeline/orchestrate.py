@@ -76,6 +76,10 @@ def make_spec(params: dict, *, dag_run_id: str, run_date: str, clear_number: int
     `clear_number`: how often the DAG run was cleared. A run cleared after it published runs again
     under `<run id>-c<n>` and replaces its date's partition (Airflow's way to redo a date); a run
     cleared before it published keeps its id and resumes its staging folder."""
+    if unknown := sorted(set(params) - {"manifest", "config", "out", "skus", "dry_run", *OVERRIDES}):
+        # a misspelt key (`market`) would otherwise be dropped, and the run cover every market
+        raise BadInputError(f"param '{unknown[0]}' is not one synthcat takes; known: manifest, config, out, "
+                            f"skus, dry_run, {', '.join(OVERRIDES)}")
     spec = {
         "manifest": _resolve(params["manifest"]), "config": _resolve(params["config"]),
         "out": _resolve(params["out"]), "skus": list(params.get("skus") or []),

@@ -208,6 +208,8 @@ def test_a_param_the_job_config_cannot_take_is_named_as_the_param(tmp_path):
         orchestrate.make_spec({**params, "markets": ["fr-FR"]}, dag_run_id="manual__p", run_date="2026-11-26")
     assert orchestrate.make_spec({**params, "markets": ["de-DE"]}, dag_run_id="manual__p",
                                  run_date="2026-11-26")["markets"] == ["de-DE"]
+    with pytest.raises(BadInputError, match=r"^param 'market' is not one synthcat takes"):  # misspelt
+        orchestrate.make_spec({**params, "market": ["de-DE"]}, dag_run_id="manual__p", run_date="2026-11-26")
 
 
 def test_a_dag_run_cleared_after_it_published_runs_again_under_a_new_id(tmp_path):
