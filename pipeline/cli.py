@@ -82,6 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.run import RunRequest, run_job
 
     config = load_job_config(args.config)
+    if args.skus is not None and not args.skus.replace(",", "").strip():  # "," would mean every SKU
+        raise BadInputError(f"--skus {args.skus!r}: give SKUs separated by commas, or leave it out for every SKU")
     if not Path(args.manifest).exists():
         raise BadInputError(f"{args.manifest}: manifest not found")
     run_date = args.run_date or datetime.now(timezone.utc).date().isoformat()

@@ -34,8 +34,10 @@ def _pick_submission(client, base: str) -> tuple[str, bool]:
         candidate = base if attempt == 1 else f"{base}-r{attempt}"
         try:
             status = str(client.get_job_status(candidate).value)
-        except RuntimeError:  # the client's answer for "no such job"
-            return candidate, False
+        except RuntimeError as exc:  # the client's answer for "no such job" (HTTP 404), and for any failure
+            if "does not exist" in str(exc) or "status code 404" in str(exc):
+                return candidate, False
+            raise  # a head that fails to answer (HTTP 500) must not get the same job submitted twice
         if status in ("FAILED", "STOPPED"):
             continue
         return candidate, True

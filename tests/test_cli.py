@@ -174,3 +174,29 @@ def test_ray_job_ids_stand_for_the_run_not_only_its_id(tmp_path):
     assert brand_a == submission_base("nightly-1", shards, tmp_path / "brand_a" / "_staging" / "nightly-1", "plan-1")
     assert brand_a != submission_base("nightly-1", shards, tmp_path / "brand_b" / "_staging" / "nightly-1", "plan-1")
     assert brand_a != submission_base("nightly-1", shards, tmp_path / "brand_a" / "_staging" / "nightly-1", "plan-2")
+
+
+def test_a_ray_head_that_fails_to_answer_is_not_taken_for_no_such_job():
+    from pipeline.jobs import _pick_submission
+
+    class Head:
+        def __init__(self, answers: dict):
+            self.answers = answers
+
+        def get_job_status(self, job_id):
+            answer = self.answers.get(job_id, RuntimeError(f"Request failed with status code 404: Job {job_id} "
+                                                           "does not exist."))
+            if isinstance(answer, Exception):
+                raise answer
+            return type("Status", (), {"value": answer})
+
+    assert _pick_submission(Head({}), "synthcat-r") == ("synthcat-r", False)
+    assert _pick_submission(Head({"synthcat-r": "RUNNING"}), "synthcat-r") == ("synthcat-r", True)
+    assert _pick_submission(Head({"synthcat-r": "FAILED"}), "synthcat-r") == ("synthcat-r-r2", False)
+    with pytest.raises(RuntimeError, match="status code 500"):
+        _pick_submission(Head({"synthcat-r": RuntimeError("Request failed with status code 500: busy.")}), "synthcat-r")
+
+
+def test_skus_that_name_no_sku_are_refused(capsys):
+    code, _, err = _run(capsys, "run", "--manifest", str(EXAMPLE_CATALOG), "--skus", " , ")
+    assert code == 2 and "--skus" in err
