@@ -183,6 +183,17 @@ class Campaign(_Strict):
     markets_dir: str | None = None             # extra market profiles (<market>.yaml), beside the packaged ones
     brands: dict[str, BrandProfile] = Field(default_factory=dict)
 
+    @field_validator("brands")
+    @classmethod
+    def _one_profile_per_brand(cls, value: dict) -> dict:
+        """A catalog's brand matches its profile ignoring case and spaces: two such names are one brand."""
+        seen: dict[str, str] = {}
+        for name in value:
+            if (key := name.strip().casefold()) in seen:
+                raise ValueError(f"brands {seen[key]!r} and {name!r} differ only in case or spaces: one brand")
+            seen[key] = name
+        return value
+
     @field_validator("markets_dir")
     @classmethod
     def _a_folder(cls, value: str | None) -> str | None:

@@ -114,10 +114,13 @@ def test_brand_rules_reach_the_plan(models_dir):
         {"line": 2, "sku": "MUG-1", "title": "Cheap Mug", "category": "mug", "attributes": "{}", "markets": [],
          "brand": "Northwind"},
         {"line": 3, "sku": "MUG-2", "title": "Mug", "category": "mug", "attributes": "{}", "markets": [],
-         "brand": "Other"}], schema=PRODUCT_SCHEMA)
+         "brand": "Other"},
+        {"line": 4, "sku": "MUG-3", "title": "Cheap Cup", "category": "mug", "attributes": "{}", "markets": [],
+         "brand": " northwind "}], schema=PRODUCT_SCHEMA)  # as another exporter writes the brand
     items = plan_items(products, config, run_id="r", run_date="2026-11-26", width=64, height=64,
                        models_dir=models_dir).to_pylist()
-    branded, other = items
+    branded, other, lower = sorted(items, key=lambda item: item["sku"])
+    assert (lower["brand_adapter"], "cheap" in lower["prompt"].lower()) == (ADAPTER, False)  # the same brand
     expected = hashlib.sha256((models_dir / "tiny" / "lora" / ADAPTER / WEIGHT_NAME).read_bytes()).hexdigest()
     assert (branded["brand_adapter"], branded["brand_adapter_sha256"]) == (ADAPTER, expected)
     assert branded["brand_adapter_scale"] == pytest.approx(0.8)
@@ -132,3 +135,8 @@ def test_brand_rules_reach_the_plan(models_dir):
 def test_bad_brand_profiles_are_refused_naming_the_key(brand, message):
     with pytest.raises(BadInputError, match=f"campaign.brands.B.*{message}"):
         parse_job_config({"campaign": {"brands": {"B": brand}}})
+
+
+def test_two_brand_profiles_whose_names_differ_only_in_case_are_refused():
+    with pytest.raises(BadInputError, match=r"campaign.brands.*'Northwind' and 'NORTHWIND' differ only in case"):
+        parse_job_config({"campaign": {"brands": {"Northwind": {}, "NORTHWIND": {}}}})

@@ -19,6 +19,18 @@ from pipeline.errors import BadInputError
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
+def brand_for(brands: dict, name: str | None):
+    """The brand profile of a catalog row's `brand`, matched ignoring case and surrounding spaces
+    (a catalog's `northwind` is the job's `Northwind`: missing it would drop the brand's banned
+    terms, palette and adapter without a word); None for a brand without a profile."""
+    if not name:
+        return None
+    if name in brands:
+        return brands[name]
+    key = name.strip().casefold()
+    return next((profile for known, profile in brands.items() if known.strip().casefold() == key), None)
+
+
 def adapter_file(adapters_dir: Path, name: str) -> Path:
     """The adapter's weight file; BadInputError says where it was looked for."""
     path = Path(adapters_dir) / name / WEIGHT_NAME

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
+from pipeline.campaign.brand import brand_for
 from pipeline.config import JobConfig
 
 _URL = ("https://", "http://")
@@ -56,7 +57,7 @@ class CampaignPlanner:
         self._adapters: dict[str, str] = {}
 
     def _adapter(self, product: dict) -> dict:
-        brand = self.config.campaign.brands.get(product["brand"] or "")
+        brand = brand_for(self.config.campaign.brands, product["brand"])
         name = brand.adapters.get(self.config.model) if brand else None
         if not name:
             return {}
@@ -76,7 +77,7 @@ class CampaignPlanner:
 
             campaign = self.config.campaign
             profile = load_profile(market, campaign.markets_dir)
-            brand = campaign.brands.get(product["brand"] or "")
+            brand = brand_for(campaign.brands, product["brand"])
             text = campaign_text(product, profile, self.day, campaign.theme, base_prompt=base_prompt,
                                  base_negative=self.config.generation.negative_prompt,
                                  brand_banned=brand.banned_terms if brand else ())

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from pipeline.campaign.brand import brand_for
 from pipeline.config import BrandProfile, StageResources
 from pipeline.schema import CAMPAIGN_FIELDS, GENERATION_FIELDS, ITEM_SCHEMA
 from pipeline.stages._columns import column_lists, put_columns
@@ -62,7 +63,7 @@ class CompositeStage:
                 placed = placed_cutout(col["product_image"][row], col["product_image_sha256"][row], box)
                 image = paste_product(image, placed, box)
                 masks[row] = _canvas_mask(product_mask(np.asarray(placed.getchannel("A"))), box, image.size)
-            brand = self.brands.get(col["brand"][row] or "")
+            brand = brand_for(self.brands, col["brand"][row])
             if brand is not None and brand.palette:
                 values["palette_distance"][row] = palette_distance(image, brand.palette)
             values["pixels"][row] = image.tobytes()
