@@ -10,6 +10,7 @@ from collections import Counter
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import parse_job_config
@@ -139,3 +140,29 @@ def test_bad_training_config_is_refused_naming_the_key(training, key):
 def test_training_settings_that_would_fail_planning_are_refused_naming_the_key(training, key):
     with pytest.raises(BadInputError, match=key):
         parse_job_config({"kinds": ["training"], "training": training})
+
+
+def test_new_split_ratios_that_would_move_a_published_sku_are_refused(tmp_path, capsys):
+    from pipeline.cli import main
+    from pipeline.training.splits import moved_skus, split_for
+
+    from conftest import EXAMPLE_CATALOG
+
+    out = tmp_path / "out"
+    partition = out / "catalog_images" / "data" / "run_date=2026-11-01" / "market=global"
+    partition.mkdir(parents=True)
+    published = split_for("MUG-001", {"train": 0.8, "val": 0.1, "test": 0.1})
+    pq.write_table(pa.table({"sku": ["MUG-001"], "split": [published], "kind": ["training"]}),
+                   partition / "part-0.parquet")
+    moved = next(s for s in ("train", "val", "test") if s != published)
+    config = tmp_path / "job.yaml"
+    config.write_text(json.dumps({"kinds": ["training"], "training": {"splits": {moved: 1.0}}}), encoding="utf-8")
+    args = ["run", "--manifest", str(EXAMPLE_CATALOG), "--config", str(config), "--out", str(out),
+            "--skus", "MUG-001", "--run-date", "2026-11-02", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"'MUG-001', {published} -> {moved}" in err and "both sides of an evaluation" in err
+    assert not (out / "catalog_images" / "_staging").exists()  # before any work
+    # a rerun of the published date replaces that partition: its own rows are not in the way
+    assert moved_skus(out / "catalog_images", "2026-11-01", {"MUG-001": moved}) == []
+    assert moved_skus(out / "catalog_images", "2026-11-02", {"MUG-001": published, "NEW-1": moved}) == []

@@ -53,6 +53,7 @@ def prepare(request: RunRequest) -> dict:
     if items.num_rows == 0:  # a run of nothing would publish nothing (an Airflow run: succeed doing nothing)
         raise BadInputError(f"{request.manifest}: the run plans no items: its SKUs, markets, kinds and "
                             "training.class_quotas leave none to generate")
+    _check_splits(request, items)
 
     staging = request.staging
     model_sha256 = weights_sha256(model.path)
@@ -111,3 +112,18 @@ def _check_resumable(staging: Path, fingerprint: str) -> None:
         raise BadInputError(
             f"run id {staging.name!r} was started with a different manifest, config or model; "
             f"resume it with the same inputs, or use a new --run-id (staging: {staging})")
+
+
+def _check_splits(request: RunRequest, items: pa.Table) -> None:
+    """A SKU stays in the split the dataset published it in: no product on both sides of an evaluation."""
+    from pipeline.training import TRAINING_KIND
+    from pipeline.training.splits import moved_skus
+
+    training = items.filter(pc.equal(items.column("kind"), TRAINING_KIND)).select(["sku", "split"])
+    planned = dict(zip(training.column("sku").to_pylist(), training.column("split").to_pylist()))
+    if planned and (moved := moved_skus(request.dataset_root, request.run_date, planned)):
+        sku, was, now = moved[0]
+        raise BadInputError(
+            f"training.splits {dict(request.config.training.splits)} puts {len(moved)} SKUs of {request.dataset_root} "
+            f"in another split than its published rows (first: {sku!r}, {was} -> {now}): one product would be on "
+            "both sides of an evaluation. Keep the dataset's ratios, or publish into a new dataset")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
 SPLITS = ("train", "val", "test")
 _SEP = "\x1f"
@@ -45,3 +46,23 @@ def check_ratios(ratios: Mapping[str, float]) -> Mapping[str, float]:
     if abs(total - 1.0) > 1e-6:
         raise ValueError(f"split ratios must sum to 1, got {total:g}")
     return ratios
+
+
+def moved_skus(dataset_root: Path, run_date: str, planned: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(sku, published split, planned split) of every SKU this run would put in another split than
+    the dataset's published training rows of other dates (this date's partition is replaced).
+
+    The split is fixed by the SKU and `training.splits`: new ratios move some SKUs, and one
+    product would then be on both sides of an evaluation, across dates of one dataset."""
+    import pyarrow.parquet as pq
+
+    published: dict[str, str] = {}
+    for path in sorted(Path(dataset_root, "data").glob("run_date=*/market=global/*.parquet")):  # training rows
+        if path.parent.parent.name == f"run_date={run_date}" or not {"sku", "split"} <= set(pq.read_schema(path).names):
+            continue
+        table = pq.read_table(path, columns=["sku", "split"])
+        for sku, split in zip(table.column("sku").to_pylist(), table.column("split").to_pylist()):
+            if split:
+                published.setdefault(sku, split)
+    return [(sku, published[sku], planned[sku]) for sku in sorted(planned)
+            if sku in published and published[sku] != planned[sku]]
