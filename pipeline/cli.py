@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     index_sub = index.add_subparsers(dest="index_command", required=True)
     build = index_sub.add_parser("build", help="embed a folder or Parquet of reference images")
     build.add_argument("source", help="folder of images, or a Parquet file with an `image` column")
-    build.add_argument("--out", required=True, help="index folder (index.parquet + index.json)")
+    build.add_argument("--out", required=True, help="index folder (index.json and the build's index-<build>.parquet, .faiss)")
     build.add_argument("--scorer", default="tiny", help="open_clip scorer preset (default: tiny)")
     build.set_defaults(func=cmd_index_build)
 

@@ -67,9 +67,10 @@ def resolve_reference(gates: Gates, model: str, models_dir: Path, scorer_path: P
     """Which reference index a run uses, for its lineage (state["reference"], the manifest's
     models.reference): the job's own `gates.reference_index`; unset, the model preset's training
     set when it ships one (built on first use, pipeline/models/training_reference.py); None when
-    off or there is none. `sha256` is that of index.parquet: the exact images and embeddings."""
+    off or there is none. `files` names the build, `sha256` is that of its Parquet file: the exact
+    images and embeddings."""
     from pipeline.publish import sha256_file
-    from pipeline.reference import ReferenceIndex
+    from pipeline.reference import LEGACY_FILES, ReferenceIndex
 
     if reference_disabled(gates):
         return None
@@ -82,8 +83,9 @@ def resolve_reference(gates: Gates, model: str, models_dir: Path, scorer_path: P
         if path is None:
             return None
     description = ReferenceIndex.describe(path, scorer_path)  # checks it is an index for this scorer
-    return {"path": str(path), "origin": origin, "source": description["source"],
-            "images": description["images"], "sha256": sha256_file(path / "index.parquet")}
+    files = description.get("files") or dict(LEGACY_FILES)  # the build the gate will search
+    return {"path": str(path), "origin": origin, "source": description["source"], "images": description["images"],
+            "sha256": description.get("sha256") or sha256_file(path / files["parquet"]), "files": files}
 
 
 def reference_index(config: JobConfig, scorer: dict, resolved=_LEGACY):
@@ -97,7 +99,7 @@ def reference_index(config: JobConfig, scorer: dict, resolved=_LEGACY):
         resolved = {"path": config.gates.reference_index}
     if not resolved:
         return None
-    return ReferenceIndex(Path(resolved["path"]), Path(scorer["path"]))
+    return ReferenceIndex(Path(resolved["path"]), Path(scorer["path"]), files=resolved.get("files"))
 
 
 def published_history(dataset_root: Path, run_date: str, clip_model: str) -> pa.Table:

@@ -2,9 +2,14 @@
 
 Built from a folder of images or a Parquet file with an `image` column (the Hugging Face
 `Image` struct or plain bytes), with the run's open_clip scorer, and written as
-`<index_dir>/index.parquet` (id, source, embedding, 64 px thumbnail for the pixel copy
-check), `index.faiss` (the trained search index, see `vector_index`) and `index.json`
-(written last: the commit record). The memorization gate searches it.
+`<index_dir>/index-<build>.parquet` (id, source, embedding, 64 px thumbnail for the pixel copy
+check), `index-<build>.faiss` (the trained search index, see `vector_index`) and `index.json`
+(written last: the commit record, naming the build's files). The memorization gate searches it.
+
+A rebuild (the reference DAG, while runs are going on) never takes the index away: its files
+get new names, `index.json` switches to them at once, and the files of the build before stay, so
+a run that read the old `index.json` still finds them; only older builds are removed. Indexes
+built before builds were named (`index.parquet`, `index.faiss`) are read as they are.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
+import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,6 +36,7 @@ INDEX_SCHEMA = pa.schema([
     ("thumbnail", pa.binary()),     # 64x64 PNG for the tiled pixel-L2 copy check (copy_detection)
 ])
 ROW_GROUP = 1024  # the copy check reads thumbnails of a few rows: small row groups, small reads
+LEGACY_FILES = {"parquet": "index.parquet", "faiss": "index.faiss"}  # indexes built before builds were named
 
 
 def iter_reference_images(source: Path):
@@ -97,23 +103,44 @@ def build_index_from_images(images, source: str, index_dir: Path, clip_path: Pat
     if not rows:
         raise BadInputError(f"{source}: no images found")
 
+    from pipeline.fsops import fsync, write_json
+
     index_dir.mkdir(parents=True, exist_ok=True)
-    (index_dir / "index.json").unlink(missing_ok=True)  # the description is the commit record
-    tmp = index_dir / f".index.parquet.tmp-{os.getpid()}"
+    now = datetime.now(timezone.utc)
+    build = f"{now:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+    files = {"parquet": f"index-{build}.parquet", "faiss": f"index-{build}.faiss"}
     table = pa.Table.from_pylist(list(rows.values()), schema=INDEX_SCHEMA)
-    pq.write_table(table, tmp, row_group_size=ROW_GROUP)
-    os.replace(tmp, index_dir / "index.parquet")
+    pq.write_table(table, index_dir / files["parquet"], row_group_size=ROW_GROUP)
     built = build_index(embedding_matrix(table))
-    tmp = index_dir / f".index.faiss.tmp-{os.getpid()}"
-    faiss.write_index(built.index, str(tmp))
-    os.replace(tmp, index_dir / "index.faiss")
+    faiss.write_index(built.index, str(index_dir / files["faiss"]))
+    for name in files.values():
+        fsync(index_dir / name)
+    previous = _files(index_dir)
     description = {"source": source, "images": len(rows), "clip_path": str(clip_path),
                    "embedding_dim": len(next(iter(rows.values()))["embedding"]),
-                   "search": built.describe(), "built_at": datetime.now(timezone.utc).isoformat(), **(extra or {})}
-    tmp = index_dir / f".index.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(description, indent=2), encoding="utf-8")
-    os.replace(tmp, index_dir / "index.json")
+                   "search": built.describe(), "built_at": now.isoformat(), "files": files,
+                   "sha256": _sha256(index_dir / files["parquet"]), **(extra or {})}
+    write_json(index_dir / "index.json", description)  # the commit: readers switch to the new files
+    for old in index_dir.glob("index*.*"):  # builds older than the one before
+        if old.suffix in (".parquet", ".faiss") and old.name not in {*files.values(), *(previous or {}).values()}:
+            old.unlink(missing_ok=True)
     return description
+
+
+def _files(index_dir: Path) -> dict | None:
+    """The files the committed index.json names (a build before names: the fixed ones); None without one."""
+    path = Path(index_dir) / "index.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("files") or dict(LEGACY_FILES)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def embedding_matrix(table: pa.Table) -> np.ndarray:
@@ -129,15 +156,20 @@ class ReferenceIndex:
     """A built index loaded for search: inner product over L2-normalised embeddings (faiss),
     exact for small indexes and IVF above (`vector_index`), plus the thumbnails of the images."""
 
-    def __init__(self, index_dir: Path, clip_path: Path | None = None) -> None:
+    def __init__(self, index_dir: Path, clip_path: Path | None = None, files: dict | None = None) -> None:
+        """`files`: the build a run resolved when it was prepared, while a rebuild keeps it; else
+        the build `index.json` names now (`self.files` says which was loaded)."""
         import faiss
 
         self.index_dir = Path(index_dir)
         self.description = self.describe(self.index_dir, clip_path)
-        self._parquet = pq.ParquetFile(self.index_dir / "index.parquet")
+        if not files or not all((self.index_dir / name).is_file() for name in files.values()):
+            files = self.description.get("files") or dict(LEGACY_FILES)
+        self.files = dict(files)
+        self._parquet = pq.ParquetFile(self.index_dir / files["parquet"])
         table = self._parquet.read(columns=["ref_id", "embedding"])
         self.ids = table.column("ref_id").to_pylist()
-        saved = self.index_dir / "index.faiss"
+        saved = self.index_dir / files["faiss"]
         if saved.is_file():
             index = faiss.read_index(str(saved))
             kind = "ivf" if isinstance(index, faiss.IndexIVF) else "flat"
@@ -145,8 +177,14 @@ class ReferenceIndex:
         else:  # an index built before index.faiss existed: build the search index now
             self._index = build_index(embedding_matrix(table))
         if self._index.index.ntotal != len(self.ids):
-            raise BadInputError(f"{index_dir}: index.faiss holds {self._index.index.ntotal} vectors, "
-                                f"index.parquet {len(self.ids)}; rebuild the index")
+            raise BadInputError(f"{index_dir}: {files['faiss']} holds {self._index.index.ntotal} vectors, "
+                                f"{files['parquet']} {len(self.ids)}; rebuild the index")
+
+    def lineage(self) -> dict:
+        """What a run's manifest records of the build it searched (`models.reference`)."""
+        return {"source": self.description["source"], "images": self.description["images"], "files": self.files,
+                "sha256": (self.description.get("sha256") if self.files == self.description.get("files")
+                           else _sha256(self.index_dir / self.files["parquet"]))}
 
     @staticmethod
     def describe(index_dir: Path, clip_path: Path | None = None) -> dict:

@@ -183,7 +183,7 @@ def test_reference_index_task_builds_the_index_named_in_the_settings(tmp_path, m
         pixels = np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(images / f"protected-{i}.png")
     result = orchestrate.build_reference_index({"reference_images": str(images), "out": str(tmp_path / "out")})
-    assert result["images"] == 3 and (Path(result["index"]) / "index.parquet").is_file()
+    assert result["images"] == 3 and (Path(result["index"]) / result["files"]["parquet"]).is_file()
     with pytest.raises(orchestrate.BadInputError, match="reference_images"):
         orchestrate.build_reference_index({"reference_images": None, "out": str(tmp_path / "out")})
 

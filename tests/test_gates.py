@@ -207,7 +207,7 @@ def test_memorization_gate_against_a_built_reference_index(tmp_path, models_dir,
     index = ReferenceIndex(tmp_path / "index", models_dir / "tiny" / "clip")
     assert len(index.ids) == 3 and index.description["images"] == 3
 
-    stored = pq.read_table(tmp_path / "index" / "index.parquet")
+    stored = pq.read_table(tmp_path / "index" / index.files["parquet"])
     first = np.asarray(stored.column("embedding")[0].as_py(), np.float32)
     embeddings = np.stack([first, -first])  # a verbatim copy of a reference, and its opposite
     table = _rows([_noise(30), _noise(31)], embeddings)

@@ -97,7 +97,7 @@ def test_memorization_gate_flags_pixel_copies_and_cfg_gaps(tmp_path, models_dir)
     for i, pixels in enumerate(refs):
         Image.fromarray(pixels).save(tmp_path / "refs" / f"{i}.png")
     description = build_reference_index(tmp_path / "refs", tmp_path / "index", models_dir / "tiny" / "clip")
-    assert description["search"]["kind"] == "flat" and (tmp_path / "index" / "index.faiss").is_file()
+    assert description["search"]["kind"] == "flat" and (tmp_path / "index" / description["files"]["faiss"]).is_file()
     index = ReferenceIndex(tmp_path / "index", models_dir / "tiny" / "clip")
 
     edited = refs[1].copy()
@@ -201,3 +201,40 @@ def test_planted_heroes_are_flagged_against_the_training_set(training_reference,
         assert any("near-verbatim copy" in x for x in hero["gate_reasons"])
     assert out["h5"]["ref_nearest_id"] is not None and out["h5"]["ref_tile_l2"] > thresholds["max_ref_tile_l2"]
     assert not any(x.startswith("memorization:") for x in out["h5"]["gate_reasons"])
+
+
+def test_a_rebuild_never_takes_the_index_away_and_a_run_searches_the_build_it_was_prepared_with(tmp_path, models_dir,
+                                                                                               monkeypatch):
+    from PIL import Image
+
+    import pipeline.reference as reference
+    from pipeline.reference import ReferenceIndex, build_reference_index
+
+    clip = models_dir / "tiny" / "clip"
+    sets = []
+    for k in range(3):  # three sets of reference images: three builds
+        folder = tmp_path / f"refs{k}"
+        folder.mkdir()
+        for i in range(2 + k):
+            Image.fromarray(np.random.default_rng(100 * k + i).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+                            ).save(folder / f"{i}.png")
+        sets.append(folder)
+    index_dir = tmp_path / "index"
+    first = build_reference_index(sets[0], index_dir, clip)
+    real_build, seen = reference.build_index, []
+
+    def build_and_look(vectors):  # mid-rebuild, a run preparing or gating still finds the first build
+        seen.append(ReferenceIndex(index_dir, clip).description["images"])
+        return real_build(vectors)
+
+    monkeypatch.setattr(reference, "build_index", build_and_look)
+    second = build_reference_index(sets[1], index_dir, clip)
+    assert seen == [2] and second["files"] != first["files"]
+    # a run prepared with the first build still searches it; a new run gets the second
+    assert len(ReferenceIndex(index_dir, clip, files=first["files"]).ids) == 2
+    assert len(ReferenceIndex(index_dir, clip).ids) == 3
+    build_reference_index(sets[2], index_dir, clip)  # a third build: the first one's files go
+    assert not (index_dir / first["files"]["parquet"]).exists() and (index_dir / second["files"]["parquet"]).exists()
+    fallback = ReferenceIndex(index_dir, clip, files=first["files"])  # gone: the current build, recorded as such
+    assert len(fallback.ids) == 4 and fallback.lineage()["files"] == fallback.description["files"]
+    assert fallback.lineage()["sha256"] == fallback.description["sha256"]

@@ -32,6 +32,9 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
                if config.gates.dedupe_history else None)
     reference = (reference_index(config, state["scorer"], state["reference"]) if "reference" in state
                  else reference_index(config, state["scorer"]))  # prepared before the reference was recorded
+    if reference is not None and (state.get("reference") or {}).get("files") not in (None, reference.files):
+        # the build prepare resolved is gone (rebuilt twice since): the run records the one it searched
+        state = update_state(staging, reference={**state["reference"], **reference.lineage()})
     with keep_models_warm(state) as warm:  # each regeneration round reuses the models the first one loaded
         warm.take_up_left_hosts(ray_address)  # the run's generate tasks left them: ended when this step ends
         while True:
