@@ -60,7 +60,10 @@ def prepare(request: RunRequest) -> dict:
     steps = generation.steps or model.steps
     guidance = model.guidance_scale if generation.guidance_scale is None else generation.guidance_scale
     encoding = f"{config.image_format}|{config.png_compress_level}"
-    fingerprint = _plan_fingerprint(items, f"{model_sha256}|{steps}|{guidance}|{encoding}")
+    # what the plan's rows leave out and the images still depend on: the weights' dtype and the
+    # campaign's inpainting strength and canvas
+    numerics = f"{config.engine.dtype}|{config.campaign.background_strength}|{config.campaign.canvas}"
+    fingerprint = _plan_fingerprint(items, f"{model_sha256}|{steps}|{guidance}|{encoding}|{numerics}")
     _check_resumable(staging, fingerprint)
     try:
         staging.mkdir(parents=True, exist_ok=True)
@@ -96,11 +99,12 @@ def prepare(request: RunRequest) -> dict:
 
 
 def _plan_fingerprint(items: pa.Table, generator: str) -> str:
-    """A hash of what decides every image: ids, shards, seeds, prompts, sizes and the generator."""
+    """A hash of what decides every image: every column of the plan (ids, shards, seeds, prompts,
+    sizes, copy, brand adapters and their scale, product photos) and the generator's settings."""
     digest = hashlib.sha256(generator.encode())
-    for name in ("item_id", "shard_id", "seed", "prompt", "negative_prompt", "width", "height",
-                 "guidance_override"):
-        digest.update("\x1f".join(map(str, items.column(name).to_pylist())).encode())
+    for name in sorted(items.column_names):
+        digest.update(f"\x1e{name}\x1f".encode())
+        digest.update("\x1f".join(map(repr, items.column(name).to_pylist())).encode())
     return digest.hexdigest()
 
 

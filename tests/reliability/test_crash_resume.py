@@ -39,10 +39,12 @@ def test_killed_at_every_step_then_resumed_publishes_exactly_the_clean_rows(tmp_
     assert len(_shards(root)) == 1
     earlier_run_intact()
 
-    # Resuming with other inputs under the same run id is refused, never mixed.
-    _, other_config = write_job(tmp_path_factory.mktemp("other"), variants=2)
-    assert main([other_config.as_posix() if a == str(clean.config) else a for a in args]) == 2
-    assert "different manifest, config or model" in capsys.readouterr().err
+    # Resuming with other inputs under the same run id is refused, never mixed: other items, or
+    # settings the plan's rows leave out but the images depend on
+    for other in ({"variants": 2}, {"engine": {"dtype": "float32"}}, {"campaign": {"background_strength": 0.3}}):
+        _, other_config = write_job(tmp_path_factory.mktemp("other"), **other)
+        assert main([other_config.as_posix() if a == str(clean.config) else a for a in args]) == 2, other
+        assert "different manifest, config or model" in capsys.readouterr().err
 
     # 2. Resumed, and killed while scoring the second shard: still one shard, nothing published.
     killed = run_killed(args, "score:1")
