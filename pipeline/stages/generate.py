@@ -22,8 +22,10 @@ class GenerateStage:
     """Run a local diffusers pipeline over items; one `torch.Generator` per image.
 
     Input columns: prompt, negative_prompt, seed, width, height. Output adds `pixels`
-    (HWC uint8 bytes) and the generation lineage. Each image depends only on its own
-    prompt and seed, never on which other items share its batch.
+    (HWC uint8 bytes) and the generation lineage. Each image's noise depends only on its own
+    prompt and seed, never on which other items share its batch; the kernels' arithmetic may
+    (float32 on CPU: a pixel a level apart between batch sizes or thread counts; bfloat16 gave
+    identical bytes in every batching tried).
     """
 
     model_path: Path
