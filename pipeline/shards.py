@@ -49,12 +49,17 @@ class ShardStore:
         return {p.stem for p in self.root.glob("shard-*.parquet")}
 
     def write(self, shard: str, table: pa.Table) -> Path:
-        """Write one complete shard: temporary name first, then an atomic rename."""
+        """Write one complete shard: temporary name first, flushed to the disk, then an atomic
+        rename (a shard file is trusted as done on resume: after a power cut it must be whole)."""
+        from pipeline.fsops import fsync
+
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.path(shard)
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         pq.write_table(conform(table, SHARD_SCHEMA), tmp, row_group_size=100, compression="zstd")
+        fsync(tmp)
         os.replace(tmp, final)
+        fsync(self.root)
         return final
 
     def read_all(self, shards: list[str] | None = None, *, images: bool = True) -> pa.Table:

@@ -140,3 +140,19 @@ def _check_same_rows(root: Path, expected_root: Path, records: list[dict], same_
         sizes, expected_sizes = ([f.metadata.row_group(i).num_rows for i in range(f.metadata.num_row_groups)]
                                  for f in (written, expected))
         assert sizes == expected_sizes if same_row_groups else len(sizes) > len(expected_sizes), record["path"]
+
+
+def test_a_shard_is_on_the_disk_before_its_name_says_it_is_done(tmp_path, monkeypatch):
+    import os
+
+    import pipeline.fsops as fsops
+    from pipeline.shards import ShardStore
+
+    events, real_fsync, real_replace = [], fsops.fsync, os.replace
+    monkeypatch.setattr(fsops, "fsync", lambda path: (events.append(("fsync", Path(path).name)), real_fsync(path))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("rename", Path(b).name)), real_replace(a, b))[1])
+    store = ShardStore(tmp_path / "shards")
+    store.write("shard-00000", make_output_table(2))
+    assert [kind for kind, _ in events] == ["fsync", "rename", "fsync"]  # the file, its name, the folder
+    assert events[0][1].startswith(".shard-00000.parquet.tmp-") and events[2][1] == "shards"
+    assert store.done() == {"shard-00000"}
