@@ -29,7 +29,7 @@ models: $(STAMP)
 	$(BIN)/python -c "from pipeline.models.presets import DEFAULT_MODELS_DIR as d; from pipeline.models.tiny import ensure_tiny_models as e; print('tiny models in', e(d))"
 	$(BIN)/python -c "from pipeline.models.presets import DEFAULT_MODELS_DIR as d; from pipeline.models.training_reference import ensure_training_reference as e; print('tiny reference index in', e('tiny', d, d / 'tiny' / 'clip'))"
 
-# Retrain the embedded tiny models from scratch (~1 h 20 min on 2 idle CPU cores) and measure them.
+# Retrain the embedded tiny models from scratch (~1 h 35 min on 2 idle CPU cores, MODEL_CARD.md) and measure them.
 train-models: $(STAMP)
 	$(BIN)/python -m pipeline.models.train --out models/tiny
 

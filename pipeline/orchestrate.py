@@ -24,13 +24,15 @@ OVERRIDES = ("markets", "kinds", "variants", "model")
 
 def load_settings(path: str | Path | None = None) -> dict:
     """The DAGs' settings file (manifest, config, out, schedule, ...); relative paths are
-    resolved against the file's folder's parent (the project root)."""
+    resolved against the file's folder's parent (the project root), `out` and `reference_images`
+    (data) against SYNTHCAT_DATA_DIR when that is set."""
     path = Path(path or os.environ.get("SYNTHCAT_DAGS_SETTINGS") or DEFAULT_SETTINGS)
     settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     base = path.resolve().parent.parent
     for key in ("manifest", "config", "out", "reference_images"):
         if settings.get(key):
-            settings[key] = str((base / settings[key]).resolve())
+            data = key in ("out", "reference_images")
+            settings[key] = str(((_out_base(base) if data else base) / settings[key]).resolve())
     return settings
 
 
@@ -49,6 +51,12 @@ def airflow_run_id(dag_run_id: str) -> str:
 
 def _resolve(path: str, base: Path = REPO) -> str:
     return str((base / path).resolve()) if not Path(path).is_absolute() else path
+
+
+def _out_base(default: Path) -> Path:
+    """Where a relative `out` lands: SYNTHCAT_DATA_DIR when set (docker compose, Kubernetes: the
+    folder shared with the Ray job drivers), else `default` (the project root)."""
+    return Path(os.environ["SYNTHCAT_DATA_DIR"]) if os.environ.get("SYNTHCAT_DATA_DIR") else default
 
 
 def _job_config(spec: dict) -> JobConfig:
@@ -82,7 +90,7 @@ def make_spec(params: dict, *, dag_run_id: str, run_date: str, clear_number: int
                             f"skus, dry_run, {', '.join(OVERRIDES)}")
     spec = {
         "manifest": _resolve(params["manifest"]), "config": _resolve(params["config"]),
-        "out": _resolve(params["out"]), "skus": list(params.get("skus") or []),
+        "out": _resolve(params["out"], _out_base(REPO)), "skus": list(params.get("skus") or []),
         "dry_run": bool(params.get("dry_run", False)), "run_id": airflow_run_id(dag_run_id),
         "run_date": run_date,
         "ray_address": os.environ.get("RAY_ADDRESS") or None,

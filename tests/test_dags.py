@@ -227,3 +227,16 @@ def test_a_dag_run_cleared_after_it_published_runs_again_under_a_new_id(tmp_path
     assert orchestrate.make_spec(params, dag_run_id=dag_run_id, run_date=run_date, clear_number=1)["run_id"] == \
         f"{base}-c1"
     assert orchestrate.make_spec(params, dag_run_id=dag_run_id, run_date=run_date)["run_id"] == base  # a retry
+
+
+def test_with_a_shared_data_folder_relative_outputs_land_there_and_inputs_stay_in_the_project(tmp_path,
+                                                                                              monkeypatch):
+    from pipeline import orchestrate
+
+    monkeypatch.setenv("SYNTHCAT_DATA_DIR", str(tmp_path))  # as docker compose sets it
+    settings = orchestrate.load_settings()
+    assert settings["out"] == str(tmp_path / "out") and settings["reference_images"].startswith(str(tmp_path))
+    assert settings["manifest"] == str(REPO / "examples" / "catalog.csv")
+    spec = orchestrate.make_spec({"manifest": "examples/catalog.csv", "config": "examples/job.yaml",
+                                  "out": "out/on-demand"}, dag_run_id="manual__d", run_date="2026-11-26")
+    assert spec["out"] == str(tmp_path / "out" / "on-demand") and spec["manifest"] == str(EXAMPLE_CATALOG)

@@ -93,6 +93,15 @@ def test_ray_settings_and_dags_reach_the_task_runner(compose):
         assert sources == [REPO / "dags"], name
         # The whole repository would expose infra/airflow/.env to every task.
         assert all((COMPOSE_FILE.parent / m[0]).resolve() != REPO for m in mounts), name
+    # the DAG files read their settings where pipeline.orchestrate looks: <PYTHONPATH>/dags
+    common = services["airflow-scheduler"]
+    targets = {v.split(":")[1]: (COMPOSE_FILE.parent / v.split(":")[0]).resolve()
+               for v in common["volumes"] if isinstance(v, str) and not v.startswith("$")}
+    assert targets[f"{common['environment']['PYTHONPATH']}/dags"] == REPO / "dags"
+    # the weights at the path the Ray pods mount them (infra/kuberay: /models), read-only
+    assert common["environment"]["SYNTHCAT_MODELS_DIR"] == "/models"
+    assert [v for v in common["volumes"] if isinstance(v, str) and v.endswith(":/models:ro")]
+    assert "SYNTHCAT_DATA_DIR" in common["environment"]  # relative `out` paths land on the shared folder
     build = services["airflow-scheduler"]["build"]
     assert (COMPOSE_FILE.parent / build["context"]).resolve() == REPO
     assert (REPO / build["dockerfile"]).resolve() == AIRFLOW_DOCKERFILE
@@ -132,7 +141,8 @@ def test_build_context_is_an_allow_list(path):
                 if ln.strip() and not ln.startswith("#")]
     assert patterns[0] == "*"
     allowed = [p[1:].strip("/") for p in patterns if p.startswith("!")]
-    assert not [p for p in allowed if p.split("/")[0] in ("models", ".venv", "out", ".git", "infra") or ".env" in p]
+    assert not [p for p in allowed if p.split("/")[0] in ("models", ".venv", "out", ".git", "infra") or ".env" in p
+                if p != EMBEDDED_PRESET]  # only the committed tiny preset, for the models volume's seed Job
 
 
 # --- secrets: nothing under infra/ holds one ------------------------------------------------------

@@ -191,3 +191,16 @@ def test_rayjob_runs_synthcat_on_the_cluster_shape():
     assert config.resources.generate.num_gpus > 0
     assert all(s.num_gpus <= per_pod and s.num_cpus <= float(pod["resources"]["limits"]["cpu"]) for s in stages)
     assert sum(s.actors * s.num_gpus for s in stages) <= group["maxReplicas"] * per_pod
+
+
+def test_the_seed_job_copies_the_images_tiny_preset_and_builds_its_reference_index():
+    """The Ray pods mount /models read-only: whatever a run of the tiny preset writes there on first use
+    (its training-set reference index) the seed Job must write, and it must never retrain the preset."""
+    (job,) = [d for d in of_kind("Job") if d["metadata"]["name"] == "synthcat-models-seed"]
+    (container,) = containers(job["spec"]["template"])
+    script = container["command"][-1]
+    (seed,) = [r.split()[-1] for op, r in parse_dockerfile(WORKER_DOCKERFILE)
+               if op == "COPY" and r.split()[-2] == EMBEDDED_PRESET]
+    assert f'shutil.copytree("{seed}", models / "tiny"' in script
+    assert "ensure_training_reference(\"tiny\", models" in script
+    compile(script, "seed", "exec")  # the Job's Python is valid

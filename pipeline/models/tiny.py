@@ -48,7 +48,7 @@ def tiny_models_present(home: Path) -> bool:
 def ensure_tiny_models(root: Path) -> Path:
     """Return `root/tiny`, training the tiny models there first if their weights are missing.
 
-    The committed weights make this a file check; retraining (about 80 minutes on 2 CPU
+    The committed weights make this a file check; retraining (about 1 h 35 min on 2 CPU
     cores, see MODEL_CARD.md) only happens in a checkout without them.
     """
     home = root / "tiny"
