@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 import string
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from pipeline.config_base import Section, fillable
 from pipeline.errors import BadInputError
+from pipeline.training.settings import Training
 
 CANONICAL_FIELDS = (
     "sku", "title", "category", "attributes", "description", "image",
@@ -20,11 +22,7 @@ REQUIRED_FIELDS = ("sku", "title", "category")
 PROMPT_FIELDS = ("title", "category", "attributes", "country", "language", "market", "kind")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class StageResources(_Strict):
+class StageResources(Section):
     """What one stage asks of the executor: Ray translates it into actor options."""
 
     num_gpus: float = Field(0, ge=0)
@@ -33,14 +31,14 @@ class StageResources(_Strict):
     batch_size: int = Field(8, ge=1)
 
 
-class Resources(_Strict):
+class Resources(Section):
     generate: StageResources = StageResources()
     score: StageResources = StageResources(num_cpus=0.5, batch_size=32)
     encode: StageResources = StageResources(num_cpus=0.5, batch_size=32)
     campaign: StageResources = StageResources(num_cpus=0.5, batch_size=16)  # composite, overlay, integrity
 
 
-class Generation(_Strict):
+class Generation(Section):
     """Sampler settings; `None` means the model preset's default."""
 
     steps: int | None = Field(None, ge=1, le=1000)
@@ -61,17 +59,7 @@ class Generation(_Strict):
         return fillable(value, PROMPT_FIELDS)
 
 
-def fillable(template: str, fields) -> str:
-    """`template` if text fills it: a conversion (`!z`), a format spec (`:d`) or a field nested in
-    one (`{title:{x}}`) that would fail at planning fails here, naming the template."""
-    try:
-        template.format_map(dict.fromkeys(fields, "text"))
-    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
-        raise ValueError(f"template {template!r} cannot be filled in ({type(exc).__name__}: {exc})") from None
-    return template
-
-
-class Gates(_Strict):
+class Gates(Section):
     """Gate thresholds; `None` takes the scorer preset's calibrated value.
 
     Alignment: `min_clip_score`, a cosine in [-1, 1]. Duplicates (within the run and against
@@ -112,7 +100,7 @@ class Gates(_Strict):
     max_product_diff: float = Field(0.0, ge=0, le=1)
 
 
-class ImageSources(_Strict):
+class ImageSources(Section):
     """Where a manifest's `image` cells may point (enforced by pipeline/references.py).
 
     Local paths: under the manifest's folder or one of `roots` (relative to the manifest's
@@ -141,7 +129,7 @@ class ImageSources(_Strict):
         return value
 
 
-class BrandProfile(_Strict):
+class BrandProfile(Section):
     """A brand's rules for campaign creative (see pipeline/campaign/brand.py).
 
     `adapters`: model preset -> LoRA adapter folder under `<models_dir>/<preset>/lora/`, fused
@@ -174,7 +162,7 @@ class BrandProfile(_Strict):
         return value
 
 
-class Campaign(_Strict):
+class Campaign(Section):
     """Campaign creative: theme, canvas, product-photo backgrounds, market profiles, brands."""
 
     theme: Literal["new-arrivals", "sale", "gifts"] = "new-arrivals"
@@ -207,7 +195,7 @@ class Campaign(_Strict):
         return str(folder)
 
 
-class Engine(_Strict):
+class Engine(Section):
     """How the generate stage drives its model (pipeline/stages/engine.py).
 
     `None` switches are on for CUDA and off for CPU, where they do not pay. Padding follows
@@ -237,75 +225,14 @@ class Engine(_Strict):
     keep_warm_s: float = Field(120.0, ge=0)
 
 
-class Cost(_Strict):
+class Cost(Section):
     """Prices for the run summary's cost per 1,000 accepted images (device-hours held by generation)."""
 
     gpu_hour_usd: float = Field(2.5, ge=0)   # one GPU for one hour
     cpu_hour_usd: float = Field(0.05, ge=0)  # one CPU core for one hour (runs without GPUs)
 
 
-# phrasings to pick from: at least one, none empty (an empty one leaves a hole in the prompt)
-Phrases = Annotated[tuple[Annotated[str, Field(min_length=1)], ...], Field(min_length=1)]
-
-
-class Training(_Strict):
-    """The `training` kind: labelled, class-balanced, diverse images (pipeline/training/).
-
-    A class is a catalog `category`. Every class gets `images_per_class` images (`class_quotas`
-    overrides per class, 0 leaves it out), spread round-robin over its SKUs; `split` is drawn
-    per SKU with `splits`. Prompts: a template x one value of each facet (scene, viewpoint,
-    lighting, material), every facet cycling evenly within the class, plus paraphrases.
-    `None` takes the built-in vocabulary (the embedded tiny model's words); `[]` leaves a facet
-    out. `guidance_scale` (lower = more diverse) applies to training images only.
-    """
-
-    images_per_class: int = Field(8, ge=0, le=1_000_000)
-    class_quotas: dict[str, int] = Field(default_factory=dict)
-    splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
-    guidance_scale: float | None = Field(None, ge=0)
-    templates: tuple[str, ...] | None = None             # fields: see pipeline/training/prompts.py
-    class_templates: dict[str, tuple[str, ...]] = Field(default_factory=dict)
-    class_words: dict[str, Phrases] = Field(default_factory=dict)  # paraphrases of a class name
-    scenes: dict[str, Phrases] | None = None             # scene name -> its phrasings
-    viewpoints: tuple[str, ...] = ()                     # e.g. "front view" (the tiny model knows none)
-    lighting: tuple[str, ...] = ()                       # e.g. "soft daylight"
-    materials: tuple[str, ...] | None = None             # a SKU's own `material` attribute wins
-    taxonomy: dict[str, str] = Field(default_factory=dict)  # class -> parent path, "home/kitchen"
-    license: str = "other"                               # the dataset card's licence id
-    license_note: str | None = None
-    intended_use: str | None = None
-    limitations: str | None = None
-
-    @field_validator("splits")
-    @classmethod
-    def _ratios(cls, value: dict[str, float]) -> dict[str, float]:
-        from pipeline.training.splits import check_ratios
-
-        return dict(check_ratios(value))
-
-    @field_validator("class_quotas")
-    @classmethod
-    def _quotas(cls, value: dict[str, int]) -> dict[str, int]:
-        bad = {k: v for k, v in value.items() if v < 0}
-        if bad:
-            raise ValueError(f"quotas must be >= 0, got {bad}")
-        return value
-
-    @model_validator(mode="after")
-    def _known_template_fields(self) -> "Training":
-        from pipeline.training.prompts import TEMPLATE_FIELDS, template_fields
-
-        templates = list(self.templates or ()) + [t for ts in self.class_templates.values() for t in ts]
-        for template in templates:
-            unknown = [f for f in template_fields(template) if f not in TEMPLATE_FIELDS]
-            if unknown:
-                allowed = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
-                raise ValueError(f"template {template!r} uses unknown field {{{unknown[0]}}}; allowed: {allowed}")
-            fillable(template, TEMPLATE_FIELDS)
-        return self
-
-
-class JobConfig(_Strict):
+class JobConfig(Section):
     """A synthcat job: what to make from a manifest and how to gate and publish it."""
 
     dataset: str = "catalog_images"
