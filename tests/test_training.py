@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from training_run import IMAGES_PER_CLASS, RUN_DATE, write_job
+from training_run import IMAGES_PER_CLASS, RUN_DATE, SPLITS, write_job
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +100,8 @@ def test_dataset_card_is_a_hugging_face_card_refreshed_at_each_publish(published
     # another publish into a copy of the dataset (a new run date, one image per class) refreshes it
     copy = tmp_path / "out"
     shutil.copytree(published["out"], copy)
-    job = write_job(tmp_path / "job.yaml", generation={"steps": 2},
-                    training={"images_per_class": 1, "license": "cc-by-4.0"},
+    job = write_job(tmp_path / "job.yaml", generation={"steps": 2},  # the dataset's split ratios, kept
+                    training={"images_per_class": 1, "license": "cc-by-4.0", "splits": SPLITS},
                     gates={"min_clip_score": -1.0, "max_phash_distance": None, "max_attempts": 1})
     args = ["run", "--manifest", str(published["catalog"]), "--config", str(job), "--out", str(copy),
             "--run-date", "2026-11-27", "--run-id", "run-next", "--no-progress"]
