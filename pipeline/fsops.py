@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 
@@ -28,10 +29,10 @@ def fsync(path: Path) -> None:
 
 
 def write_json(path: Path, value: dict, default=None) -> None:
-    """`value` as `path`, whole or not at all, and on the disk when this returns (one writer at a
-    time: the temporary file's name is fixed). `default`: as `json.dump`'s."""
+    """`value` as `path`, whole or not at all, and on the disk when this returns (the last writer
+    wins; each writes its own temporary file). `default`: as `json.dump`'s."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(value, handle, indent=2, sort_keys=True, default=default)
         handle.flush()

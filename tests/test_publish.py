@@ -93,7 +93,7 @@ def test_stage_run_writes_partitioned_files_with_records(tmp_path):
         assert groups[0].column(0).compression == "ZSTD"
         assert b"huggingface" in meta.metadata
     assert max(pq.ParquetFile(tmp_path / p).metadata.num_row_groups for p in paths) >= 2
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert not list(tmp_path.rglob("*.tmp*"))
 
 
 def test_stage_run_splits_large_partitions_into_numbered_files(tmp_path):
