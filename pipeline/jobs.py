@@ -1,8 +1,8 @@
 """Ray Jobs API: run a prepared run's shards on a Ray cluster and follow the job to its end.
 
-The submission id is deterministic (run id, staging folder and plan, shard range), so a retried Airflow task finds
-its earlier job: a finished one is not run again, a running one is followed, and a failed
-one is resubmitted under the next numbered id (`...-r2`, `...-r3`).
+The submission id is deterministic (run id, staging folder and plan, shard range), so a retried
+Airflow task finds its earlier job: a finished one is not run again, a running one is followed,
+and a failed one is resubmitted under the next numbered id (`...-r2`, `...-r3`).
 """
 
 from __future__ import annotations

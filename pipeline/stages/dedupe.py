@@ -4,11 +4,11 @@ Rule: candidates are visited in keep order (already-published rows first, then t
 catalog order: SKU, market, kind, variant, format, not the plan's generation order). A candidate
 that matches a row *kept* before it is a duplicate of that row; otherwise it is kept, unless
 another gate rejected it. So the first acceptable image of every group survives, and an image is
-never rejected because of another rejected one. Matches are found in bulk and resolved in one greedy pass. Only the run's rows are queried
-(history rows are always kept), so the cost grows with history size H and run size R as an index
-build over H + R plus R queries, never H²: embeddings through `vector_index` (exact up to 20,000
-rows, IVF above), pHashes through a faiss binary index (exact Hamming range search, popcount over
-64 bits).
+never rejected because of another rejected one. Matches are found in bulk and resolved in one
+greedy pass. Only the run's rows are queried (history rows are always kept), so the cost grows
+with history size H and run size R as an index build over H + R plus R queries, never H²:
+embeddings through `vector_index` (exact up to 20,000 rows, IVF above), pHashes through a faiss
+binary index (exact Hamming range search, popcount over 64 bits).
 """
 
 from __future__ import annotations
