@@ -66,6 +66,8 @@ def _job_config(spec: dict) -> JobConfig:
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
         raise BadInputError(f"{config_path}: cannot read the job config ({exc})") from None
     overrides = {k: spec[k] for k in OVERRIDES if spec.get(k) not in (None, [], "")}
+    if not isinstance(data, dict):  # not a mapping: its own error, naming the file
+        return parse_job_config(data, str(config_path))
     try:
         return parse_job_config({**data, **overrides}, str(config_path))
     except BadInputError as exc:
