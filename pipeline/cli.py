@@ -310,20 +310,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("target", nargs="?", choices=["images", "index"], default="images",
                        help="images (default) or index (build/query/recall of the embedding index)")
     bench.add_argument("--sizes", default="100000,1000000", help="index: reference sizes (default: 100000,1000000)")
-    bench.add_argument("--queries", type=int, default=100_000, help="index: queries per size (default: 100000)")
-    bench.add_argument("--exact-queries", type=int, default=1000,
+    bench.add_argument("--queries", type=_at_least(1), default=100_000, help="index: queries per size (default: 100000)")
+    bench.add_argument("--exact-queries", type=_at_least(1), default=1000,
                        help="index: queries checked against exact search for recall (default: 1000)")
-    bench.add_argument("--dim", type=int, default=512, help="index: embedding dimension (default: 512)")
+    bench.add_argument("--dim", type=_at_least(1), default=512, help="index: embedding dimension (default: 512)")
     bench.add_argument("--data", choices=["clustered", "uniform"], default="clustered",
                        help="index: synthetic embeddings (default: clustered, see bench/README.md)")
-    bench.add_argument("--centres", type=int, default=4096, help="index: clusters of the clustered data")
+    bench.add_argument("--centres", type=_at_least(1), default=4096, help="index: clusters of the clustered data")
     bench.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
     bench.add_argument("--json", type=_json_out, help="also write the figures to this file")
-    bench.add_argument("--items", type=int, default=32, help="items per measurement (default: 32)")
-    bench.add_argument("--batch-size", type=int, default=16, help="engine batch size (default: 16)")
+    bench.add_argument("--items", type=_at_least(1), default=32, help="items per measurement (default: 32)")
+    bench.add_argument("--batch-size", type=_at_least(1), default=16, help="engine batch size (default: 16)")
     bench.add_argument("--gpus", type=float, default=0, help="GPUs per generate/score actor (default: 0)")
     bench.add_argument("--peak-tflops", type=float, help="device peak for the FLOP-bound share")
-    bench.add_argument("--naive-items", type=int, help="items of the naive batch-1 loop, spread over the plan with its share of photo rows (default: all)")
+    bench.add_argument("--naive-items", type=_at_least(1), help="items of the naive batch-1 loop, spread over the plan with its share of photo rows (default: all)")
     bench.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="torch.compile the UNet and VAE decoder (default: on for CUDA, off for CPU)")
     bench.add_argument("--compile-scope", choices=["model", "blocks"], default="model",

@@ -64,10 +64,12 @@ class BuiltIndex:
 
     def range_search(self, queries: np.ndarray, min_score: float) -> list[dict[int, float]]:
         """For every query, {row: score} of the indexed vectors with score >= min_score."""
-        # faiss keeps scores strictly above the radius: nudge it down to include equality
+        # faiss keeps scores strictly above the radius: nudge it down to include equality, then drop
+        # what the nudge (or float32 rounding of the threshold) let in below min_score
         radius = float(np.nextafter(np.float32(min_score), np.float32(-1)))
         lims, scores, ids = self.index.range_search(_as_f32(queries), radius)
-        return [{int(j): float(s) for j, s in zip(ids[lims[i]:lims[i + 1]], scores[lims[i]:lims[i + 1]])}
+        return [{int(j): float(s) for j, s in zip(ids[lims[i]:lims[i + 1]], scores[lims[i]:lims[i + 1]])
+                 if float(s) >= min_score}
                 for i in range(len(lims) - 1)]
 
 

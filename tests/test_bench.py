@@ -83,3 +83,34 @@ def test_engine_figures_survive_an_end_to_end_run_cut_short(tmp_path, models_dir
     assert "interrupted" in capsys.readouterr().err
     record = json.loads(target.read_text())
     assert record["naive_img_s"] > 0 and record["engine_img_s"] > 0 and record["e2e_img_s"] is None
+
+
+def test_flops_count_attention_on_every_device_and_leave_the_pipeline_as_it_was(models_dir):
+    import diffusers
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.bench import _flops_per_image
+
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(models_dir / "tiny" / "diffusion"),
+                                                             local_files_only=True, use_safetensors=True)
+    before = {name: type(p) for name, p in pipe.unet.attn_processors.items()}
+    flops, evaluations = _flops_per_image(pipe, 20, 7.5, 64, 64)
+    assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == before  # put back
+    # counted by hand: the same calls, attention as plain matmuls
+    pipe.unet.set_attn_processor(AttnProcessor())
+    pipe.vae.set_attn_processor(AttnProcessor())
+    side = 64 // pipe.vae_scale_factor
+    latents = torch.zeros(2, pipe.unet.config.in_channels, side, side)
+    context = torch.zeros(2, pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim)
+    with torch.inference_mode(), FlopCounterMode(display=False) as unet:
+        pipe.unet(latents, 500, encoder_hidden_states=context)
+    with torch.inference_mode(), FlopCounterMode(display=False) as vae:
+        pipe.vae.decode(latents[:1] / pipe.vae.config.scaling_factor)
+    assert flops == evaluations * unet.get_total_flops() + vae.get_total_flops()
+    # the attention is in it: on CPU, scaled_dot_product_attention's kernel alone counts as 0
+    pipe.unet.set_attn_processor({name: p() for name, p in before.items()})
+    with torch.inference_mode(), FlopCounterMode(display=False) as fused:
+        pipe.unet(latents, 500, encoder_hidden_states=context)
+    assert unet.get_total_flops() > fused.get_total_flops()

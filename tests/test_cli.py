@@ -200,3 +200,11 @@ def test_a_ray_head_that_fails_to_answer_is_not_taken_for_no_such_job():
 def test_skus_that_name_no_sku_are_refused(capsys):
     code, _, err = _run(capsys, "run", "--manifest", str(EXAMPLE_CATALOG), "--skus", " , ")
     assert code == 2 and "--skus" in err
+
+
+@pytest.mark.parametrize("args", [["bench", "--items", "0"], ["bench", "--naive-items", "-1"],
+                                  ["bench", "index", "--sizes", "5", "--queries", "0"],
+                                  ["bench", "index", "--sizes", "5", "--exact-queries", "0"]])
+def test_bench_counts_below_one_are_usage_errors_before_any_work(args, capsys):
+    code, _, err = _run(capsys, *args)
+    assert code == 2 and "at least 1" in err

@@ -178,3 +178,24 @@ def test_training_rounds_move_only_what_they_say(tmp_path):
     text = [k for k in c if k.startswith(TEXT_TOWER)]
     assert text and c.keys() == d.keys() and all(torch.equal(c[k], d[k]) for k in text)
     assert any(not torch.equal(c[k], d[k]) for k in c if k.startswith("visual."))
+
+
+def test_two_writers_of_one_model_folder_never_mix_even_with_the_same_process_id(tmp_path):
+    from pipeline.models.arch import write_atomically
+
+    target = tmp_path / "models" / "sd15-arch"
+
+    def second(tmp: Path) -> None:  # a pod on the shared volume whose writer has the same pid
+        tmp.mkdir()
+        for name in ("b1", "b2"):
+            (tmp / name).write_text("b")
+
+    def first(tmp: Path) -> None:
+        tmp.mkdir()
+        (tmp / "a1").write_text("a")
+        write_atomically(target, second)  # the other finishes while this one is half-way
+        (tmp / "a2").write_text("a")
+
+    assert write_atomically(target, first) == target
+    assert sorted(p.name for p in target.iterdir()) == ["b1", "b2"]  # one writer's whole folder
+    assert [p.name for p in target.parent.iterdir()] == ["sd15-arch"]  # the loser's copy is gone

@@ -53,3 +53,13 @@ def test_bench_index_command_writes_growth(tmp_path):
     assert [r["size"] for r in record["results"]] == [2000, 4000]
     assert all(r["recall_at_1"] == 1.0 and r["kind"] == "flat" for r in record["results"])  # small: exact
     assert record["growth"][0]["size_ratio"] == 2.0 and record["growth"][0]["build_ratio"] > 0
+
+
+def test_range_search_never_returns_a_score_under_its_threshold():
+    from pipeline.vector_index import build_index
+
+    x = float(np.float32(0.95))  # 0.949999988..., just under 0.95
+    index = build_index(np.array([[x, np.sqrt(1 - x * x)]], dtype=np.float32))
+    query = np.array([[1.0, 0.0]], dtype=np.float32)
+    assert index.range_search(query, 0.95) == [{}]
+    assert index.range_search(query, x) == [{0: x}]  # equality is in

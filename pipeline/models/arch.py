@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -125,11 +126,12 @@ def write_atomically(target: Path, write, *, replace: bool = False) -> Path:
     processes materialising at once, the first rename wins and the other's copy goes; with
     `replace` (retraining), an existing `target` is swapped out for the new one instead."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # a name of this writer's own: pods on a shared models volume can have the same process id
+    mine = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = target.with_name(f".{target.name}.tmp-{mine}")
     write(tmp)
     tmp.chmod(0o755)  # the models are shared files, whatever made the folder
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    old = target.with_name(f".{target.name}.old-{mine}")
     if replace and target.exists():
         os.rename(target, old)
     try:
