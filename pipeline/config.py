@@ -347,8 +347,14 @@ def load_job_config(path: str | Path | None) -> JobConfig:
         raise BadInputError(f"{path}: the YAML is nested too deeply") from None
     except yaml.YAMLError as exc:
         raise BadInputError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    return parse_job_config(anchored(data, path.parent), str(path))
+
+
+def anchored(data: object, folder: Path) -> object:
+    """The decoded config with its relative paths taken from `folder`, the config file's folder
+    (`campaign.markets_dir`), whoever reads the file: the CLI, or the DAGs' tasks."""
     campaign = data.get("campaign") if isinstance(data, dict) else None
-    if isinstance(campaign, dict) and isinstance(campaign.get("markets_dir"), str):  # relative to the file
-        data = {**data, "campaign": {**campaign, "markets_dir": str(path.parent / Path(campaign["markets_dir"])
-                                                                    .expanduser())}}
-    return parse_job_config(data, str(path))
+    if isinstance(campaign, dict) and isinstance(campaign.get("markets_dir"), str):
+        folder = Path(folder) / Path(campaign["markets_dir"]).expanduser()
+        return {**data, "campaign": {**campaign, "markets_dir": str(folder)}}
+    return data

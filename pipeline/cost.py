@@ -40,14 +40,19 @@ def add_held(previous: dict | None, kind: str, count: float, holder: str, start:
     workers. Its spans are merged: two Airflow tasks of a run generating at the same time on the
     run's hosts hold those devices once, not twice. Different holders' times add up."""
     previous = previous or {}
+    if previous and "spans" not in previous:  # written before spans were kept (a run in flight across an upgrade)
+        base = {"seconds": previous.get("seconds", 0.0), "held_idle_seconds": previous.get("held_idle_seconds", 0.0)}
+    else:  # its totals carry on under the spans'
+        base = previous.get("base") or {"seconds": 0.0, "held_idle_seconds": 0.0}
     spans = {name: dict(held) for name, held in previous.get("spans", {}).items()}
     mine = spans.setdefault(holder, {"held": [], "busy": []})
     mine["held"] = _merged([*mine["held"], [start, end]])
     mine["busy"] = _merged([*mine["busy"], [min(start + idle, end), end]]) if rounds else mine["busy"]
     held = sum(_length(s["held"]) for s in spans.values())
     busy = sum(_length(s["busy"]) for s in spans.values())
-    return {"kind": kind, "count": count, "seconds": held * count, "held_idle_seconds": (held - busy) * count,
-            "rounds": previous.get("rounds", 0) + rounds, "spans": spans}
+    return {"kind": kind, "count": count, "seconds": base["seconds"] + held * count,
+            "held_idle_seconds": base["held_idle_seconds"] + (held - busy) * count,
+            "rounds": previous.get("rounds", 0) + rounds, "spans": spans, "base": base}
 
 
 def add_held_idle(previous: dict | None, holder: str, end: float, idle: float) -> dict | None:

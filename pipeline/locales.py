@@ -26,8 +26,8 @@ def normalize_market(code: str) -> str:
         raise ValueError(f"{text!r} is not a locale known to CLDR") from None
     if locale.territory != region:  # CLDR filled in another region (en-ZZ -> en_US): not a market
         raise ValueError(f"{text!r} is not a locale known to CLDR (region {region!r})")
-    # a deprecated language code takes its current one (iw -> he, in -> id): one market, one tag
-    return "-".join([locale.language, *parts[1:]])
+    # the language stays as written, aliases too (iw, tl): the tag is in every item id and partition
+    return "-".join(parts)
 
 
 def market_to_locale(market: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import JobConfig, parse_job_config
+from pipeline.config import JobConfig, anchored, parse_job_config
 from pipeline.errors import BadInputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +66,7 @@ def _job_config(spec: dict) -> JobConfig:
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
         raise BadInputError(f"{config_path}: cannot read the job config ({exc})") from None
     overrides = {k: spec[k] for k in OVERRIDES if spec.get(k) not in (None, [], "")}
+    data = anchored(data, config_path.parent)  # relative paths in it: from its folder, as the CLI takes them
     if not isinstance(data, dict):  # not a mapping: its own error, naming the file
         return parse_job_config(data, str(config_path))
     try:
@@ -107,9 +108,21 @@ def make_spec(params: dict, *, dag_run_id: str, run_date: str, clear_number: int
         if not Path(spec[field]).is_file():
             raise BadInputError(f"param '{field}': file {spec[field]} not found")
     config = _job_config(spec)  # raises with the key at fault
-    if clear_number and (Path(spec["out"]) / config.dataset / "_runs" / spec["run_id"] / "manifest.json").is_file():
-        spec["run_id"] = f"{spec['run_id'][:120]}-c{clear_number}"
+    if clear_number:
+        spec["run_id"] = _cleared_run_id(Path(spec["out"]) / config.dataset, spec["run_id"], clear_number)
     return spec
+
+
+def _cleared_run_id(dataset_root: Path, base: str, clear_number: int) -> str:
+    """The run id of a DAG run cleared `clear_number` times: its latest attempt while that one has not
+    published (it resumes its staging), else the next, `<base>-c<n>`."""
+    attempts = [base, *(f"{base[:120]}-c{k}" for k in range(1, clear_number))]
+    started = [run for run in attempts if (dataset_root / "_staging" / run).is_dir()
+               or (dataset_root / "_runs" / run / "manifest.json").is_file()]
+    latest = started[-1] if started else base
+    if (dataset_root / "_runs" / latest / "manifest.json").is_file():
+        return f"{base[:120]}-c{clear_number}"
+    return latest
 
 
 def request_from_spec(spec: dict):

@@ -227,6 +227,10 @@ def test_a_dag_run_cleared_after_it_published_runs_again_under_a_new_id(tmp_path
     assert orchestrate.make_spec(params, dag_run_id=dag_run_id, run_date=run_date, clear_number=1)["run_id"] == \
         f"{base}-c1"
     assert orchestrate.make_spec(params, dag_run_id=dag_run_id, run_date=run_date)["run_id"] == base  # a retry
+    # the -c1 run fails before it publishes, and the DAG run is cleared again: -c1 resumes its staging
+    (tmp_path / "catalog_images" / "_staging" / f"{base}-c1").mkdir(parents=True)
+    assert orchestrate.make_spec(params, dag_run_id=dag_run_id, run_date=run_date, clear_number=2)["run_id"] == \
+        f"{base}-c1"
 
 
 def test_with_a_shared_data_folder_relative_outputs_land_there_and_inputs_stay_in_the_project(tmp_path,

@@ -285,6 +285,10 @@ def test_run_cost_per_accepted_image_and_per_thousand():
     assert (later["seconds"], later["held_idle_seconds"]) == (100.0, 0.0)  # 85-90 was the other task's batches
     later = add_held(shared, "gpu", 1, "hosts", 90.0, 100.0, idle=5.0)
     assert (later["seconds"], later["held_idle_seconds"]) == (100.0, 5.0)
+    # a record a run staged before spans were kept (resumed across an upgrade): its totals carry on
+    legacy = {"kind": "gpu", "count": 1, "seconds": 500.0, "held_idle_seconds": 20.0, "rounds": 1}
+    resumed = add_held_idle(add_held(legacy, "gpu", 1, "hosts", 0.0, 10.0), "hosts", 15.0, 5.0)
+    assert (resumed["seconds"], resumed["held_idle_seconds"], resumed["rounds"]) == (515.0, 25.0, 2)
     cost = run_cost(device, accepted=10_000, prices=Cost(gpu_hour_usd=2.5))
     assert cost["device_s_per_accepted"] == pytest.approx(0.072)
     assert cost["usd"] == pytest.approx(0.5) and cost["usd_per_1000_accepted"] == pytest.approx(0.05)

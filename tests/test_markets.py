@@ -174,13 +174,18 @@ def test_markets_dir_must_be_a_folder_and_a_config_files_relative_one_is_taken_f
     job = tmp_path / "jobs" / "job.yaml"
     job.write_text("campaign: {markets_dir: profiles}\n", encoding="utf-8")
     assert load_job_config(job).campaign.markets_dir == str((tmp_path / "jobs" / "profiles").resolve())
+    from pipeline import orchestrate  # the DAGs read the same file the same way, wherever their task runs
+
+    assert orchestrate._job_config({"config": str(job)}).campaign.markets_dir == \
+        str((tmp_path / "jobs" / "profiles").resolve())
 
 
-def test_deprecated_language_codes_take_their_current_one_and_unknown_regions_are_refused():
+def test_market_tags_keep_their_language_and_unknown_regions_are_refused():
     from pipeline.locales import normalize_market
 
-    assert [normalize_market(m) for m in ("iw-IL", "in-ID", "he-IL", "en-us", "es-419", "zh-Hant-TW")] == \
-        ["he-IL", "id-ID", "he-IL", "en-US", "es-419", "zh-Hant-TW"]
+    # a tag is in every item id and partition: an alias (iw, tl) stays as written, as it always was
+    assert [normalize_market(m) for m in ("iw-IL", "tl-PH", "he-IL", "en-us", "es-419", "zh-Hant-TW")] == \
+        ["iw-IL", "tl-PH", "he-IL", "en-US", "es-419", "zh-Hant-TW"]
     with pytest.raises(ValueError, match=r"'en-ZZ' is not a locale known to CLDR"):
         normalize_market("en-ZZ")
 

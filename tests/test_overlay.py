@@ -210,7 +210,7 @@ def test_without_raqm_latin_copy_uses_basic_layout_and_shaped_scripts_are_refuse
         fonts.load.cache_clear()  # later tests get raqm fonts again
 
 
-def test_japanese_lines_break_between_characters_but_never_inside_a_price_or_before_a_small_kana():
+def test_japanese_lines_break_between_characters_but_never_inside_a_price_or_before_a_closing_mark():
     from pipeline.campaign.overlay import _wrap
 
     def fits(n):
@@ -218,6 +218,9 @@ def test_japanese_lines_break_between_characters_but_never_inside_a_price_or_bef
 
     assert _wrap("セール：￥128,000", fits(8), "chars") == ["セール：", "￥128,000"]
     assert _wrap("￥128,000", fits(5), "chars") is None  # the price does not fit: a smaller size, not a split
-    assert _wrap("ゴールデンウィーク", fits(6), "chars") is None  # ウ|ィ would begin a line with a small kana
+    # ウ|ィ would begin a line with a small kana: ウ goes over with it
+    assert _wrap("ゴールデンウィーク", fits(6), "chars") == ["ゴールデン", "ウィーク"]
     assert _wrap("ゴールデンウィーク", fits(8), "chars") == ["ゴールデンウィー", "ク"]
+    assert _wrap("あああああ「ABC」です", fits(7), "chars") == ["あああああ", "「ABC」です"]  # 「 never ends a line
+    assert _wrap("」」」", fits(1), "chars") is None  # no break allowed anywhere: a smaller size
     assert _wrap("Sale 20% off", fits(8), "spaces") == ["Sale 20%", "off"]

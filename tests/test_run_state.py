@@ -110,3 +110,33 @@ def test_on_a_volume_without_locks_the_record_still_changes(tmp_path, monkeypatc
     with pytest.raises(OSError, match="Bad file descriptor"), editing_state(tmp_path) as state:
         state["device"] = {"seconds": 2.0}
     assert read_state(tmp_path)["device"] == {"seconds": 1.0}
+
+
+def test_a_run_staged_by_the_version_before_still_resumes(tmp_path, models_dir):
+    """Upgrading while a run is in flight: its run.json holds the earlier plan fingerprint (its device
+    record without spans carries on too: tests/test_engine.py)."""
+    import pyarrow.parquet as pq
+
+    from pipeline import orchestrate
+    from pipeline.steps.prepare import _earlier_fingerprint
+    from pipeline.steps.state import update_state
+
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text("".join(EXAMPLE_CATALOG.read_text().splitlines(keepends=True)[:3]))
+    spec = orchestrate.make_spec({"manifest": str(catalog), "config": str(REPO / "examples" / "job.yaml"),
+                                  "out": str(tmp_path / "out")}, dag_run_id="manual__up", run_date="2026-11-29")
+    orchestrate.plan_shards(spec)
+    staging = orchestrate._staging(spec)
+    state = read_state(staging)
+    config, generator = state["config"], state["generator"]
+    earlier = _earlier_fingerprint(pq.read_table(staging / "plan.parquet"),
+                                   f"{generator['sha256']}|{generator['steps']}|{generator['guidance_scale']}|"
+                                   f"{config['image_format']}|{config['png_compress_level']}")
+    (staging / "shards").mkdir()
+    (staging / "shards" / "shard-00000.parquet").write_bytes(b"a finished shard")
+    update_state(staging, plan_sha256=earlier)
+    orchestrate.plan_shards(spec)  # resumes: not "a different manifest, config or model"
+    assert read_state(staging)["plan_sha256"] != earlier  # now recorded the new way
+    update_state(staging, plan_sha256="another plan")
+    with pytest.raises(Exception, match="different manifest, config or model"):
+        orchestrate.plan_shards(spec)

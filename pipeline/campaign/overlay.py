@@ -72,21 +72,28 @@ class _Line:
 
 
 def _wrap(text: str, fits, line_break: str) -> list[str] | None:
-    """Greedy wrap of `text` so that `fits(line)` holds for every line; None if a unit is too wide."""
+    """Greedy wrap of `text` so that `fits(line)` holds for every line; None if a unit is too wide.
+
+    With `chars` (Japanese), a line never begins with a closing mark or small kana nor ends with an
+    opening mark: the units before the break are carried over to the new line (oidashi)."""
     chars = line_break == "chars"
     units = _UNBREAKABLE.findall(text) if chars else text.split(" ")
     joiner = "" if chars else " "
-    lines: list[str] = []
+    lines: list[list[str]] = []
     for unit in units:
-        candidate = f"{lines[-1]}{joiner}{unit}" if lines else unit
-        held = chars and lines and (unit[0] in _NO_LINE_START or lines[-1][-1] in _NO_LINE_END)
-        if lines and (fits(candidate) or held):
-            lines[-1] = candidate
-        elif fits(unit):
-            lines.append(unit)
-        else:
+        if lines and fits(joiner.join([*lines[-1], unit])):
+            lines[-1].append(unit)
+            continue
+        new = [unit]
+        while chars and lines and lines[-1] and (new[0][0] in _NO_LINE_START or lines[-1][-1][-1] in _NO_LINE_END):
+            new.insert(0, lines[-1].pop())
+        if lines and not lines[-1]:  # no break allowed anywhere on the line
             return None
-    return [line for line in lines if line.strip()] if all(fits(line) for line in lines) else None
+        if not fits(joiner.join(new)):
+            return None
+        lines.append(new)
+    wrapped = [joiner.join(line) for line in lines]
+    return [line for line in wrapped if line.strip()]
 
 
 def _layout(copy: Copy, size: int, area: Box) -> list[_Line] | None:

@@ -63,8 +63,9 @@ def prepare(request: RunRequest) -> dict:
     # what the plan's rows leave out and the images still depend on: the weights' dtype and the
     # campaign's inpainting strength and canvas
     numerics = f"{config.engine.dtype}|{config.campaign.background_strength}|{config.campaign.canvas}"
-    fingerprint = _plan_fingerprint(items, f"{model_sha256}|{steps}|{guidance}|{encoding}|{numerics}")
-    _check_resumable(staging, fingerprint)
+    generator = f"{model_sha256}|{steps}|{guidance}|{encoding}"
+    fingerprint = _plan_fingerprint(items, f"{generator}|{numerics}")
+    _check_resumable(staging, fingerprint, _earlier_fingerprint(items, generator))
     try:
         staging.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a read-only or impossible --out; a full disk is the run's own error
@@ -108,11 +109,22 @@ def _plan_fingerprint(items: pa.Table, generator: str) -> str:
     return digest.hexdigest()
 
 
-def _check_resumable(staging: Path, fingerprint: str) -> None:
-    """Resuming is only sound when the plan is the one the finished shards were made from."""
+def _earlier_fingerprint(items: pa.Table, generator: str) -> str:
+    """The fingerprint that runs staged before 2026-11-29 recorded (fewer columns, no dtype,
+    strength or canvas): such a run, in flight across an upgrade, still resumes."""
+    digest = hashlib.sha256(generator.encode())
+    for name in ("item_id", "shard_id", "seed", "prompt", "negative_prompt", "width", "height",
+                 "guidance_override"):
+        digest.update("\x1f".join(map(str, items.column(name).to_pylist())).encode())
+    return digest.hexdigest()
+
+
+def _check_resumable(staging: Path, fingerprint: str, earlier: str | None = None) -> None:
+    """Resuming is only sound when the plan is the one the finished shards were made from (`earlier`:
+    the same plan's fingerprint as an earlier version recorded it)."""
     path = staging / STATE
     previous = json.loads(path.read_text(encoding="utf-8")).get("plan_sha256") if path.is_file() else None
-    if previous and previous != fingerprint and any((staging / "shards").glob("shard-*.parquet")):
+    if previous and previous not in (fingerprint, earlier) and any((staging / "shards").glob("shard-*.parquet")):
         raise BadInputError(
             f"run id {staging.name!r} was started with a different manifest, config or model; "
             f"resume it with the same inputs, or use a new --run-id (staging: {staging})")
