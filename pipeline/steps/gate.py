@@ -35,6 +35,11 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
     if reference is not None and (state.get("reference") or {}).get("files") not in (None, reference.files):
         # the build prepare resolved is gone (rebuilt twice since): the run records the one it searched
         state = update_state(staging, reference={**state["reference"], **reference.lineage()})
+    planned = shard_sizes(pq.read_table(staging / "plan.parquet", columns=["shard_id"]))
+    if unrecorded := {shard: n for shard, n in planned.items() if shard not in state["shards"]}:
+        # an earlier attempt of this step wrote a round's retries into the plan, then died before
+        # recording their shards: they are the run's, generated below, never planned twice
+        state = update_state(staging, shards={**state["shards"], **unrecorded})
     with keep_models_warm(state) as warm:  # each regeneration round reuses the models the first one loaded
         warm.take_up_left_hosts(ray_address)  # the run's generate tasks left them: ended when this step ends
         while True:

@@ -147,3 +147,29 @@ def test_a_retried_publish_whose_first_try_finished_returns_the_published_run(tm
     assert not orchestrate._staging(spec).exists()  # cleaned up; then the worker died before Airflow knew
     assert orchestrate.publish(spec) == first
     assert pq.read_table(Path(first["path"]) / "data").num_rows == first["rows"] == 2
+
+
+def test_a_consolidate_killed_between_planning_a_round_and_recording_it_plans_that_round_once(tmp_path,
+                                                                                              monkeypatch):
+    import pyarrow.compute as pc
+
+    import pipeline.steps.gate as gate
+    from pipeline import orchestrate
+
+    spec = _steps_up_to_consolidate(tmp_path, gates={**JOB["gates"], "min_clip_score": 0.99, "max_attempts": 2})
+    real = gate.update_state
+
+    def killed_before_recording(staging, **values):
+        if "shards" in values:  # the retries are in plan.parquet already
+            raise RuntimeError("worker lost between write_plan and recording the round's shards")
+        return real(staging, **values)
+
+    monkeypatch.setattr(gate, "update_state", killed_before_recording)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        orchestrate.consolidate(spec)
+    monkeypatch.setattr(gate, "update_state", real)
+    retried = orchestrate.consolidate(spec)
+    assert (retried["regenerated"], retried["rejected"]) == (2, 2)
+    plan = pq.read_table(orchestrate._staging(spec) / "plan.parquet", columns=["item_id", "attempt"])
+    assert plan.num_rows == 4 and pc.count_distinct(pc.binary_join_element_wise(
+        plan["item_id"], pc.cast(plan["attempt"], "string"), "#")).as_py() == 4  # each item and attempt once
