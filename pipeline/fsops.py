@@ -1,4 +1,4 @@
-"""Filesystem steps a commit can rely on: an atomic exchange of two folders, and durability.
+"""Filesystem steps a commit can rely on: an atomic exchange of two folders, durability, and a lock.
 
 `os.replace` and `rename` are atomic, but not durable until the folder holding the entry is
 flushed: after a power cut a manifest written "last" could survive while the files it lists, or
@@ -8,14 +8,17 @@ then writes its record (`write_json`, flushed the same way).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import functools
 import json
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -68,3 +71,17 @@ def exchange(a: Path, b: Path) -> bool:
     if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
         return False
     raise OSError(error, os.strerror(error), str(a), None, str(b))
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on the file `path` (made if missing) for the block, so that processes on
+    one machine or a shared volume take turns. A volume without locks (NFSv3 without lockd:
+    ENOLCK, EOPNOTSUPP, ENOSYS) runs the block unlocked, as if alone."""
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+        yield

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import BadInputError
+from pipeline.fsops import fsync, locked, write_json
 from pipeline.vector_index import BuiltIndex, build_index
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -66,7 +67,6 @@ def build_index_from_images(images, source: str, index_dir: Path, clip_path: Pat
                             extra: dict | None = None) -> dict:
     """Embed every distinct image of `images` ((label, encoded bytes) pairs) into `index_dir`;
     `source` names them in index.json, `extra` adds to it. Returns the description."""
-    import faiss
     import open_clip
     import torch
     from PIL import Image, UnidentifiedImageError
@@ -103,9 +103,16 @@ def build_index_from_images(images, source: str, index_dir: Path, clip_path: Pat
     if not rows:
         raise BadInputError(f"{source}: no images found")
 
-    from pipeline.fsops import fsync, write_json
-
     index_dir.mkdir(parents=True, exist_ok=True)
+    # two builds at once (the DAG and `synthcat index build`) take turns: a build's clean-up must
+    # not delete the files another has not committed yet
+    with locked(index_dir / ".build.lock"):
+        return _commit_build(index_dir, rows, source, clip_path, extra)
+
+
+def _commit_build(index_dir: Path, rows: dict, source: str, clip_path: Path, extra: dict | None) -> dict:
+    import faiss
+
     now = datetime.now(timezone.utc)
     build = f"{now:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     files = {"parquet": f"index-{build}.parquet", "faiss": f"index-{build}.faiss"}

@@ -103,7 +103,7 @@ def _plan_fingerprint(items: pa.Table, generator: str) -> str:
     """A hash of what decides every image: every column of the plan (ids, shards, seeds, prompts,
     sizes, copy, brand adapters and their scale, product photos) and the generator's settings."""
     digest = hashlib.sha256(generator.encode())
-    for name in sorted(items.column_names):
+    for name in sorted(set(items.column_names) - {"product_image"}):  # the photo by its sha256, not its path
         digest.update(f"\x1e{name}\x1f".encode())
         digest.update("\x1f".join(map(repr, items.column(name).to_pylist())).encode())
     return digest.hexdigest()

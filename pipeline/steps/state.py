@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,7 +10,7 @@ from pathlib import Path
 
 from pipeline.config import JobConfig
 from pipeline.errors import BadInputError
-from pipeline.fsops import write_json
+from pipeline.fsops import locked, write_json
 
 STATE = "run.json"  # the staging folder's record of the run: request, models, step results
 
@@ -100,12 +98,7 @@ def editing_state(staging: Path) -> Iterator[dict]:
     step's update overwrites another's. The record is on the disk when the block ends: a step
     resumed after a power cut finds it whole."""
     path = staging / STATE
-    with open(staging / f".{STATE}.lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        except OSError as exc:  # a shared volume without locks (NFSv3 without lockd): as before, unlocked
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
+    with locked(staging / f".{STATE}.lock"):  # a volume without locks: as before, unlocked
         state = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         yield state
         write_json(path, state, default=str)
