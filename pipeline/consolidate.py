@@ -69,7 +69,7 @@ def resolve_reference(gates: Gates, model: str, models_dir: Path, scorer_path: P
     set when it ships one (built on first use, pipeline/models/training_reference.py); None when
     off or there is none. `files` names the build, `sha256` is that of its Parquet file: the exact
     images and embeddings."""
-    from pipeline.publish import sha256_file
+    from pipeline.fsops import sha256_file
     from pipeline.reference import LEGACY_FILES, ReferenceIndex
 
     if reference_disabled(gates):

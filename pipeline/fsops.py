@@ -14,6 +14,7 @@ import ctypes.util
 import errno
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import sys
@@ -29,6 +30,15 @@ def fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(path: Path, value: dict, default=None) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -46,6 +45,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import SynthcatError
 from pipeline.fsops import exchange as _exchange
 from pipeline.fsops import fsync as _fsync
+from pipeline.fsops import sha256_file
 from pipeline.fsops import write_json as _write_json
 from pipeline.schema import IMAGE_TYPE, OUTPUT_SCHEMA, PARTITION_COLUMNS, conform, with_hf_metadata
 
@@ -355,11 +355,3 @@ def _check_name(what: str, value) -> None:
         raise SynthcatError(f"{what} {value!r} cannot name a file or folder "
                             "(letters, digits and . _ - only)")
 
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

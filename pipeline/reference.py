@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import BadInputError
-from pipeline.fsops import fsync, locked, write_json
+from pipeline.fsops import fsync, locked, sha256_file, write_json
 from pipeline.vector_index import BuiltIndex, build_index
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -126,7 +126,7 @@ def _commit_build(index_dir: Path, rows: dict, source: str, clip_path: Path, ext
     description = {"source": source, "images": len(rows), "clip_path": str(clip_path),
                    "embedding_dim": len(next(iter(rows.values()))["embedding"]),
                    "search": built.describe(), "built_at": now.isoformat(), "files": files,
-                   "sha256": _sha256(index_dir / files["parquet"]), **(extra or {})}
+                   "sha256": sha256_file(index_dir / files["parquet"]), **(extra or {})}
     write_json(index_dir / "index.json", description)  # the commit: readers switch to the new files
     for old in index_dir.glob("index*.*"):  # builds older than the one before
         if old.suffix in (".parquet", ".faiss") and old.name not in {*files.values(), *(previous or {}).values()}:
@@ -140,14 +140,6 @@ def _files(index_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8")).get("files") or dict(LEGACY_FILES)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def embedding_matrix(table: pa.Table) -> np.ndarray:
@@ -191,7 +183,7 @@ class ReferenceIndex:
         """What a run's manifest records of the build it searched (`models.reference`)."""
         return {"source": self.description["source"], "images": self.description["images"], "files": self.files,
                 "sha256": (self.description.get("sha256") if self.files == self.description.get("files")
-                           else _sha256(self.index_dir / self.files["parquet"]))}
+                           else sha256_file(self.index_dir / self.files["parquet"]))}
 
     @staticmethod
     def describe(index_dir: Path, clip_path: Path | None = None) -> dict:

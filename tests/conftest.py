@@ -19,6 +19,21 @@ EXAMPLE_CATALOG = REPO / "examples" / "catalog.csv"
 EXAMPLE_JOB = REPO / "examples" / "job.yaml"
 
 
+def campaign_spec(folder: Path, *, dag_run_id: str, run_date: str, **params) -> dict:
+    """The spec of a DAG run of the example's first three SKUs, campaign only, shards of 2 items
+    (`params`: trigger params over the example's manifest, job and `folder/out`)."""
+    import yaml
+
+    from pipeline import orchestrate
+
+    catalog = folder / "catalog.csv"
+    catalog.write_text("".join(EXAMPLE_CATALOG.read_text().splitlines(keepends=True)[:4]))
+    job = folder / "job.yaml"
+    job.write_text(yaml.safe_dump({**yaml.safe_load(EXAMPLE_JOB.read_text()), "shard_size": 2, "kinds": ["campaign"]}))
+    return orchestrate.make_spec({"manifest": str(catalog), "config": str(job), "out": str(folder / "out"), **params},
+                                 dag_run_id=dag_run_id, run_date=run_date)
+
+
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """The repository's models folder, with the embedded tiny preset materialised."""

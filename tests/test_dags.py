@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import EXAMPLE_CATALOG, REPO
+from conftest import EXAMPLE_CATALOG, REPO, campaign_spec
 
 # Airflow reads its configuration at import: give the suite its own SQLite home first.
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="synthcat-airflow-"))
@@ -130,15 +130,8 @@ def test_a_retried_shard_group_produces_no_duplicates(tmp_path, models_dir, ray_
     from pipeline.run import read_state
     from pipeline.shards import ShardStore
 
-    catalog = tmp_path / "catalog.csv"
-    catalog.write_text("".join(EXAMPLE_CATALOG.read_text().splitlines(keepends=True)[:4]))
-    job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({**yaml.safe_load((REPO / "examples" / "job.yaml").read_text()),
-                                   "shard_size": 2, "kinds": ["campaign"]}))
-    spec = orchestrate.make_spec(
-        {"manifest": str(catalog), "config": str(job), "out": str(tmp_path / "out"),
-         "markets": ["en-US"], "variants": 2},
-        dag_run_id="manual__2026-11-26T01:00:00+00:00", run_date="2026-11-26")
+    spec = campaign_spec(tmp_path, markets=["en-US"], variants=2, dag_run_id="manual__2026-11-26T01:00:00+00:00",
+                         run_date="2026-11-26")
     assert spec["run_id"] == "manual__2026-11-26T01-00-00-00-00"
     groups = orchestrate.plan_shards(spec, max_groups=2)
     assert len(groups) == 2  # 6 items, shards of 2, two groups

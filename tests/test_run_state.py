@@ -9,9 +9,8 @@ import threading
 import time
 
 import pytest
-import yaml
 
-from conftest import EXAMPLE_CATALOG, REPO
+from conftest import EXAMPLE_CATALOG, REPO, campaign_spec
 from pipeline.steps.state import STATE, editing_state, read_state
 
 ADD = """
@@ -47,14 +46,8 @@ def test_two_generate_tasks_at_once_on_the_runs_hosts_count_their_common_time_on
                                                                                    ray_session):
     from pipeline import orchestrate
 
-    catalog = tmp_path / "catalog.csv"
-    catalog.write_text("".join(EXAMPLE_CATALOG.read_text().splitlines(keepends=True)[:4]))
-    job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({**yaml.safe_load((REPO / "examples" / "job.yaml").read_text()),
-                                   "shard_size": 2, "kinds": ["campaign"]}))
-    spec = orchestrate.make_spec(
-        {"manifest": str(catalog), "config": str(job), "out": str(tmp_path / "out"), "markets": ["en-US"],
-         "variants": 4}, dag_run_id="manual__2026-11-29T01:00:00+00:00", run_date="2026-11-29")
+    spec = campaign_spec(tmp_path, markets=["en-US"], variants=4, dag_run_id="manual__2026-11-29T01:00:00+00:00",
+                         run_date="2026-11-29")
     groups = orchestrate.plan_shards(spec, max_groups=2)
     assert len(groups) == 2
     # two mapped tasks at once (threads here: each has a session of its own, as a process would);

@@ -26,7 +26,7 @@ def prepare(request: RunRequest) -> dict:
     from pipeline.consolidate import memorization_thresholds, resolve_reference
     from pipeline.models.presets import resolve_model, resolve_scorer, weights_sha256
     from pipeline.plan import plan_items
-    from pipeline.publish import sha256_file
+    from pipeline.fsops import sha256_file
 
     tick, config = time.perf_counter(), request.config
     if bad := next((f for f in (request.out, request.dataset_root) if f.exists() and not f.is_dir()), None):
