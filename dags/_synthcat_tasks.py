@@ -75,7 +75,10 @@ def publish_task(asset: Asset):
 
 @task.short_circuit
 def unless_dry_run(spec: dict, groups: list) -> bool:
-    """A dry run stops after checking and planning: nothing is generated or published."""
+    """A dry run stops after checking and planning: nothing is generated or published, and
+    nothing is left in the dataset's staging area."""
+    if spec["dry_run"]:
+        _call(orchestrate.end_dry_run, spec)
     return not spec["dry_run"]
 
 

@@ -162,6 +162,21 @@ def _staging(spec: dict) -> Path:
     return request_from_spec(spec).staging
 
 
+def end_dry_run(spec: dict) -> None:
+    """A dry run has checked and planned: its staging folder (the plan) goes, so it leaves nothing
+    behind (folders it made and left empty included); the planned shard groups stay in the plan
+    task's result."""
+    import shutil
+
+    staging = _staging(spec)
+    shutil.rmtree(staging, ignore_errors=True)
+    for folder in (staging.parent, staging.parent.parent):  # _staging/, then the dataset's root
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another run, published data) or already gone
+            break
+
+
 def generate_shards(spec: dict, shards: list[str]) -> dict:
     """Generate, score and encode one group of shards (skipping finished ones) on Ray."""
     from pipeline.steps.generate import generate_shards as run_shards

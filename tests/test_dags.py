@@ -123,6 +123,15 @@ def test_on_demand_with_a_missing_manifest_fails_before_any_work(dagbag, tmp_pat
     assert not out.exists()
 
 
+def test_a_dry_run_checks_and_plans_then_leaves_nothing_behind(dagbag, tmp_path):
+    out = tmp_path / "out"
+    run = _run(dagbag.get_dag("synthcat_on_demand"), {"out": str(out), "skus": ["MUG-001"], "dry_run": True})
+    assert str(run.state) in ("success", "DagRunState.SUCCESS")
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert "success" in states["plan_shards"] and "skipped" in states["publish"]
+    assert out.is_dir() and not (out / "catalog_images").exists()  # no plan, no staging, no dataset
+
+
 def test_a_retried_shard_group_produces_no_duplicates(tmp_path, models_dir, ray_session):
     import hashlib
 
