@@ -166,7 +166,9 @@ class Campaign(Section):
     """Campaign creative: theme, canvas, product-photo backgrounds, market profiles, brands."""
 
     theme: Literal["new-arrivals", "sale", "gifts"] = "new-arrivals"
-    canvas: int = Field(512, ge=64, le=4096)   # long side of the published creative, px
+    # long side of the published creative, px; under 256 a market's usual copy no longer fits a
+    # 9:16 story's copy area at the smallest legible size (9 px), and every campaign row is rejected
+    canvas: int = Field(512, ge=256, le=4096)
     background_strength: float = Field(0.9, gt=0, le=1)  # inpainting strength around product photos
     markets_dir: str | None = None             # extra market profiles (<market>.yaml), beside the packaged ones
     brands: dict[str, BrandProfile] = Field(default_factory=dict)

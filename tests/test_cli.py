@@ -89,13 +89,15 @@ def test_run_refuses_a_manifest_over_the_bad_row_limit(tmp_path, capsys):
 
 def test_bad_config_names_the_key_and_allowed_values(tmp_path, capsys):
     config = tmp_path / "job.yaml"
-    config.write_text(json.dumps({"kinds": ["poster"], "image_format": "gif", "colour": 1, "list_separator": ""}))
+    config.write_text(json.dumps({"kinds": ["poster"], "image_format": "gif", "colour": 1, "list_separator": "",
+                                  "campaign": {"canvas": 128}}))
     code, _, err = _run(capsys, "run", "--manifest", str(EXAMPLE_CATALOG), "--config", str(config))
     assert code == 2
     assert "key 'kinds.0'" in err and "'campaign'" in err
     assert "key 'image_format'" in err and "'png' or 'webp'" in err
     assert "key 'colour': unknown key" in err
     assert "key 'list_separator'" in err  # "" would split every markets cell at every character
+    assert "key 'campaign.canvas'" in err and "256" in err  # no copy fits a smaller creative
 
 
 @pytest.mark.parametrize("key, config", [
