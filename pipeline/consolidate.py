@@ -8,7 +8,6 @@ count, so a resumed run re-plans the same retries and reuses their finished file
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import Gates, JobConfig
 from pipeline.copy_detection import DEFAULT_MAX_TILE_L2
+from pipeline.fsops import replacing
 from pipeline.identity import seed_for
 from pipeline.plan import in_generation_groups
 from pipeline.schema import SHARD_SCHEMA, conform
@@ -164,9 +164,8 @@ def plan_retries(plan: pa.Table, failed: pa.Table, shard_size: int) -> pa.Table:
 
 
 def write_plan(staging: Path, plan: pa.Table) -> None:
-    tmp = staging / f".plan.parquet.tmp-{os.getpid()}"
-    pq.write_table(plan, tmp)
-    os.replace(tmp, staging / "plan.parquet")
+    with replacing(staging / "plan.parquet") as tmp:  # resume trusts it: whole and on the disk
+        pq.write_table(plan, tmp)
 
 
 def run_gates(produced: pa.Table, settings: GateSettings, history: pa.Table | None, reference=None) -> GateResult:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from pipeline.fsops import replacing
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -43,7 +44,6 @@ def write_csv(path: Path, rows: Iterable[dict], columns: Sequence[str]) -> Path:
     """Write rows as UTF-8 CSV with a BOM (Excel then reads non-ASCII text right); temporary
     name first, then a rename, so a reader never opens half a file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(b"\xef\xbb\xbf" + to_csv(rows, columns).encode("utf-8"))
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_bytes(b"\xef\xbb\xbf" + to_csv(rows, columns).encode("utf-8"))
     return path

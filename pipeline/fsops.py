@@ -41,17 +41,28 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` (a dot name, this writer's own) to write the new file under:
+    when the block ends it is flushed and renamed over `path`, then the folder is flushed; when the
+    block raises it is deleted, so a full disk or a bad value leaves no half-written file behind."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        yield tmp
+        fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync(path.parent)
+
+
 def write_json(path: Path, value: dict, default=None) -> None:
     """`value` as `path`, whole or not at all, and on the disk when this returns (the last writer
     wins; each writes its own temporary file). `default`: as `json.dump`'s."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         json.dump(value, handle, indent=2, sort_keys=True, default=default)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync(path.parent)
 
 
 @functools.cache

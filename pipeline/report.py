@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.fsops import replacing
 from pipeline.report_charts import CHART_CSS, gate_charts
 from pipeline.thumbnail import THUMB, report_thumbnail, thumbnail_mime, thumbnail_side
 from pipeline.training.report import training_section
@@ -203,11 +204,9 @@ def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, va
         f"<h2>Stage timings</h2><table>{timings}</table>"
         "</body></html>",
     ]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as out:
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for piece in page:
             out.writelines([piece] if isinstance(piece, str) else piece)
-    os.replace(tmp, path)
     return path
 
 

@@ -8,7 +8,6 @@ file exists", and a resumed run skips those shards; no database, no partial file
 from __future__ import annotations
 
 import io
-import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -51,15 +50,12 @@ class ShardStore:
     def write(self, shard: str, table: pa.Table) -> Path:
         """Write one complete shard: temporary name first, flushed to the disk, then an atomic
         rename (a shard file is trusted as done on resume: after a power cut it must be whole)."""
-        from pipeline.fsops import fsync
+        from pipeline.fsops import replacing
 
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.path(shard)
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        pq.write_table(conform(table, SHARD_SCHEMA), tmp, row_group_size=100, compression="zstd")
-        fsync(tmp)
-        os.replace(tmp, final)
-        fsync(self.root)
+        with replacing(final) as tmp:  # a kill leaves a dot name that resume ignores, until publish
+            pq.write_table(conform(table, SHARD_SCHEMA), tmp, row_group_size=100, compression="zstd")
         return final
 
     def read_all(self, shards: list[str] | None = None, *, images: bool = True) -> pa.Table:

@@ -156,3 +156,27 @@ def test_a_shard_is_on_the_disk_before_its_name_says_it_is_done(tmp_path, monkey
     assert [kind for kind, _ in events] == ["fsync", "rename", "fsync"]  # the file, its name, the folder
     assert events[0][1].startswith(".shard-00000.parquet.tmp-") and events[2][1] == "shards"
     assert store.done() == {"shard-00000"}
+
+
+def test_a_shard_write_that_fails_leaves_no_file_behind(tmp_path, monkeypatch):
+    import pipeline.fsops as fsops
+    from pipeline.shards import ShardStore
+
+    def disk_full(path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fsops, "fsync", disk_full)  # the data written, then the flush fails
+    store = ShardStore(tmp_path / "shards")
+    with pytest.raises(OSError, match="No space"):
+        store.write("shard-00000", make_output_table(2))
+    assert list((tmp_path / "shards").iterdir()) == [] and store.done() == set()
+
+
+def test_a_record_that_cannot_be_written_leaves_the_one_before_and_no_other_file(tmp_path):
+    from pipeline.fsops import write_json
+
+    write_json(tmp_path / "run.json", {"rounds": 1})
+    with pytest.raises(TypeError):
+        write_json(tmp_path / "run.json", {"rounds": 2, "started": object()})  # not JSON
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+    assert (tmp_path / "run.json").read_text(encoding="utf-8").replace(" ", "").replace("\n", "") == '{"rounds":1}'

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import BadInputError
+from pipeline.fsops import replacing
 from pipeline.shards import shard_sizes
 from pipeline.steps.state import STATE, RunRequest, update_state
 
@@ -74,9 +75,11 @@ def prepare(request: RunRequest) -> dict:
         if is_disk_full(exc):
             raise
         raise BadInputError(f"--out {request.out}: cannot create {staging} ({exc.strerror or exc})") from None
-    pq.write_table(items, staging / "plan.parquet")
+    with replacing(staging / "plan.parquet") as tmp:  # another attempt may be reading the plan
+        pq.write_table(items, tmp)
     if ingest.rejects.num_rows:
-        pq.write_table(ingest.rejects, staging / "input_rejects.parquet")
+        with replacing(staging / "input_rejects.parquet") as tmp:
+            pq.write_table(ingest.rejects, tmp)
     (staging / STATE).unlink(missing_ok=True)  # later steps' results belong to the earlier attempt
     state = update_state(
         staging, plan_sha256=fingerprint, run_id=request.run_id, run_date=request.run_date, dataset=config.dataset,

@@ -10,13 +10,13 @@ at every publish, so it always describes what a reader gets.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from pipeline.fsops import replacing
 from pipeline.training import TRAINING_KIND
 from pipeline.training.splits import SPLITS
 
@@ -203,7 +203,6 @@ def wants_card(root: Path, config) -> bool:
 def write_dataset_card(root: Path) -> Path:
     """Write `<root>/README.md` atomically (temporary name, then rename) and return its path."""
     path = Path(root) / CARD
-    tmp = path.with_name(f".{CARD}.tmp-{os.getpid()}")
-    tmp.write_text(render_card(root), encoding="utf-8")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text(render_card(root), encoding="utf-8")
     return path
