@@ -143,26 +143,37 @@ def publish_run(dataset_root: Path, staging_dir: Path, run_id: str, run_dates: l
     with publish_lock(dataset_root, timeout_s=lock_timeout_s):
         if manifest_path.exists():  # a concurrent publisher of the same run id got there first
             raise SynthcatError(f"run {run_id} is already published ({manifest_path})")
-        # 2. Swap every partition this run owns.
-        for kind in (DATA_DIR, REJECTS_DIR):
-            for run_date in sorted(set(run_dates)):
-                name = f"run_date={run_date}"
-                wanted = {r["path"].removeprefix(f"{kind}/{name}/"): (r["bytes"], r["sha256"]) for r in records
-                          if r["path"].startswith(f"{kind}/{name}/")}
-                _swap_partition(staged=staging_dir / kind / name, live=dataset_root / kind / name,
-                                aside=staging_dir / f".replaced-{kind}-{name}", wanted=wanted)
-
-        for folder in (dataset_root / DATA_DIR, dataset_root / REJECTS_DIR, dataset_root, staging_dir):
-            if folder.is_dir():
-                _fsync(folder)  # the renames on the disk before the record that relies on them
-        # 3. Commit: the manifest is written last.
-        missing = [r["path"] for r in records if not (dataset_root / r["path"]).is_file()
-                   or (dataset_root / r["path"]).stat().st_size != r["bytes"]]
-        if missing:
-            raise SynthcatError(f"run {run_id}: published files missing or changed after the swap: "
-                                f"{missing[:5]}")
-        final["published_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
-        _write_json(manifest_path, final)
+        # 2. Swap every partition this run owns; the partitions they replace are kept aside until
+        #    the commit, and swapped back if anything fails before it (a full disk, Ctrl-C).
+        swaps = []
+        try:
+            for kind in (DATA_DIR, REJECTS_DIR):
+                for run_date in sorted(set(run_dates)):
+                    name = f"run_date={run_date}"
+                    wanted = {r["path"].removeprefix(f"{kind}/{name}/"): (r["bytes"], r["sha256"]) for r in records
+                              if r["path"].startswith(f"{kind}/{name}/")}
+                    swaps.append(dict(staged=staging_dir / kind / name, live=dataset_root / kind / name,
+                                      aside=staging_dir / f".replaced-{kind}-{name}", wanted=wanted))
+                    _swap_in(**swaps[-1])
+            for folder in (dataset_root / DATA_DIR, dataset_root / REJECTS_DIR, dataset_root, staging_dir):
+                if folder.is_dir():
+                    _fsync(folder)  # the renames on the disk before the record that relies on them
+            # 3. Commit: the manifest is written last.
+            missing = [r["path"] for r in records if not (dataset_root / r["path"]).is_file()
+                       or (dataset_root / r["path"]).stat().st_size != r["bytes"]]
+            if missing:
+                raise SynthcatError(f"run {run_id}: published files missing or changed after the swap: "
+                                    f"{missing[:5]}")
+            final["published_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
+            _write_json(manifest_path, final)
+        except BaseException as exc:
+            if not manifest_path.exists():
+                _swap_back_all(swaps, exc)
+            raise
+        for swap in swaps:  # committed: the replaced partitions go, and kind folders left empty
+            shutil.rmtree(swap["aside"], ignore_errors=True)
+            with contextlib.suppress(OSError):
+                swap["live"].parent.rmdir()
     (staging_dir / STAGED_MARKER).unlink(missing_ok=True)
     return final
 
@@ -312,32 +323,51 @@ def _staged_records(staging_dir: Path, run_id: str, run_dates: list[str]) -> lis
 
 # --- swapping partitions -------------------------------------------------------------------------
 
-def _swap_partition(*, staged: Path, live: Path, aside: Path, wanted: dict[str, tuple[int, str]]) -> None:
+def _swap_in(*, staged: Path, live: Path, aside: Path, wanted: dict[str, tuple[int, str]]) -> None:
     """Make `live` hold exactly `wanted` (file -> bytes and sha256, as `staged` holds them), or
-    nothing when it is empty: in one atomic step where possible, and idempotent, so that a retry
-    after a kill at any point of an earlier try ends in the same state."""
-    if _holds(live, wanted):  # in place already: a retry after the swap (`staged` is then the old
-        shutil.rmtree(staged, ignore_errors=True)  # partition, if the kill came before its removal)
-        shutil.rmtree(aside, ignore_errors=True)
+    nothing when it is empty; the partition it held moves to `aside`, kept until the commit
+    (`_swap_back` puts it back). In one atomic step where possible, and idempotent: a retry after
+    a kill at any point of an earlier try ends in the same state, with the old partition aside."""
+    if _holds(live, wanted):  # in place already: a retry after the swap
+        if wanted and staged.exists() and not aside.exists():
+            os.rename(staged, aside)  # killed between the exchange and the move: `staged` is the old one
         return
     if wanted and not _holds(staged, wanted, read=False):  # the run's own files: their names and sizes
         raise SynthcatError(f"{staged}: the staged files are missing or changed; stage the run again")
-    if wanted and live.exists() and _exchange(staged, live):
-        shutil.rmtree(staged)  # now the old partition
-        return
     if live.exists():
-        shutil.rmtree(aside, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)  # not an old partition: `live` still is one
+        if wanted and _exchange(staged, live):
+            os.rename(staged, aside)  # now the old partition
+            return
         os.rename(live, aside)  # readers briefly see no rows for this date, never a mix
     if wanted:
         live.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staged, live)
+
+
+def _swap_back(*, staged: Path, live: Path, aside: Path, wanted: dict[str, tuple[int, str]]) -> None:
+    """Undo `_swap_in`, from whatever point it reached: the run's files back in `staged` and the
+    partition they replaced back in `live`."""
+    if wanted and _holds(live, wanted):  # the run's files are live
+        if staged.exists() and not aside.exists():
+            os.rename(staged, aside)  # the exchange's old partition, not yet moved aside
+        os.rename(live, staged)
+    if aside.exists() and not live.exists():
+        os.rename(aside, live)
+
+
+def _swap_back_all(swaps: list[dict], cause: BaseException) -> None:
+    """Before the commit, every partition swapped back, last first; one that cannot be (the
+    error says which) is left for a retry of the run, which ends the swap."""
+    for swap in reversed(swaps):
         try:
-            os.rename(staged, live)
-        except BaseException:
-            if aside.exists() and not live.exists():
-                os.rename(aside, live)  # the old rows back
-            raise
-    shutil.rmtree(staged, ignore_errors=True)
-    shutil.rmtree(aside, ignore_errors=True)
+            _swap_back(**swap)
+        except BaseException as exc:  # noqa: BLE001 - the first error is the one to raise
+            cause.add_note(f"{swap['live']} could not be swapped back ({exc}); "
+                           f"the partition it held is in {swap['aside']}")
+    for folder in {swap["live"].parent for swap in swaps}:
+        if folder.is_dir():
+            _fsync(folder)
 
 
 def _holds(partition: Path, wanted: dict[str, tuple[int, str]], read: bool = True) -> bool:

@@ -210,8 +210,8 @@ def test_manifest_lists_files_rows_and_matching_sha256(published):
 
 def test_manifest_is_written_after_every_partition_moved(tmp_path, monkeypatch):
     events = []
-    swap, write_json = publish._swap_partition, publish._write_json
-    monkeypatch.setattr(publish, "_swap_partition",
+    swap, write_json = publish._swap_in, publish._write_json
+    monkeypatch.setattr(publish, "_swap_in",
                         lambda **kw: (events.append("swap"), swap(**kw))[1])
     monkeypatch.setattr(publish, "_write_json",
                         lambda path, value: (events.append(path.name), write_json(path, value))[1])
@@ -224,9 +224,9 @@ def test_files_and_the_folders_renamed_into_are_flushed_to_disk_before_the_manif
     """A power cut after the commit must not find the manifest without its files: each file is
     flushed before its rename, its folders before the marker, the live folders before the manifest."""
     events = []
-    swap, write_json, fsync = publish._swap_partition, publish._write_json, publish._fsync
+    swap, write_json, fsync = publish._swap_in, publish._write_json, publish._fsync
     monkeypatch.setattr(publish, "_fsync", lambda path: (events.append(("fsync", Path(path))), fsync(path))[1])
-    monkeypatch.setattr(publish, "_swap_partition", lambda **kw: (events.append(("swap", kw["live"])), swap(**kw))[1])
+    monkeypatch.setattr(publish, "_swap_in", lambda **kw: (events.append(("swap", kw["live"])), swap(**kw))[1])
     monkeypatch.setattr(publish, "_write_json", lambda path, value: (events.append(("write", path)), write_json(path, value))[1])
     manifest = publish_tables(tmp_path, "run-a", [D1], make_output_table(4), rejected_rows(1))
     flushed = [path for event, path in events if event == "fsync"]

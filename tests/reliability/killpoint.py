@@ -47,7 +47,7 @@ def main() -> int:
         _kill_on_call(owner, "__call__", int(nth), point)
     elif stage == "publish":
         from pipeline import publish as owner
-        _kill_on_call(owner, "_swap_partition", int(nth), point, after=True)
+        _kill_on_call(owner, "_swap_in", int(nth), point, after=True)
     elif stage == "commit":
         from pipeline import publish as owner
         _kill_on_call(owner, "publish_run", int(nth), point, after=True)

@@ -46,15 +46,16 @@ def item_ids(table: pa.Table) -> list[str]:
     return sorted(table["item_id"].to_pylist())
 
 
-@pytest.mark.parametrize("failing_step", ["second swap", "manifest"])
-def test_a_failure_mid_publish_leaves_readable_data_and_can_be_retried(tmp_path, monkeypatch, failing_step):
+@pytest.mark.parametrize("failing_step", ["second swap", "manifest", "interrupt"])
+def test_a_failure_mid_publish_leaves_the_published_data_as_it_was_and_can_be_retried(tmp_path, monkeypatch,
+                                                                                       failing_step):
     old = make_output_table(6, run_id="run-a", seed=1)
-    publish_tables(tmp_path, "run-a", old, rejected_rows(2, "run-a"))
+    old_manifest = publish_tables(tmp_path, "run-a", old, rejected_rows(2, "run-a"))
     new = make_output_table(4, run_id="run-b", seed=2)
     staging = tmp_path / "_staging" / "run-b"
     stage_run(staging, new, make_output_table(0), "run-b")
 
-    calls, swap = [], publish._swap_partition
+    calls, swap = [], publish._swap_in
 
     def failing_swap(**kwargs):
         calls.append(kwargs)
@@ -63,21 +64,22 @@ def test_a_failure_mid_publish_leaves_readable_data_and_can_be_retried(tmp_path,
         return swap(**kwargs)
 
     def failing_write(path, value):
-        raise OSError("disk gone")
+        raise KeyboardInterrupt if failing_step == "interrupt" else OSError("disk gone")
 
     if failing_step == "second swap":
-        monkeypatch.setattr(publish, "_swap_partition", failing_swap)
+        monkeypatch.setattr(publish, "_swap_in", failing_swap)
     else:
         monkeypatch.setattr(publish, "_write_json", failing_write)
-    with pytest.raises(OSError, match="disk gone"):
+    with pytest.raises(KeyboardInterrupt if failing_step == "interrupt" else OSError):
         publish_run(tmp_path, staging, "run-b", [D1], {})
     monkeypatch.undo()
 
-    # Readable, and each partition wholly old or wholly new: never a mix, never duplicates.
+    # Not committed, so every partition is swapped back: the published run whole, its files as listed.
     assert not (tmp_path / "_runs" / "run-b" / "manifest.json").exists()
-    visible = read_published(tmp_path)
-    assert item_ids(visible) in (item_ids(old), item_ids(new))
-    assert pq.read_table(tmp_path / "data").num_rows == visible.num_rows
+    assert item_ids(read_published(tmp_path)) == item_ids(old)
+    assert pq.read_table(tmp_path / "rejects").num_rows == 2
+    for record in old_manifest["files"]:
+        assert publish.sha256_file(tmp_path / record["path"]) == record["sha256"]
 
     # A retry with the same staging folder finishes the job.
     manifest = publish_run(tmp_path, staging, "run-b", [D1], {})
@@ -251,6 +253,7 @@ def test_a_resumed_publish_that_stages_fewer_partitions_removes_the_earlier_atte
     staging = tmp_path / "_staging" / "run-b"
     stage_run(staging, make_output_table(4, run_id="run-b", seed=2), rejected_rows(2, "run-b"), "run-b")
     monkeypatch.setattr(publish, "_write_json", lambda path, value: (_ for _ in ()).throw(OSError("killed")))
+    monkeypatch.setattr(publish, "_swap_back_all", lambda swaps, cause: None)  # killed: nothing is swapped back
     with pytest.raises(OSError):
         publish_run(tmp_path, staging, "run-b", [D1], {})
     monkeypatch.undo()
