@@ -74,6 +74,14 @@ def _models_dir(config_value: str | None) -> Path:
     return Path(config_value or os.environ.get("SYNTHCAT_MODELS_DIR") or DEFAULT_MODELS_DIR)
 
 
+def _where_it_stopped(request) -> str:
+    """What a run that stopped early has published: nothing, or all of it (then only the dataset
+    card and the staging folder's removal are left, which its resume does)."""
+    if (request.dataset_root / "_runs" / request.run_id / "manifest.json").is_file():
+        return f"run {request.run_id} is published, its clean-up is not finished"
+    return "nothing was published"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -102,8 +110,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not is_disk_full(exc):
             raise
         where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
-        raise SynthcatError(f"no space left on device{where}: nothing was published; free space under "
+        raise SynthcatError(f"no space left on device{where}: {_where_it_stopped(request)}; free space under "
                             f"{request.out} and resume with --run-id {run_id}") from None
+    except KeyboardInterrupt:
+        print(f"synthcat: interrupted: {_where_it_stopped(request)}; resume with --run-id {run_id}", file=sys.stderr)
+        return 130
     console = Console(stderr=False, highlight=False, soft_wrap=True)  # paths on one line in a CI log too
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.reasons.items())) or "none"
     console.print(f"[bold green]published[/] run {summary.run_id} (run_date {summary.run_date})")

@@ -210,3 +210,28 @@ def test_skus_that_name_no_sku_are_refused(capsys):
 def test_bench_counts_below_one_are_usage_errors_before_any_work(args, capsys):
     code, _, err = _run(capsys, *args)
     assert code == 2 and "at least 1" in err
+
+
+@pytest.mark.parametrize("stop", ["interrupt", "full disk after the commit"])
+def test_a_run_stopped_early_says_what_it_published_and_how_to_resume(tmp_path, capsys, monkeypatch, stop):
+    import errno
+
+    import pipeline.run
+
+    out = tmp_path / "out"
+
+    def stopped(request):
+        if stop == "interrupt":
+            raise KeyboardInterrupt
+        (request.dataset_root / "_runs" / request.run_id).mkdir(parents=True)
+        (request.dataset_root / "_runs" / request.run_id / "manifest.json").write_text("{}")  # committed
+        raise OSError(errno.ENOSPC, "No space left on device", str(request.dataset_root / "README.md"))
+
+    monkeypatch.setattr(pipeline.run, "run_job", stopped)
+    code, _, err = _run(capsys, "run", "--manifest", str(EXAMPLE_CATALOG), "--out", str(out))
+    run_id = next(word for word in err.split() if word.startswith("run-"))  # the id it made up
+    assert f"resume with --run-id {run_id}" in err and "Traceback" not in err
+    if stop == "interrupt":
+        assert code == 130 and "nothing was published" in err
+    else:
+        assert code == 1 and f"run {run_id} is published" in err and "nothing was published" not in err
