@@ -99,6 +99,10 @@ def test_on_demand_runs_end_to_end_like_the_cli(dagbag, tmp_path, models_dir, ra
     assert set(table.column("market").to_pylist()) <= {"en-US", "vi-VN"} and table.num_rows >= 1
     run_ids = set(table.column("run_id").to_pylist())
     assert len(run_ids) == 1 and (out / "catalog_images" / "_runs" / run_ids.pop() / "manifest.json").is_file()
+    # a dataset of campaign rows only has its card too, so the root loads data/ and never rejects/
+    from huggingface_hub import DatasetCard
+
+    assert DatasetCard.load(out / "catalog_images" / "README.md").data.task_categories == ["text-to-image"]
 
     # the CLI on the same inputs publishes the same dataset: same items, same image bytes
     from pipeline.cli import main

@@ -69,7 +69,7 @@ def test_layout_and_manifest_written_last(published):
     for record in manifest["files"]:
         assert hashlib.sha256((root / record["path"]).read_bytes()).hexdigest() == record["sha256"]
     assert (root / "_runs" / "run-a" / "report.html").stat().st_size > 1000
-    assert not (root / "_staging" / "run-a").exists()
+    assert not (root / "_staging").exists()  # the run's staging folder, and _staging/ left empty
     for path in (root / "data").rglob("*.parquet"):
         metadata = pq.ParquetFile(path).metadata
         assert all(metadata.row_group(i).num_rows <= 100 for i in range(metadata.num_row_groups))

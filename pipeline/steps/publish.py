@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -66,18 +67,25 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
     if training := training_metrics(accepted, rejected):  # per class and split: Vendi, clip_score, duplicates
         manifest["training"] = training
     publish_run(root, staging / "publish", run_id, [state["run_date"]], manifest)
-    _finish(root, staging, state)
+    _finish(root, staging)
     summary.timings["publish"] = time.perf_counter() - tick
     return summary
 
 
-def _finish(root: Path, staging: Path, state: dict) -> None:
-    """After the commit: the dataset card, then the staging folder goes."""
-    from pipeline.training.card import wants_card, write_dataset_card
+def _finish(root: Path, staging: Path) -> None:
+    """After the commit: the dataset card, then the staging folder goes (and `_staging/` with it
+    when no other run has one)."""
+    from pipeline.publish import publish_lock
+    from pipeline.training.card import write_dataset_card
 
-    if wants_card(root, parse_job_config(state["config"])):
-        write_dataset_card(root)  # README.md at the dataset root, refreshed at each publish
+    # README.md at the dataset root (its `configs` keep `load_dataset(<root>)` off rejects/), made
+    # from the live files under the publish lock: a card rendered before another run's commit is
+    # never written after it
+    with publish_lock(root):
+        write_dataset_card(root)
     shutil.rmtree(staging, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        staging.parent.rmdir()
 
 
 def _committed(staging: Path, state: dict, manifest_path: Path, extra: dict) -> RunSummary:
@@ -88,7 +96,7 @@ def _committed(staging: Path, state: dict, manifest_path: Path, extra: dict) -> 
     if any(manifest.get(key) != state.get(key) for key in ("input", "config", "run_date")):
         raise BadInputError(f"run {state['run_id']} is already published ({manifest_path}); "
                             "publish this one under a new --run-id")
-    _finish(manifest_path.parents[2], staging, state)
+    _finish(manifest_path.parents[2], staging)
     summary = RunSummary.of_manifest(manifest_path, manifest)
     summary.resumed_shards = extra.get("skipped", 0)  # this attempt's, as a normal publish reports it
     return summary

@@ -152,13 +152,16 @@ def render_card(root: Path) -> str:
     root = Path(root)
     published = _published_rows(root)
     rows = [r for r in published.to_pylist() if r.get("kind") == TRAINING_KIND]
+    kinds = set(published.column("kind").to_pylist()) if published.num_rows else set()
     manifests = _live_manifests(root, set(published.column("run_id").to_pylist()) if published.num_rows else set())
     latest = manifests[-1] if manifests else None
     training = (latest or {}).get("config", {}).get("training", {})
     header = {
         "license": training.get("license") or "other",
         "pretty_name": root.name,
-        "task_categories": ["image-classification"],
+        # labelled training rows serve classifiers; campaign creatives, text-to-image work
+        "task_categories": [task for kind, task in ((TRAINING_KIND, "image-classification"), ("campaign", "text-to-image"))
+                            if kind in kinds] or ["image-classification"],
         "tags": ["synthetic", "synthcat", "product-images"],
         "size_categories": [_size_category(published.num_rows)],
         # `datasets` keys its cache of `load_dataset(<root>)` on the card's dataset_info (not on the
@@ -193,11 +196,6 @@ def render_card(root: Path) -> str:
         "## Loading\n```python\n" + _LOADING + "```",
     ]
     return "\n\n".join(sections) + "\n"
-
-
-def wants_card(root: Path, config) -> bool:
-    """A card is kept for datasets that make training rows, and refreshed once it exists."""
-    return TRAINING_KIND in config.kinds or (Path(root) / CARD).is_file()
 
 
 def write_dataset_card(root: Path) -> Path:
