@@ -5,9 +5,10 @@
 `ParquetImageStream` is an `IterableDataset`: it never loads the dataset into memory. It lists
 the (file, row group) pairs from the Parquet footers, and each DataLoader worker reads only its
 share of them, one row group (about 100 images) at a time, decoding images as it yields them.
-Rows are stored sorted by SKU, so a row group holds few classes: with `shuffle_seed` the stream
-shuffles row groups and mixes rows through a buffer of `shuffle_buffer` encoded images (the
-webdataset way), which a model needs to see mixed batches. Needs only torch, pyarrow, numpy and
+Rows are stored shard by shard (a shard holds a few neighbouring products of the catalog;
+regenerated items come at the end), so a row group holds few classes: with `shuffle_seed` the stream shuffles row groups and
+mixes rows through a buffer of `shuffle_buffer` encoded images (the webdataset way), which a
+model needs to see mixed batches. Needs only torch, pyarrow, numpy and
 Pillow (no synthcat).
 """
 
