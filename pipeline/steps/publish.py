@@ -93,10 +93,16 @@ def _committed(staging: Path, state: dict, manifest_path: Path, extra: dict) -> 
     and its clean-up, is finished and its summary returned (a retried Airflow task succeeds);
     another run under that id is refused before it writes anything."""
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    if any(manifest.get(key) != state.get(key) for key in ("input", "config", "run_date")):
+    if any(_same_run(manifest.get(key)) != _same_run(state.get(key)) for key in ("input", "config", "run_date")):
         raise BadInputError(f"run {state['run_id']} is already published ({manifest_path}); "
                             "publish this one under a new --run-id")
     _finish(manifest_path.parents[2], staging)
     summary = RunSummary.of_manifest(manifest_path, manifest)
     summary.resumed_shards = extra.get("skipped", 0)  # this attempt's, as a normal publish reports it
     return summary
+
+
+def _same_run(value):
+    """What tells two attempts of a run apart: the input by its bytes, not by how its path was
+    spelt (`examples/catalog.csv`, then `/abs/path/examples/catalog.csv`)."""
+    return {k: v for k, v in value.items() if k != "path"} if isinstance(value, dict) and "sha256" in value else value

@@ -20,7 +20,7 @@ def _shards(root) -> list[str]:
     return sorted(p.name for p in (root / "_staging" / "crash" / "shards").glob("shard-*.parquet"))
 
 
-def test_killed_at_every_step_then_resumed_publishes_exactly_the_clean_rows(tmp_path_factory, capsys):
+def test_killed_at_every_step_then_resumed_publishes_exactly_the_clean_rows(tmp_path_factory, capsys, monkeypatch):
     clean = clean_run(tmp_path_factory.getbasetemp())
     out = tmp_path_factory.mktemp("crash") / "out"
     shutil.copytree(clean.out, out)  # the date is already published once: a crash must not harm it
@@ -69,8 +69,10 @@ def test_killed_at_every_step_then_resumed_publishes_exactly_the_clean_rows(tmp_
     assert (root / "_runs" / "crash" / "manifest.json").is_file() and (root / "_staging" / "crash").is_dir()
     report = (root / "_runs" / "crash" / "report.html").read_bytes()
 
-    # 5. Resumed to the end (the dead process's publish lock died with it).
-    assert main(args) == 0
+    # 5. Resumed to the end (the dead process's publish lock died with it), the manifest's path
+    #    spelt another way (the same file: relative, from its folder).
+    monkeypatch.chdir(clean.manifest.parent)
+    assert main([clean.manifest.name if a == str(clean.manifest) else a for a in args]) == 0
     assert "resumed shards 2" in capsys.readouterr().out
     assert (root / "_runs" / "crash" / "report.html").read_bytes() == report  # the published one, kept
     assert main(args) == 2 and "already published" in capsys.readouterr().err
