@@ -48,6 +48,7 @@ def test_layout_and_manifest_written_last(published):
     manifest = json.loads((root / "_runs" / "run-a" / "manifest.json").read_text())
     assert manifest["validation"]["success"] is True
     assert manifest["models"]["generator"]["sha256"]
+    assert len(manifest["models"]["scorer"]["sha256"]) == 64  # the card's hash of the scorer's weights
     # no gates.reference_index: the memorization gate compares with the tiny training set's index
     reference = manifest["models"]["reference"]
     assert reference["origin"] == "tiny training set" and reference["images"] == 16005

@@ -88,7 +88,7 @@ def prepare(request: RunRequest) -> dict:
                "rows": ingest.total_rows, "bad_rows": ingest.bad_rows},
         generator={"id": model.name, "path": str(model.path), "class": model.pipeline_class,
                    "sha256": model_sha256, "steps": steps, "guidance_scale": guidance},
-        scorer={"id": scorer.name, "path": str(scorer.path),
+        scorer={"id": scorer.name, "path": str(scorer.path), "sha256": weights_sha256(scorer.path),
                 "min_clip_score": scorer.min_clip_score if config.gates.min_clip_score is None
                 else config.gates.min_clip_score,
                 "min_semantic_cosine": scorer.min_semantic_cosine if config.gates.min_semantic_cosine is None
