@@ -235,3 +235,14 @@ def test_a_run_stopped_early_says_what_it_published_and_how_to_resume(tmp_path, 
         assert code == 130 and "nothing was published" in err
     else:
         assert code == 1 and f"run {run_id} is published" in err and "nothing was published" not in err
+
+
+def test_a_models_folder_without_the_embedded_preset_is_refused_not_retrained(tmp_path, capsys, monkeypatch):
+    import pipeline.models.train
+
+    monkeypatch.setattr(pipeline.models.train, "train_all", lambda home: pytest.fail("retrained the tiny models"))
+    monkeypatch.setenv("SYNTHCAT_MODELS_DIR", str(tmp_path / "modelz"))  # a typo
+    code, _, err = _run(capsys, "run", "--manifest", str(EXAMPLE_CATALOG), "--out", str(tmp_path / "out"),
+                        "--skus", "MUG-001")
+    assert code == 2 and f"no tiny preset in {tmp_path / 'modelz' / 'tiny'}" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "catalog_images" / "_runs").exists()

@@ -95,14 +95,25 @@ REF_SIMILARITY = {"tiny": 0.996, "vit-b-32": 0.95, "vit-l-14": 0.95}
 MEM_CFG_GAP = {"tiny": 2.22}
 
 
+def _require_tiny(models_dir: Path) -> None:
+    """The embedded preset ships with the checkout: a models folder without it is a wrong folder,
+    refused at once (retraining it takes about 1 h 35 min; `make models` or `synthcat models train`
+    does that on purpose)."""
+    from pipeline.models.tiny import tiny_models_present
+
+    if not tiny_models_present(models_dir / "tiny"):
+        raise BadInputError(
+            f"models folder {models_dir}: no tiny preset in {models_dir / 'tiny'} (SYNTHCAT_MODELS_DIR or the job's "
+            f"models_dir); point it at a folder holding tiny/, such as the checkout's {DEFAULT_MODELS_DIR}, or "
+            f"retrain it there with `synthcat models train --out {models_dir / 'tiny'}`")
+
+
 def resolve_model(name: str, models_dir: Path) -> ModelPreset:
     """The preset called `name`, with its folder under `models_dir`; the folder must exist."""
     if name not in _MODELS:
         raise BadInputError(f"unknown model preset {name!r}; known: {', '.join(_MODELS)}")
     if name == "tiny":
-        from pipeline.models.tiny import ensure_tiny_models
-
-        ensure_tiny_models(models_dir)
+        _require_tiny(models_dir)
     if name in ARCH_MODELS:
         ensure_arch_model(name, models_dir)
     cls, width, height, steps, guidance, scorer, description = _MODELS[name]
@@ -117,9 +128,7 @@ def resolve_scorer(name: str, models_dir: Path) -> ScorerPreset:
     if name not in _SCORERS:
         raise BadInputError(f"unknown scorer preset {name!r}; known: {', '.join(_SCORERS)}")
     if name == "tiny":
-        from pipeline.models.tiny import ensure_tiny_models
-
-        ensure_tiny_models(models_dir)
+        _require_tiny(models_dir)
     if name in ARCH_SCORERS:
         ensure_arch_scorer(name, models_dir)
     path = models_dir / name / "clip"
