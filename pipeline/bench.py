@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import Engine, JobConfig
+from pipeline.errors import BadInputError
 
 # Dense bf16/fp16 tensor throughput used for the FLOP bound (NOTES.md: 790 TFLOP/s on H100).
 PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0, "A100": 312.0, "L4": 121.0}
@@ -183,6 +184,9 @@ def run_bench(preset: str, models_dir: Path, manifest: Path, *, items: int = 32,
     from pipeline.stages.engine import compile_counters, compile_seconds
     from pipeline.stages.generate import GenerateStage
 
+    if num_gpus > torch.cuda.device_count():  # else the naive and engine phases ran on the CPU and Ray waited forever
+        raise BadInputError(f"--gpus {num_gpus:g}: this machine has {torch.cuda.device_count()} CUDA GPUs; "
+                            "leave --gpus out to measure on the CPU")
     model = resolve_model(preset, models_dir)  # random-weight presets are materialised here, untimed
     resolve_scorer(model.scorer, models_dir)
     config = JobConfig(model=preset, markets=("en-US",), shard_size=batch_size * 4,

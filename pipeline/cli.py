@@ -55,6 +55,16 @@ def _json_out(text: str) -> str:
     return text
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):  # NaN too
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of at least 0")
+    return value
+
+
 def _at_least(minimum: int):
     def number(text: str) -> int:
         try:
@@ -187,6 +197,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     from pipeline.models.presets import resolve_scorer
     from pipeline.reference import build_reference_index
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise BadInputError(f"--out {args.out}: a file, not a folder for the index")
     scorer = resolve_scorer(args.scorer, _models_dir(None))
     description = build_reference_index(Path(args.source), Path(args.out), scorer.path)
     print(json.dumps(description, indent=2))
@@ -305,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     memorization.add_argument("--ordinary", type=_at_least(2), default=200, help="ordinary prompts (default: 200)")
     memorization.add_argument("--calibration", type=_at_least(2), default=200,
                               help="ordinary prompts the thresholds and z-scores are calibrated on (default: 200)")
-    memorization.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
+    memorization.add_argument("--steps", type=_at_least(1), help="denoising steps (default: the preset's)")
     memorization.set_defaults(func=cmd_eval_memorization)
 
     index = sub.add_parser("index", help="the memorization reference index")
@@ -332,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=_json_out, help="also write the figures to this file")
     bench.add_argument("--items", type=_at_least(1), default=32, help="items per measurement (default: 32)")
     bench.add_argument("--batch-size", type=_at_least(1), default=16, help="engine batch size (default: 16)")
-    bench.add_argument("--gpus", type=float, default=0, help="GPUs per generate/score actor (default: 0)")
+    bench.add_argument("--gpus", type=_non_negative, default=0, help="GPUs per generate/score actor (default: 0)")
     bench.add_argument("--peak-tflops", type=float, help="device peak for the FLOP-bound share")
     bench.add_argument("--naive-items", type=_at_least(1), help="items of the naive batch-1 loop, spread over the plan with its share of photo rows (default: all)")
     bench.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,

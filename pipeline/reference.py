@@ -46,9 +46,16 @@ def iter_reference_images(source: Path):
         for path in sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
             yield str(path.relative_to(source)), path.read_bytes()
     elif source.suffix == ".parquet" and source.is_file():
-        table = pq.read_table(source)
-        if "image" not in table.column_names:
-            raise BadInputError(f"{source}: no `image` column (struct<bytes, path> or binary)")
+        try:
+            table = pq.read_table(source)
+        except pa.ArrowException as exc:
+            raise BadInputError(f"{source}: not a readable Parquet file ({exc})") from None
+        kind = table.schema.field("image").type if "image" in table.column_names else None
+        if not (kind is not None and (pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or (
+                pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0
+                and pa.types.is_binary(kind.field("bytes").type)))):
+            found = f"an `image` column of type {kind}" if kind is not None else "no `image` column"
+            raise BadInputError(f"{source}: {found}; give struct<bytes: binary, path: string> or binary")
         for row, value in enumerate(table.column("image").to_pylist()):
             data = value.get("bytes") if isinstance(value, dict) else value
             if data:

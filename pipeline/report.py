@@ -234,6 +234,9 @@ def report_from_run_dir(run_dir: Path, target: Path | None = None) -> Path:
     wanted = {"run_id", "run_date", "files", "items", "rows", "reasons", "input", "validation"}
     if not isinstance(manifest, dict) or (missing := sorted(wanted - manifest.keys())):
         raise BadInputError(f"{manifest_path}: not a synthcat run manifest (no {', '.join(missing or wanted)})")
+    if not isinstance(manifest["files"], list) or not all(
+            isinstance(f, dict) and isinstance(f.get("path"), str) for f in manifest["files"]):
+        raise BadInputError(f"{manifest_path}: `files` is not a list of file records (path, rows, bytes, sha256)")
     if target is not None:
         target = Path(target) / "report.html" if Path(target).is_dir() else Path(target)
         if not target.parent.is_dir():

@@ -246,3 +246,23 @@ def test_a_models_folder_without_the_embedded_preset_is_refused_not_retrained(tm
                         "--skus", "MUG-001")
     assert code == 2 and f"no tiny preset in {tmp_path / 'modelz' / 'tiny'}" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "catalog_images" / "_runs").exists()
+
+
+def test_bad_arguments_of_every_subcommand_exit_2_naming_them(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (not_a_folder := tmp_path / "index.png").write_bytes(b"x")
+    pq.write_table(pa.table({"image": [1, 2]}), ints := tmp_path / "refs.parquet")
+    (run_dir := tmp_path / "_runs" / "r").mkdir(parents=True)
+    (run_dir / "manifest.json").write_text(json.dumps({k: "x" for k in ("run_id", "run_date", "files", "items", "rows",
+                                                                         "reasons", "input", "validation")}))
+    for args, says in ((["bench", "--gpus", "-1"], "at least 0"),
+                       (["bench", "--gpus", "64", "--items", "1"], "CUDA GPUs"),  # more than any machine here has
+                       (["eval", "memorization", "--steps", "0"], "at least 1"),
+                       (["index", "build", str(tmp_path), "--out", str(not_a_folder)], "not a folder"),
+                       (["index", "build", str(ints), "--out", str(tmp_path / "idx")], "of type int64"),
+                       (["models", "eval", "--models", str(tmp_path / "none")], "no diffusion/ or clip/ folder"),
+                       (["report", str(run_dir)], "not a list of file records")):
+        code, _, err = _run(capsys, *args)
+        assert code == 2 and says in err and "Traceback" not in err, (args, err)

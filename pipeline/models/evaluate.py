@@ -172,13 +172,18 @@ def _save_grid(path: Path, images: list) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="synthcat models eval", description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parents[2] / "models" / "tiny")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--grid", type=Path, help="save a contact sheet of generated images")
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    if missing := [part for part in ("diffusion", "clip") if not (args.models / part).is_dir()]:
+        parser.error(f"--models {args.models}: no {' or '.join(f'{part}/' for part in missing)} folder "
+                     "(give a tiny models folder, e.g. models/tiny)")
+    if args.prompts < 1 or args.threads < 1:
+        parser.error("--prompts and --threads: give whole numbers of at least 1")
     result = evaluate(args.models, args.prompts, threads=args.threads, grid=args.grid)
     text = json.dumps(result, indent=2)
     print(text)

@@ -213,7 +213,7 @@ def train_all(out_dir: Path, seed: int = 20261126, recipe: Recipe = Recipe(), lo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="synthcat models train", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "models" / "tiny")
     parser.add_argument("--seed", type=int, default=20261126)
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (minutes, useless weights)")
