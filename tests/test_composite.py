@@ -29,12 +29,14 @@ def catalog(tmp_path_factory):
     render_cutout(RenderSpec("bottle", "purple", jitter=7), size=128).save(folder / "bottle.png")
     Image.new("RGB", (64, 64), (200, 30, 30)).save(folder / "flat.png")           # no alpha: not a cut-out
     Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(folder / "empty.png")          # nothing opaque
+    Image.new("RGBA", (64, 64), (30, 160, 30, 255)).save(folder / "opaque.png")   # alpha, nothing clear
     path = folder / "catalog.csv"
     path.write_text("sku,title,category,markets,image,price,currency\n"
                     "BTL-1,Glass Bottle,bottle,th-TH;ar-AE,bottle.png,590,THB\n"
                     "MUG-1,Mug,mug,th-TH,,9,USD\n"
                     "BAD-1,Flat,mug,th-TH,flat.png,1,USD\n"
-                    "BAD-2,Empty,mug,th-TH,empty.png,1,USD\n", encoding="utf-8")
+                    "BAD-2,Empty,mug,th-TH,empty.png,1,USD\n"
+                    "BAD-3,Opaque,mug,th-TH,opaque.png,1,USD\n", encoding="utf-8")
     return path
 
 
@@ -74,6 +76,7 @@ def test_unusable_product_photos_are_bad_rows(ingested, config):
     problems = "\n".join(ingested.problems())
     assert "line 4, field 'image': the product photo has no alpha channel" in problems
     assert "line 5, field 'image': the product photo is (almost) fully transparent" in problems
+    assert "line 6, field 'image': the product photo has an alpha channel but (almost) no transparent" in problems
     # an https photo that ingest allowed is still not fetched for compositing
     remote = {"markets": ["th-TH"], "image": "https://cdn.example.com/a.png"}
     (problem,) = campaign_problems(remote, {"image": "image", "markets": "markets"}, config)
