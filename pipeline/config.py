@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import string
+import typing
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from pipeline.config_base import Section, fillable
 from pipeline.errors import BadInputError
@@ -310,12 +311,35 @@ class JobConfig(Section):
         return value
 
 
+def _section_at(loc: tuple) -> tuple[type[BaseModel], str]:
+    """The config section that holds the key at `loc`, and its dotted name ("" at the top)."""
+    section, path, keyed = JobConfig, [], False
+    for part in loc[:-1]:
+        path.append(str(part))
+        if isinstance(part, int) or keyed:  # an item of a list, a value of a mapping
+            keyed = False
+            continue
+        annotation = section.model_fields[part].annotation if part in section.model_fields else None
+        inner = _model_in(annotation)
+        if inner is None:
+            break
+        section, keyed = inner, typing.get_origin(annotation) is dict
+    return section, ".".join(path)
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    """The config section a field's type holds (`Gates`, `dict[str, BrandProfile]`, `X | None`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, map(_model_in, typing.get_args(annotation))), None)
+
+
 def _describe(error: dict) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     message = error["msg"]
     if error["type"] == "extra_forbidden":
-        allowed = ", ".join(JobConfig.model_fields)
-        message = f"unknown key; allowed top-level keys: {allowed}"
+        section, name = _section_at(tuple(error["loc"]))
+        message = f"unknown key; allowed {f'keys of {name}' if name else 'top-level keys'}: {', '.join(section.model_fields)}"
     return f"key '{key}': {message}"
 
 

@@ -98,6 +98,10 @@ def test_bad_config_names_the_key_and_allowed_values(tmp_path, capsys):
     assert "key 'colour': unknown key" in err
     assert "key 'list_separator'" in err  # "" would split every markets cell at every character
     assert "key 'campaign.canvas'" in err and "256" in err  # no copy fits a smaller creative
+    config.write_text(json.dumps({"gates": {"foo": 1}, "campaign": {"brands": {"Acme": {"bogus": 1}}}}))
+    code, _, err = _run(capsys, "validate", str(EXAMPLE_CATALOG), "--config", str(config))
+    assert code == 2 and "key 'gates.foo': unknown key; allowed keys of gates: min_clip_score," in err
+    assert "key 'campaign.brands.Acme.bogus': unknown key; allowed keys of campaign.brands.Acme: adapters," in err
 
 
 @pytest.mark.parametrize("key, config", [
