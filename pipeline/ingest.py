@@ -43,7 +43,6 @@ _TEXT_FIELDS = ("sku", "title", "category", "description", "image", "brand", "pr
 @dataclass(frozen=True)
 class _Record:
     """One data row as read: where it starts and its values by source column."""
-
     line: int
     values: dict
     error: str | None = None  # the row could not be read as a row at all (e.g. not a JSON object)
@@ -64,9 +63,10 @@ class IngestResult:
         """Number of distinct bad rows (a row with three problems counts once)."""
         return len(set(self.rejects.column("line").to_pylist()))
 
-    def problems(self) -> list[str]:
-        """One human line per problem, e.g. "catalog.csv: line 7, field 'markets': ..."."""
-        return [f"{self.source}: {_describe(self.format, r)}" for r in self.rejects.to_pylist()]
+    def problems(self, skus: set[str] | None = None) -> list[str]:
+        """One line per problem ("catalog.csv: line 7, field 'markets': ..."); of `skus` if given."""
+        return [f"{self.source}: {_describe(self.format, r)}" for r in self.rejects.to_pylist()
+                if skus is None or r["sku"] in skus]
 
 
 def _place(fmt: str, line: int) -> str:

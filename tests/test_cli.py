@@ -270,3 +270,12 @@ def test_bad_arguments_of_every_subcommand_exit_2_naming_them(tmp_path, capsys):
                        (["report", str(run_dir)], "not a list of file records")):
         code, _, err = _run(capsys, *args)
         assert code == 2 and says in err and "Traceback" not in err, (args, err)
+
+
+def test_skus_of_refused_rows_are_named_with_the_reason(tmp_path, capsys):
+    manifest = tmp_path / "catalog.csv"
+    rows = "".join(f"S{i},Mug {i},mug,5\n" for i in range(9))  # one bad row in ten: under the job's limit
+    manifest.write_text(f"sku,title,category,price\n{rows}C,Cup,mug,abc\n", encoding="utf-8")
+    code, _, err = _run(capsys, "run", "--manifest", str(manifest), "--out", str(tmp_path / "out"), "--skus", "C,Z")
+    assert code == 2 and "skus not among its good rows: C, Z" in err
+    assert "refused: " in err and "line 11, field 'price'" in err and "Traceback" not in err

@@ -40,7 +40,9 @@ def prepare(request: RunRequest) -> dict:
     products = ingest.products
     if request.skus:
         if unknown := sorted(set(request.skus) - set(products.column("sku").to_pylist())):
-            raise BadInputError(f"{request.manifest}: skus not in the manifest: {', '.join(unknown)}")
+            refused = ingest.problems(set(unknown))  # rows the manifest has, but ingest refused
+            raise BadInputError(f"{request.manifest}: skus not among its good rows: {', '.join(unknown)}"
+                                + (" (refused: " + "; ".join(refused[:10]) + ")" if refused else " (not in the manifest)"))
         products = products.filter(pc.is_in(products.column("sku"), pa.array(list(request.skus))))
     model = resolve_model(config.model, request.models_dir)
     scorer = resolve_scorer(config.scorer or model.scorer, request.models_dir)
