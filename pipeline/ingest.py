@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +25,11 @@ from pipeline.campaign.planner import campaign_problems
 from pipeline.config import CANONICAL_FIELDS, REQUIRED_FIELDS, JobConfig
 from pipeline.csvsafe import storable
 from pipeline.errors import BadInputError
-from pipeline.locales import normalize_market
+from pipeline.ingest_fields import (attribute_value, json_failure, json_type, parse_attributes, parse_currency,
+                                     parse_markets, parse_price, text_value)
 from pipeline.references import ImageReferences
 from pipeline.schema import INPUT_REJECT_SCHEMA, PRODUCT_SCHEMA
 
-MAX_TEXT_CHARS = 10_000
 ATTR_PREFIX = "attr_"
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 # Files people commonly hand over by mistake; naming them beats "invalid start byte".
@@ -166,7 +165,7 @@ def _decode(data: bytes, source: str, fmt: str) -> str:
 def _read_csv(text: str, source: str) -> tuple[list[str], list[_Record]]:
     reader = csv.reader(io.StringIO(text, newline=""))  # newline="" keeps quoted newlines intact
     # csv's 128 KiB cell limit would refuse the whole file over one huge cell; the row check
-    # (MAX_TEXT_CHARS) rejects that row instead. The limit is process-wide: restore it after.
+    # (ingest_fields.MAX_TEXT_CHARS) rejects that row instead. The limit is process-wide: restore it after.
     field_limit = csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     header: list[str] | None = None
     records: list[_Record] = []
@@ -211,11 +210,11 @@ def _read_jsonl(text: str, source: str) -> tuple[list[str], list[_Record]]:
             continue
         try:
             value = json.loads(line)
-            error = None if isinstance(value, dict) else f"is {_json_type(value)}, not a JSON object"
+            error = None if isinstance(value, dict) else f"is {json_type(value)}, not a JSON object"
         except json.JSONDecodeError as exc:
             value, error = None, f"is not valid JSON ({exc.msg} at column {exc.colno})"
         except (ValueError, RecursionError) as exc:  # a 5,000-digit number; nesting 1,000 deep
-            value, error = None, f"is not valid JSON ({_json_failure(exc)})"
+            value, error = None, f"is not valid JSON ({json_failure(exc)})"
         if error and not records:
             # The first line decides whether this is JSONL at all.
             raise BadInputError(f"{source}: line {number} {error}; "
@@ -279,122 +278,21 @@ def _check_row(values: dict, fields: dict[str, str], attr_columns: list[str],
             problems.append((column, str(exc)))
             return None
 
-    product = {field: attempt(fields[field], _text, values.get(fields[field])) if field in fields else None
+    product = {field: attempt(fields[field], text_value, values.get(fields[field])) if field in fields else None
                for field in _TEXT_FIELDS}
     for field in REQUIRED_FIELDS:
         if product[field] is None and not any(column == fields[field] for column, _ in problems):
             problems.append((fields[field], "missing required value"))
-    for field, parse in (("price", _parse_price), ("currency", _parse_currency)):
+    for field, parse in (("price", parse_price), ("currency", parse_currency)):
         if product[field] is not None:
             product[field] = attempt(fields[field], parse, product[field])
     column = fields.get("markets")
-    product["markets"] = (attempt(column, _parse_markets, values.get(column), separator) or []) if column else []
+    product["markets"] = (attempt(column, parse_markets, values.get(column), separator) or []) if column else []
     column = fields.get("attributes")
-    attributes = (attempt(column, _parse_attributes, values.get(column)) or {}) if column else {}
+    attributes = (attempt(column, parse_attributes, values.get(column)) or {}) if column else {}
     for column in attr_columns:
-        value = attempt(column, _attribute_value, values.get(column))
+        value = attempt(column, attribute_value, values.get(column))
         if value is not None:
             attributes[column[len(ATTR_PREFIX):].strip()] = value  # attr_ columns win over the JSON
     product["attributes"] = json.dumps(attributes, sort_keys=True, ensure_ascii=False)
     return product, problems
-
-
-def _text(value: object) -> str | None:
-    """A scalar as trimmed text (None when empty); lists, objects and bad text raise ValueError."""
-    if value is None:
-        return None
-    if isinstance(value, (dict, list, bytes)):
-        raise ValueError(f"expected text, got {_json_type(value)}")
-    text = (json.dumps(value) if isinstance(value, bool) else str(value)).strip()
-    if "\x00" in text or storable(text) != text:  # a surrogate: an emoji cut in half by an exporter?
-        raise ValueError("contains a NUL character" if "\x00" in text else "has half a character (a lone \\ud8xx)")
-    if len(text) > MAX_TEXT_CHARS:
-        raise ValueError(f"is {len(text):,} characters long; the limit is {MAX_TEXT_CHARS:,}")
-    return text or None
-
-
-def _parse_price(text: str) -> float:
-    try:
-        price = float(text) if "_" not in text else math.nan  # float() accepts "1_0"; people don't
-    except ValueError:
-        price = math.nan
-    if not math.isfinite(price):
-        raise ValueError(f"{text!r} is not a number (write e.g. 12.50)")
-    if price < 0:
-        raise ValueError(f"{text!r} is negative; a price must be 0 or more")
-    return price or 0.0  # turns -0.0 into 0.0
-
-
-def _parse_currency(text: str) -> str:
-    from babel.numbers import list_currencies
-
-    code = text.upper()
-    if len(code) != 3 or code not in list_currencies():
-        raise ValueError(f"{text!r} is not an ISO 4217 currency code like 'USD' or 'EUR'")
-    return code
-
-
-def _parse_markets(value: object, separator: str) -> list[str]:
-    """A separated string (CSV) or a list (JSONL/Parquet) of locale codes, normalised, deduplicated."""
-    if value is None:
-        return []
-    if isinstance(value, list) and not all(isinstance(item, str) for item in value):
-        raise ValueError("a list of markets must hold only text, e.g. [\"en-US\", \"de-DE\"]")
-    codes = value if isinstance(value, list) else (_text(value) or "").split(separator)
-    markets, errors = [], []
-    for code in filter(None, (c.strip() for c in codes)):
-        try:
-            markets.append(normalize_market(code))
-        except ValueError as exc:
-            errors.append(str(exc))
-    if errors:
-        raise ValueError("; ".join(errors))
-    return list(dict.fromkeys(markets))  # dedupe, keeping the order given
-
-
-def _parse_attributes(value: object) -> dict:
-    """A JSON object, given as text (CSV) or already decoded (JSONL, Parquet struct)."""
-    if isinstance(value, str) or value is None:
-        text = _text(value)
-        if text is None:
-            return {}
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos + 1})") from None
-        except (ValueError, RecursionError) as exc:
-            raise ValueError(f"not valid JSON ({_json_failure(exc)})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"must be a JSON object like {{\"color\": \"red\"}}, got {_json_type(value)}")
-    attributes = {}
-    for key, item in value.items():
-        if not (name := _text(str(key))):
-            raise ValueError("has an empty attribute name")
-        try:
-            item = _attribute_value(item)
-        except ValueError as exc:
-            raise ValueError(f"attribute {name!r} {exc}") from None
-        if item is not None:
-            attributes[name] = item
-    return attributes
-
-
-def _attribute_value(value: object) -> str | int | float | bool | None:
-    """A scalar attribute value; text is trimmed, empty text and nulls mean "not given"."""
-    if isinstance(value, str):
-        return _text(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"is {value}, not a finite number")
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    raise ValueError(f"is {_json_type(value)}; values must be text, numbers or true/false, not nested")
-
-
-def _json_failure(exc: Exception) -> str:
-    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
-
-
-def _json_type(value: object) -> str:
-    names = {dict: "an object", list: "a list", str: "text", bool: "true/false", type(None): "null",
-             bytes: "binary data"}
-    return names.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from pipeline.cli import main
 from pipeline.config import JobConfig
 from pipeline.errors import BadInputError
-from pipeline.ingest import MAX_TEXT_CHARS, read_manifest
+from pipeline.ingest import read_manifest
+from pipeline.ingest_fields import MAX_TEXT_CHARS
 
 # Derandomized and without an example database: CI runs the same examples every time, writes nothing.
 PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, database=None,
