@@ -12,6 +12,7 @@ Only the standard library, pyarrow and babel are imported: `synthcat validate` m
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -231,6 +232,10 @@ def _read_parquet(data: bytes, source: str) -> tuple[list[str], list[_Record]]:
     try:
         table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError) as exc:
+        with contextlib.suppress(pa.ArrowException, OSError):  # a file whose columns share a name
+            names = pq.read_schema(pa.BufferReader(data)).names
+            if twice := next((name for name in names if names.count(name) > 1), None):
+                raise BadInputError(f"{source}: column {twice!r} appears twice") from None
         raise BadInputError(f"{source}: not a Parquet file ({exc})".replace("\n", " ")) from None
     try:
         rows = table.to_pylist()

@@ -70,7 +70,7 @@ def parse_markets(value: object, separator: str) -> list[str]:
 
 
 def parse_attributes(value: object) -> dict:
-    """A JSON object, given as text (CSV) or already decoded (JSONL, Parquet struct)."""
+    """A JSON object, given as text (CSV) or already decoded (JSONL, a Parquet struct or map)."""
     if isinstance(value, str) or value is None:
         text = text_value(value)
         if text is None:
@@ -81,6 +81,8 @@ def parse_attributes(value: object) -> dict:
             raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos + 1})") from None
         except (ValueError, RecursionError) as exc:
             raise ValueError(f"not valid JSON ({json_failure(exc)})") from None
+    if isinstance(value, list) and value and all(isinstance(pair, tuple) and len(pair) == 2 for pair in value):
+        value = dict(value)  # a Parquet map<string, ...> reads as (key, value) pairs
     if not isinstance(value, dict):
         raise ValueError(f"must be a JSON object like {{\"color\": \"red\"}}, got {json_type(value)}")
     attributes = {}

@@ -118,6 +118,23 @@ def test_parquet_gives_the_same_products(tmp_path):
     assert result.products.column("line").to_pylist() == [1, 2, 3]
 
 
+def test_parquet_attributes_as_a_map_and_columns_named_twice(tmp_path):
+    rows = native_objects()
+    attributes = pa.array([None if r["attributes"] is None else [(k, str(v)) for k, v in r["attributes"].items()]
+                           for r in rows], pa.map_(pa.string(), pa.string()))
+    table = pa.Table.from_pylist(rows).drop_columns(["attributes"]).append_column("attributes", attributes)
+    pq.write_table(table, tmp_path / "map.parquet")
+    as_text = [{**p, "attributes": json.dumps({k: str(v) for k, v in json.loads(p["attributes"]).items()},
+                                                sort_keys=True, ensure_ascii=False)} for p in EXPECTED]
+    assert products(read(tmp_path / "map.parquet")) == as_text  # a map reads as an object of its (text) values
+
+    twice = pa.Table.from_arrays([pa.array(["A"]), pa.array(["Mug"]), pa.array(["mug"]), pa.array(["B"])],
+                                 names=["sku", "title", "category", "sku"])
+    pq.write_table(twice, tmp_path / "twice.parquet")
+    with pytest.raises(BadInputError, match="column 'sku' appears twice"):
+        read(tmp_path / "twice.parquet")
+
+
 def test_parquet_with_text_columns(tmp_path):
     pq.write_table(pa.Table.from_pylist([dict(zip(HEADER, row)) for row in ROWS]), tmp_path / "c.parquet")
     assert products(read(tmp_path / "c.parquet")) == EXPECTED
