@@ -68,7 +68,7 @@ def prepare(request: RunRequest) -> dict:
     numerics = f"{config.engine.dtype}|{config.campaign.background_strength}|{config.campaign.canvas}"
     generator = f"{model_sha256}|{steps}|{guidance}|{encoding}"
     fingerprint = _plan_fingerprint(items, f"{generator}|{numerics}")
-    _check_resumable(staging, fingerprint, _earlier_fingerprint(items, generator))
+    _check_resumable(staging, fingerprint, _earlier_fingerprint(items, generator), request.run_date)
     try:
         staging.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a read-only or impossible --out; a full disk is the run's own error
@@ -124,15 +124,17 @@ def _earlier_fingerprint(items: pa.Table, generator: str) -> str:
     return digest.hexdigest()
 
 
-def _check_resumable(staging: Path, fingerprint: str, earlier: str | None = None) -> None:
+def _check_resumable(staging: Path, fingerprint: str, earlier: str | None = None, run_date: str | None = None) -> None:
     """Resuming is only sound when the plan is the one the finished shards were made from (`earlier`:
     the same plan's fingerprint as an earlier version recorded it)."""
     path = staging / STATE
-    previous = json.loads(path.read_text(encoding="utf-8")).get("plan_sha256") if path.is_file() else None
+    state = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    previous = state.get("plan_sha256")
     if previous and previous not in (fingerprint, earlier) and any((staging / "shards").glob("shard-*.parquet")):
-        raise BadInputError(
-            f"run id {staging.name!r} was started with a different manifest, config or model; "
-            f"resume it with the same inputs, or use a new --run-id (staging: {staging})")
+        what = (f"for run date {state['run_date']}, not {run_date}" if state.get("run_date", run_date) != run_date
+                else "with a different manifest, config or model")
+        raise BadInputError(f"run id {staging.name!r} was started {what}; resume it with the same inputs, "
+                            f"or use a new --run-id (staging: {staging})")
 
 
 def _check_splits(request: RunRequest, items: pa.Table) -> None:

@@ -45,6 +45,9 @@ def test_killed_at_every_step_then_resumed_publishes_exactly_the_clean_rows(tmp_
         _, other_config = write_job(tmp_path_factory.mktemp("other"), **other)
         assert main([other_config.as_posix() if a == str(clean.config) else a for a in args]) == 2, other
         assert "different manifest, config or model" in capsys.readouterr().err
+    run_date = args[args.index("--run-date") + 1]  # or another date: the message says which changed
+    assert main(["2099-01-01" if a == run_date else a for a in args]) == 2
+    assert f"was started for run date {run_date}, not 2099-01-01" in capsys.readouterr().err
 
     # 2. Resumed, and killed while scoring the second shard: still one shard, nothing published.
     killed = run_killed(args, "score:1")
