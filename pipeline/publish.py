@@ -326,19 +326,22 @@ def _staged_records(staging_dir: Path, run_id: str, run_dates: list[str]) -> lis
 def _swap_in(*, staged: Path, live: Path, aside: Path, wanted: dict[str, tuple[int, str]]) -> None:
     """Make `live` hold exactly `wanted` (file -> bytes and sha256, as `staged` holds them), or
     nothing when it is empty; the partition it held moves to `aside`, kept until the commit
-    (`_swap_back` puts it back). In one atomic step where possible, and idempotent: a retry after
-    a kill at any point of an earlier try ends in the same state, with the old partition aside."""
+    (`_swap_back` puts it back). In one atomic step where possible, and idempotent: a retry after a
+    kill at any point of an earlier try, restaged or not, ends in the same state, the old partition
+    aside. The old partition is never under `staged`, which a resumed run's `stage_run` clears."""
     if _holds(live, wanted):  # in place already: a retry after the swap
-        if wanted and staged.exists() and not aside.exists():
-            os.rename(staged, aside)  # killed between the exchange and the move: `staged` is the old one
         return
+    if wanted and not staged.exists() and _holds(aside, wanted):
+        os.rename(aside, staged)  # killed between moving the run's files aside and the exchange
     if wanted and not _holds(staged, wanted, read=False):  # the run's own files: their names and sizes
         raise SynthcatError(f"{staged}: the staged files are missing or changed; stage the run again")
     if live.exists():
         shutil.rmtree(aside, ignore_errors=True)  # not an old partition: `live` still is one
-        if wanted and _exchange(staged, live):
-            os.rename(staged, aside)  # now the old partition
-            return
+        if wanted:
+            os.rename(staged, aside)  # the run's files wait beside the date, then trade places with it
+            if _exchange(aside, live):
+                return  # `aside` holds the old partition now
+            os.rename(aside, staged)  # no atomic exchange on this filesystem: two renames
         os.rename(live, aside)  # readers briefly see no rows for this date, never a mix
     if wanted:
         live.parent.mkdir(parents=True, exist_ok=True)
@@ -349,9 +352,11 @@ def _swap_back(*, staged: Path, live: Path, aside: Path, wanted: dict[str, tuple
     """Undo `_swap_in`, from whatever point it reached: the run's files back in `staged` and the
     partition they replaced back in `live`."""
     if wanted and _holds(live, wanted):  # the run's files are live
-        if staged.exists() and not aside.exists():
-            os.rename(staged, aside)  # the exchange's old partition, not yet moved aside
+        shutil.rmtree(staged, ignore_errors=True)  # a copy of them a resumed run staged again
         os.rename(live, staged)
+    elif wanted and not staged.exists() and _holds(aside, wanted):
+        os.rename(aside, staged)  # stopped before the exchange: `live` was never touched
+        return
     if aside.exists() and not live.exists():
         os.rename(aside, live)
 

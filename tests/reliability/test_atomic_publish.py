@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -264,3 +265,57 @@ def test_a_resumed_publish_that_stages_fewer_partitions_removes_the_earlier_atte
     assert not (tmp_path / "rejects" / f"run_date={D1}").exists() and manifest["rows"]["rejected"] == 0
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.parquet")) == \
         sorted(record["path"] for record in manifest["files"])
+
+
+class _Killed(BaseException):
+    """A SIGKILL, as far as the code can tell: it ends the call, and nothing is swapped back."""
+
+
+@pytest.mark.parametrize("exchange, kill_at", [
+    *((True, point) for point in ("rename:1", "rename:2", "manifest")),  # data: aside + exchange; rejects: aside
+    *((False, point) for point in ("rename:1", "rename:2", "rename:3", "rename:4", "rename:5", "manifest")),
+])
+def test_a_killed_publish_resumed_restaged_and_failing_again_leaves_the_published_data(tmp_path, monkeypatch,
+                                                                                       exchange, kill_at):
+    """A resumed run stages its files again (`stage_run` clears the staged partitions) before it
+    publishes: if that publish fails too, the previous data must come back all the same."""
+    if not exchange:
+        monkeypatch.setattr(publish, "_exchange", lambda a, b: False)
+    old_manifest = publish_tables(tmp_path, "run-a", make_output_table(6, run_id="run-a", seed=1),
+                                  rejected_rows(2, "run-a"))
+    new = make_output_table(4, run_id="run-b", seed=2)
+    staging = tmp_path / "_staging" / "run-b"
+    stage_run(staging, new, make_output_table(0), "run-b")
+
+    renames, rename = [], os.rename
+
+    def rename_then_die(a, b):
+        rename(a, b)
+        renames.append(b)
+        if kill_at == f"rename:{len(renames)}":
+            raise _Killed
+
+    def die(path, value):
+        raise _Killed
+
+    with monkeypatch.context() as killed:
+        killed.setattr(publish, "_swap_back_all", lambda swaps, cause: None)
+        killed.setattr(os, "rename", rename_then_die)
+        if kill_at == "manifest":
+            killed.setattr(publish, "_write_json", die)
+        with pytest.raises(_Killed):
+            publish_run(tmp_path, staging, "run-b", [D1], {})
+
+    stage_run(staging, new, make_output_table(0), "run-b")  # the resumed run stages again
+    with monkeypatch.context() as full:
+        full.setattr(publish, "_write_json", lambda path, value: (_ for _ in ()).throw(OSError(28, "disk full")))
+        with pytest.raises(OSError, match="disk full"):
+            publish_run(tmp_path, staging, "run-b", [D1], {})
+    live = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("[dr]*/**/*.parquet"))
+    assert live == sorted(record["path"] for record in old_manifest["files"])  # run-a's files, and no others
+    for record in old_manifest["files"]:
+        assert publish.sha256_file(tmp_path / record["path"]) == record["sha256"]
+
+    manifest = publish_run(tmp_path, staging, "run-b", [D1], {})  # space again: it commits
+    assert item_ids(read_published(tmp_path)) == item_ids(new) and manifest["rows"]["rejected"] == 0
+    assert not (tmp_path / "rejects").exists()
