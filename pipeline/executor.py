@@ -18,7 +18,7 @@ from typing import Protocol
 import pyarrow as pa
 
 from pipeline.config import StageResources
-from pipeline.errors import BadInputError
+from pipeline.errors import BadInputError, SynthcatError
 from pipeline.warm_models import HostedStage, hosted_stages, keep_models_warm
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     if address:
         # A cluster (or the Ray job we run inside) brings its own runtime env and settings.
+        _check_reachable(address)
         ray.init(address=address, **kwargs)
     else:
         # The local Ray's workers inherit this process's environment. Set there rather than as a
@@ -190,6 +191,28 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         os.environ.update(HF_OFFLINE_ENV)
         ray.init(num_cpus=num_cpus, **kwargs)
     return True
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A Ray address nothing answers at fails at once, without a traceback: `ray.init` would retry
+    a dead GCS for minutes. Exit 1, not 2: a cluster that is down may be up for the task's retry."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address == "auto" or address.startswith("local"):
+        return
+    try:
+        parts = urlsplit(address if "://" in address else f"gcs://{address}")
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number
+        raise BadInputError(f"Ray address {address!r} (RAY_ADDRESS or ray_address): not host:port") from None
+    if not host or not port:
+        return
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise SynthcatError(f"Ray address {address} (RAY_ADDRESS or ray_address): nothing answers at {host}:{port} "
+                            f"({exc.strerror or exc}); start the cluster or correct the address") from None
 
 
 def _check_gpus(stages: Sequence[Stage], local: bool) -> None:

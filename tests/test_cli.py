@@ -279,3 +279,25 @@ def test_skus_of_refused_rows_are_named_with_the_reason(tmp_path, capsys):
     code, _, err = _run(capsys, "run", "--manifest", str(manifest), "--out", str(tmp_path / "out"), "--skus", "C,Z")
     assert code == 2 and "skus not among its good rows: C, Z" in err
     assert "refused: " in err and "line 11, field 'price'" in err and "Traceback" not in err
+
+
+def test_a_ray_address_nothing_answers_at_fails_at_once_with_a_message(capsys):
+    import socket
+
+    from pipeline.errors import BadInputError, SynthcatError
+    from pipeline.executor import _check_reachable
+
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}", f"http://127.0.0.1:{port}"):
+        with pytest.raises(SynthcatError, match=f"nothing answers at 127.0.0.1:{port}") as error:
+            _check_reachable(address, timeout_s=2)
+        assert error.value.exit_code == 1  # a cluster that is down may be up for a retry: not bad input
+    with pytest.raises(BadInputError, match="not host:port"):
+        _check_reachable("127.0.0.1:ten")
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        _check_reachable(f"127.0.0.1:{listening.getsockname()[1]}")  # something answers: Ray's turn
+    _check_reachable("auto")
