@@ -180,3 +180,15 @@ def test_a_record_that_cannot_be_written_leaves_the_one_before_and_no_other_file
         write_json(tmp_path / "run.json", {"rounds": 2, "started": object()})  # not JSON
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
     assert (tmp_path / "run.json").read_text(encoding="utf-8").replace(" ", "").replace("\n", "") == '{"rounds":1}'
+
+
+def test_product_photos_are_published_as_the_catalog_names_them_not_by_the_producers_paths(tmp_path):
+    from pipeline.steps.publish import _photos_as_catalogued
+
+    catalog_folder = tmp_path / "catalogs"
+    photos = [str(catalog_folder / "products" / "SNK-001.png"), None, "/srv/shared/photos/BTL-002.png"]
+    table = pa.table({"sku": ["SNK-001", "MUG-001", "BTL-002"], "product_image": photos})
+    published = _photos_as_catalogued(table, str(catalog_folder))
+    assert published.column("product_image").to_pylist() == ["products/SNK-001.png", None,
+                                                               "/srv/shared/photos/BTL-002.png"]  # given absolute
+    assert _photos_as_catalogued(table, None).equals(table)  # staged before the folder was recorded

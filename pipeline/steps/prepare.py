@@ -86,6 +86,7 @@ def prepare(request: RunRequest) -> dict:
     state = update_state(
         staging, plan_sha256=fingerprint, run_id=request.run_id, run_date=request.run_date, dataset=config.dataset,
         dataset_root=str(request.dataset_root), config=config.model_dump(mode="json"),
+        photo_base=str(Path(request.manifest).resolve().parent),  # product photos are published relative to it
         input={"path": str(request.manifest), "sha256": sha256_file(request.manifest),
                "rows": ingest.total_rows, "bad_rows": ingest.bad_rows},
         generator={"id": model.name, "path": str(model.path), "class": model.pipeline_class,

@@ -35,7 +35,7 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
         return _committed(staging, state, run_dir / "manifest.json", summary_extra or {})
     if not state.get("validation", {}).get("success"):
         raise GateFailedError(f"{staging}: the run has not passed validation; nothing published")
-    accepted, rejected = gated_tables(staging)
+    accepted, rejected = (_photos_as_catalogued(table, state.get("photo_base")) for table in gated_tables(staging))
     shards = ShardStore(staging / "shards")
     run_dir.mkdir(parents=True, exist_ok=True)
     if (staging / "input_rejects.parquet").is_file():
@@ -106,3 +106,17 @@ def _same_run(value):
     """What tells two attempts of a run apart: the input by its bytes, not by how its path was
     spelt (`examples/catalog.csv`, then `/abs/path/examples/catalog.csv`)."""
     return {k: v for k, v in value.items() if k != "path"} if isinstance(value, dict) and "sha256" in value else value
+
+
+def _photos_as_catalogued(table, base: str | None):
+    """`product_image` relative to the catalog's folder, as the catalog names it, where the photo
+    lies under it: the dataset does not carry the producing machine's paths (`product_image_sha256`
+    identifies the photo)."""
+    import pyarrow as pa
+
+    if not base or "product_image" not in table.column_names:
+        return table
+    root = Path(base)
+    paths = [p if not p or not Path(p).is_relative_to(root) else Path(p).relative_to(root).as_posix()
+             for p in table.column("product_image").to_pylist()]
+    return table.set_column(table.schema.get_field_index("product_image"), "product_image", pa.array(paths, pa.string()))
