@@ -43,7 +43,7 @@ def _run_date(text: str) -> str:
 
 
 def _run_id(text: str) -> str:
-    if not _RUN_ID.match(text):
+    if not _RUN_ID.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits and _ . - (it names a folder)")
     return text
 

@@ -15,7 +15,7 @@ def normalize_market(code: str) -> str:
     from babel import Locale, UnknownLocaleError
 
     text = str(code).strip()
-    match = _TAG.match(text)
+    match = _TAG.fullmatch(text)
     if not match:
         raise ValueError(f"{text!r} is not a locale code like 'en-US' (language-REGION)")
     language, script, region = match.group(1).lower(), match.group(2), match.group(3).upper()

@@ -123,7 +123,7 @@ def publish_run(dataset_root: Path, staging_dir: Path, run_id: str, run_dates: l
     _check_name("run_id", run_id)
     manifest_path = dataset_root / RUNS_DIR / run_id / "manifest.json"
     for run_date in run_dates:
-        if not _RUN_DATE.match(run_date):
+        if not _RUN_DATE.fullmatch(run_date):
             raise SynthcatError(f"run date {run_date!r} is not YYYY-MM-DD")
     if manifest_path.exists():
         raise SynthcatError(f"run {run_id} is already published ({manifest_path})")
@@ -229,7 +229,7 @@ def _split_partitions(table: pa.Table):
                                 "every published row needs its partition values")
     keys = table.select(list(PARTITION_COLUMNS)).group_by(list(PARTITION_COLUMNS)).aggregate([])
     for run_date, market in sorted(zip(*(keys[c].to_pylist() for c in PARTITION_COLUMNS))):
-        if not _RUN_DATE.match(run_date):
+        if not _RUN_DATE.fullmatch(run_date):
             raise SynthcatError(f"run_date {run_date!r} is not YYYY-MM-DD")
         _check_name("market", market)
         mask = pc.and_(pc.equal(table["run_date"], run_date), pc.equal(table["market"], market))
@@ -386,7 +386,7 @@ def _holds(partition: Path, wanted: dict[str, tuple[int, str]], read: bool = Tru
 # --- small helpers -------------------------------------------------------------------------------
 
 def _check_name(what: str, value) -> None:
-    if not isinstance(value, str) or not _SAFE_NAME.match(value):
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value):
         raise SynthcatError(f"{what} {value!r} cannot name a file or folder "
                             "(letters, digits and . _ - only)")
 

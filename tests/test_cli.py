@@ -131,6 +131,8 @@ def test_usage_errors_exit_2(capsys):
     assert code == 2 and "not a date" in err
     code, _, _ = _run(capsys, "frobnicate")
     assert code == 2
+    code, _, err = _run(capsys, "run", "--manifest", "x.csv", "--run-id", "nightly\n")  # it names a folder
+    assert code == 2 and "use letters, digits" in err
 
 
 def test_models_lists_presets_as_json(capsys, models_dir):

@@ -307,3 +307,10 @@ def test_published_rows_round_trip_every_column(tmp_path):
 
 
 # Failures mid-publish and concurrent publishers: tests/reliability/test_atomic_publish.py
+
+
+def test_names_that_end_in_a_newline_are_refused(tmp_path):
+    with pytest.raises(SynthcatError, match="cannot name a file"):
+        publish_tables(tmp_path, "run-a\n", [D1], make_output_table(1), make_output_table(0))
+    with pytest.raises(SynthcatError, match="is not YYYY-MM-DD"):
+        publish_tables(tmp_path, "run-a", [D1 + "\n"], make_output_table(1), make_output_table(0))
