@@ -10,6 +10,7 @@ at every publish, so it always describes what a reader gets.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -65,6 +66,12 @@ def _live_manifests(root: Path, run_ids: set[str]) -> list[dict]:
     return sorted(manifests, key=lambda m: m.get("published_at", ""))
 
 
+def _md(text: str) -> str:
+    """Catalog text (a category label) as literal Markdown on one line: it cannot end a table cell,
+    open a heading, a link or HTML, or comment out the sections after it."""
+    return re.sub(r"([\\`*_\[\]<>|~])", r"\\\1", " ".join(str(text).split()))
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
@@ -77,7 +84,7 @@ def _class_counts(rows: list[dict]) -> str:
         counts.setdefault(row["label"], {s: 0 for s in SPLITS})[row["split"]] += 1
     if not counts:
         return "No training rows are published."
-    body = [[label, *(c[s] for s in SPLITS), sum(c.values()),
+    body = [[_md(label), *(c[s] for s in SPLITS), sum(c.values()),
              len({r["sku"] for r in rows if r["label"] == label})] for label, c in sorted(counts.items())]
     totals = [sum(c[s] for c in counts.values()) for s in SPLITS]
     body.append(["**all**", *totals, sum(totals), len({r["sku"] for r in rows})])
@@ -143,7 +150,7 @@ def _gates(manifests: list[dict]) -> str:
     latest = (manifests[-1].get("training") or {}) if manifests else {}
     if latest.get("classes"):
         text += "\n\nDiversity of the latest run (Vendi score over CLIP image embeddings, per class): " + ", ".join(
-            f"{label} {c['vendi']:.2f}" for label, c in latest["classes"].items())
+            f"{_md(label)} {c['vendi']:.2f}" for label, c in latest["classes"].items())
     return text
 
 
