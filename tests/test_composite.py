@@ -84,6 +84,17 @@ def test_unusable_product_photos_are_bad_rows(ingested, config):
                                 "image URLs are not fetched for campaign creative")
 
 
+def test_a_photo_larger_than_any_creative_is_refused_before_it_is_decoded(tmp_path, config, monkeypatch):
+    Image.new("LA", (4100, 4100)).save(tmp_path / "huge.png")  # 16.8 MP of nothing: a few KB on disk
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded the whole photo"))
+    product = {"markets": ["th-TH"], "image": str(tmp_path / "huge.png")}
+    (problem,) = campaign_problems(product, {"image": "image", "markets": "markets"}, config)
+    assert problem == ("image", "the product photo is 4100x4100 px, over 16,777,216 pixels (4096x4096, the "
+                                "largest canvas): scale it down")
+
+
 def test_a_damaged_or_unusual_photo_is_a_bad_row_whatever_pillow_raises(tmp_path, config):
     """Pillow raises more than OSError: ValueError for a text chunk that unpacks too large (an
     editor's XMP), SyntaxError for a broken chunk length. Each is the row's problem, not a crash."""

@@ -20,6 +20,9 @@ from pipeline.campaign.layout import Box
 
 MIN_OPAQUE_SHARE = 0.01  # a cut-out whose product covers less than 1% of the photo is empty
 MIN_CLEAR_SHARE = 0.01  # a "cut-out" clear on less than 1% of the photo is a photo with its background
+# The largest creative is 4096 px on its long side and a product is never enlarged, so no photo needs
+# more pixels than 4096 x 4096: larger ones (decompression bombs among them) are refused before decoding
+MAX_PHOTO_PIXELS = 4096 * 4096
 
 
 class PhotoError(ValueError):
@@ -33,9 +36,14 @@ def file_sha256(path: str | Path) -> str:
 def check_cutout(path: str | Path) -> tuple[str, tuple[int, int]]:
     """Validate a local product photo; return its sha256 and the size of its product (alpha bbox)."""
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # reads the header only
+            if im.width * im.height > MAX_PHOTO_PIXELS:
+                raise PhotoError(f"the product photo is {im.width}x{im.height} px, over {MAX_PHOTO_PIXELS:,} "
+                                 "pixels (4096x4096, the largest canvas): scale it down")
             im.load()
             rgba = im.convert("RGBA") if "A" in im.getbands() or "transparency" in im.info else None
+    except PhotoError:
+        raise
     except Exception as exc:  # Pillow's decoders also raise ValueError, SyntaxError, struct.error ...
         raise PhotoError(f"cannot read the product photo ({type(exc).__name__}: {exc})") from None
     if rgba is None:
@@ -51,7 +59,7 @@ def check_cutout(path: str | Path) -> tuple[str, tuple[int, int]]:
     return file_sha256(path), (bbox[2] - bbox[0], bbox[3] - bbox[1])
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)  # up to 16 x 64 MB at the largest size a photo may have
 def load_cutout(path: str, sha256: str) -> Image.Image:
     """The product cut-out cropped to its alpha bounding box; the file must still have `sha256`."""
     data = Path(path).read_bytes()
