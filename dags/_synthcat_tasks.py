@@ -24,13 +24,15 @@ def _call(function, *args):
         raise
 
 
-def spec_for_this_run(params: dict) -> dict:
+def spec_for_this_run(params: dict, *, from_trigger: bool = False) -> dict:
     """Inside a task: params + the current DAG run (run_date = its logical date, else when it
-    was triggered) -> the run's spec. Bad params fail the task at once."""
+    was triggered) -> the run's spec. Bad params fail the task at once. `from_trigger`: the params
+    are a trigger's (the on-demand DAG's users chose them), not the deployment's settings."""
     dag_run = get_current_context()["dag_run"]
     run_date = (dag_run.logical_date or dag_run.run_after).date().isoformat()
     return _call(lambda: orchestrate.make_spec(params, dag_run_id=dag_run.run_id, run_date=run_date,
-                                               clear_number=getattr(dag_run, "clear_number", 0) or 0))
+                                               clear_number=getattr(dag_run, "clear_number", 0) or 0,
+                                               triggered_by=dag_run.dag_id if from_trigger else None))
 
 
 @task

@@ -50,7 +50,7 @@ def synthcat_on_demand():
     @task
     def resolve_spec() -> dict:
         """The trigger's params + this DAG run -> the run's spec (paths and ids only)."""
-        return spec_for_this_run(dict(get_current_context()["params"]))
+        return spec_for_this_run(dict(get_current_context()["params"]), from_trigger=True)
 
     wire_run(resolve_spec(), ON_DEMAND_ASSET)
 

@@ -49,6 +49,13 @@ def airflow_run_id(dag_run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", dag_run_id).strip("-.")[:128]
 
 
+def param_roots() -> list[Path]:
+    """The folders a trigger's paths may lie under: the project, SYNTHCAT_DATA_DIR, and the folders
+    in SYNTHCAT_PARAM_ROOTS (separated by ':')."""
+    extra = [p for p in os.environ.get("SYNTHCAT_PARAM_ROOTS", "").split(os.pathsep) if p]
+    return [Path(p).resolve() for p in (REPO, *filter(None, [os.environ.get("SYNTHCAT_DATA_DIR")]), *extra)]
+
+
 def _resolve(path: str, base: Path = REPO) -> str:
     return str((base / path).resolve()) if not Path(path).is_absolute() else path
 
@@ -80,13 +87,17 @@ def _job_config(spec: dict) -> JobConfig:
                             f"{config_path}: {problem}") from None
 
 
-def make_spec(params: dict, *, dag_run_id: str, run_date: str, clear_number: int = 0) -> dict:
+def make_spec(params: dict, *, dag_run_id: str, run_date: str, clear_number: int = 0,
+              triggered_by: str | None = None) -> dict:
     """Check a trigger's params and turn them into a spec; bad params raise BadInputError
     naming the field, before any work.
 
     `clear_number`: how often the DAG run was cleared. A run cleared after it published runs again
     under `<run id>-c<n>` and replaces its date's partition (Airflow's way to redo a date); a run
-    cleared before it published keeps its id and resumes its staging folder."""
+    cleared before it published keeps its id and resumes its staging folder.
+    `triggered_by`: the DAG whose users chose `params` (the on-demand DAG): its paths must lie under
+    the allowed roots (`param_roots`), and its run ids start with its DAG id, so no trigger can take
+    another DAG's run id (Airflow lets a trigger name its run `scheduled__…`) and its staging folder."""
     if unknown := sorted(set(params) - {"manifest", "config", "out", "skus", "dry_run", *OVERRIDES}):
         # a misspelt key (`market`) would otherwise be dropped, and the run cover every market
         raise BadInputError(f"param '{unknown[0]}' is not one synthcat takes; known: manifest, config, out, "
@@ -94,7 +105,8 @@ def make_spec(params: dict, *, dag_run_id: str, run_date: str, clear_number: int
     spec = {
         "manifest": _resolve(params["manifest"]), "config": _resolve(params["config"]),
         "out": _resolve(params["out"], _out_base(REPO)), "skus": list(params.get("skus") or []),
-        "dry_run": bool(params.get("dry_run", False)), "run_id": airflow_run_id(dag_run_id),
+        "dry_run": bool(params.get("dry_run", False)),
+        "run_id": airflow_run_id(f"{triggered_by}-{dag_run_id}" if triggered_by else dag_run_id),
         "run_date": run_date,
         "ray_address": os.environ.get("RAY_ADDRESS") or None,
         "models_dir": os.environ.get("SYNTHCAT_MODELS_DIR") or None,
@@ -104,6 +116,12 @@ def make_spec(params: dict, *, dag_run_id: str, run_date: str, clear_number: int
         # The spec travels as XCom into the UI and task logs: credentials never ride in it.
         raise BadInputError("RAY_ADDRESS carries credentials; give the address alone and the token "
                             "in RAY_AUTH_TOKEN (from a secret)")
+    if triggered_by:
+        roots = param_roots()
+        for field in ("manifest", "config", "out"):
+            if not any(Path(spec[field]).resolve().is_relative_to(root) for root in roots):
+                raise BadInputError(f"param '{field}': {params[field]} is outside the folders a trigger may name "
+                                    f"({', '.join(map(str, roots))}; SYNTHCAT_PARAM_ROOTS adds more)")
     for field in ("manifest", "config"):
         if not Path(spec[field]).is_file():
             raise BadInputError(f"param '{field}': file {spec[field]} not found")

@@ -22,6 +22,7 @@ os.environ.update({
     "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+    "SYNTHCAT_PARAM_ROOTS": tempfile.gettempdir(),  # the on-demand DAG's test runs read and write under it
 })
 sys.path.insert(0, str(REPO / "dags"))  # Airflow's bundle loader does this for the DAG folder
 
@@ -129,7 +130,9 @@ def test_on_demand_with_a_missing_manifest_fails_before_any_work(dagbag, tmp_pat
 
 def test_a_dry_run_checks_and_plans_then_leaves_nothing_behind(dagbag, tmp_path):
     out = tmp_path / "out"
-    run = _run(dagbag.get_dag("synthcat_on_demand"), {"out": str(out), "skus": ["MUG-001"], "dry_run": True})
+    run = _run(dagbag.get_dag("synthcat_on_demand"), {"out": str(out), "skus": ["MUG-001"], "dry_run": True,
+                                                       # dag.test keeps an earlier test's conf in the DAG's params
+                                                       "manifest": "examples/catalog.csv", "config": "examples/job.yaml"})
     assert str(run.state) in ("success", "DagRunState.SUCCESS")
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     assert "success" in states["plan_shards"] and "skipped" in states["publish"]
@@ -203,6 +206,28 @@ def test_settings_without_reference_images_leave_the_reference_dag_manual(dagbag
     monkeypatch.setenv("SYNTHCAT_DAGS_SETTINGS", str(settings))
     module = runpy.run_path(str(REPO / "dags" / "synthcat_reference_index.py"))
     assert module["REFERENCE_IMAGES"] is None  # imports (no KeyError); triggered by hand, its task says why
+
+
+def test_a_trigger_can_name_only_allowed_folders_and_never_another_dags_run_id(tmp_path, monkeypatch):
+    from pipeline import orchestrate
+    from pipeline.errors import BadInputError
+
+    (secret := tmp_path / "secret" / "creds.csv").parent.mkdir()
+    secret.write_text("username,password\nadmin,hunter2\n")
+    monkeypatch.setenv("SYNTHCAT_PARAM_ROOTS", str(tmp_path / "allowed"))
+    params = {"manifest": "examples/catalog.csv", "config": "examples/job.yaml", "out": str(tmp_path / "allowed")}
+    for field, value in (("manifest", str(secret)), ("out", str(tmp_path / "allowed" / ".." / "elsewhere")),
+                         ("config", "../../etc/job.yaml")):
+        with pytest.raises(BadInputError, match=f"param '{field}': .* is outside the folders a trigger may name"):
+            orchestrate.make_spec({**params, field: value}, dag_run_id="manual__x", run_date="2026-11-26",
+                                  triggered_by="synthcat_on_demand")
+    orchestrate.make_spec({**params, "manifest": str(secret)}, dag_run_id="x", run_date="2026-11-26")  # settings: trusted
+    # a trigger that names its run as the nightly's scheduled run gets a run id of its own
+    nightly = orchestrate.make_spec(params, dag_run_id="scheduled__2026-01-05T01:00:00+00:00", run_date="2026-01-05")
+    for chosen in ("scheduled__2026-01-05T01:00:00+00:00", "scheduled__2026-01-05T01-00-00-00-00"):
+        triggered = orchestrate.make_spec(params, dag_run_id=chosen, run_date="2026-01-05",
+                                          triggered_by="synthcat_on_demand")
+        assert triggered["run_id"].startswith("synthcat_on_demand-") and triggered["run_id"] != nightly["run_id"]
 
 
 def test_a_param_the_job_config_cannot_take_is_named_as_the_param(tmp_path):
