@@ -26,7 +26,9 @@ def tree(tmp_path) -> Path:
     (tmp_path / "catalog" / "images").mkdir(parents=True)
     (tmp_path / "shared").mkdir()
     for path in (tmp_path / "catalog" / "images" / "mug.png", tmp_path / "shared" / "tee.png"):
-        Image.new("RGBA", (8, 8), (200, 30, 30, 255)).save(path)  # a real cut-out: ingest opens it
+        cutout = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # a real cut-out: ingest opens it
+        cutout.paste((200, 30, 30, 255), (2, 2, 6, 6))  # the product, transparent around it
+        cutout.save(path)
     (tmp_path / "secret.txt").write_text("secret")
     os.symlink(tmp_path / "secret.txt", tmp_path / "catalog" / "images" / "escape.png")
     os.symlink(tmp_path / "catalog" / "images" / "mug.png", tmp_path / "catalog" / "alias.png")
