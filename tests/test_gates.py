@@ -132,6 +132,15 @@ def test_a_missing_embedding_leaves_the_semantic_check_on_for_every_other_row():
     table = table.set_column(column, "clip_embedding", pa.array([e[0], e[0], None], pa.list_(pa.float32())))
     reasons = {r["item_id"]: r["gate_reasons"] for r in apply_gates(table, settings, created_at=NOW).rejected.to_pylist()}
     assert reasons == {"item01": ["duplicate: semantic copy of item00"], "item02": ["clip_embedding: missing"]}
+    # one of another length (a row of another scorer's) or with a NaN is missing too, not a crash
+    table = table.set_column(column, "clip_embedding", pa.array([e[0], e[0], e[2][:4]], pa.list_(pa.float32())))
+    reasons = {r["item_id"]: r["gate_reasons"] for r in apply_gates(table, settings, created_at=NOW).rejected.to_pylist()}
+    assert reasons == {"item01": ["duplicate: semantic copy of item00"], "item02": ["clip_embedding: missing"]}
+    nan = e[2].copy()
+    nan[5] = np.nan
+    table = table.set_column(column, "clip_embedding", pa.array([e[0], e[0], nan], pa.list_(pa.float32())))
+    reasons = {r["item_id"]: r["gate_reasons"] for r in apply_gates(table, settings, created_at=NOW).rejected.to_pylist()}
+    assert reasons == {"item01": ["duplicate: semantic copy of item00"], "item02": ["clip_embedding: missing"]}
 
 
 def test_nan_scores_and_pixel_statistics_are_rejected_not_passed():

@@ -78,17 +78,25 @@ def _embeddings(table: pa.Table) -> tuple[np.ndarray | None, list[bool]]:
     """(rows x dim, zeros where a row has none; None when no row has one), and per row whether it has one.
 
     One missing embedding (an old published file, a broken row) must not switch the semantic and
-    memorization checks off for every other row."""
-    values = table.column("clip_embedding").to_pylist()
-    present = [v is not None and len(v) > 0 and not any(map(math.isnan, v)) for v in values]
-    dim = next((len(v) for v, ok in zip(values, present) if ok), None)
+    memorization checks off for every other row. Read from Arrow's buffer, never as Python floats:
+    a run's and its published history's rows are 2 KB of floats each at 512 dimensions."""
+    column = table.column("clip_embedding").combine_chunks()
+    n = len(column)
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    dim = int(lengths[lengths > 0][0]) if (lengths > 0).any() else None
     if dim is None:
-        return None, present
-    vectors = np.zeros((len(values), dim), dtype=np.float32)
-    for row, (v, ok) in enumerate(zip(values, present)):
-        if ok:
-            vectors[row] = v
-    return vectors, present
+        return None, [False] * n
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)  # nulls hold no values
+    ok = lengths == dim  # a row of another length is no embedding of this scorer's
+    if ok.all():
+        vectors = flat.reshape(n, dim).copy()
+    else:
+        vectors, starts = np.zeros((n, dim), dtype=np.float32), np.cumsum(lengths) - lengths
+        for row in np.flatnonzero(ok):
+            vectors[row] = flat[starts[row]:starts[row] + dim]
+    broken = np.isnan(vectors).any(axis=1)
+    vectors[broken] = 0
+    return vectors, (ok & ~broken).tolist()
 
 
 def apply_gates(table: pa.Table, settings: GateSettings, *, created_at: datetime,
