@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,30 @@ class BuiltIndex:
         return [{int(j): float(s) for j, s in zip(ids[lims[i]:lims[i + 1]], scores[lims[i]:lims[i + 1]])
                  if float(s) >= min_score}
                 for i in range(len(lims) - 1)]
+
+
+def embedding_rows(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray | None, list[bool]]:
+    """A list<float> column of embeddings as (rows x dim, zeros where a row has none; None when no
+    row has one), and per row whether it has one: null, empty, of another length than the first
+    (another scorer's) or holding a NaN is none. Read from Arrow's buffer, never as Python floats
+    (a run and its published history: 2 KB of floats a row at 512 dimensions)."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(column)
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    dim = int(lengths[lengths > 0][0]) if (lengths > 0).any() else None
+    if dim is None:
+        return None, [False] * n
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)  # nulls hold no values
+    ok = lengths == dim
+    if ok.all():
+        vectors = flat.reshape(n, dim).copy()
+    else:
+        vectors, starts = np.zeros((n, dim), dtype=np.float32), np.cumsum(lengths) - lengths
+        for row in np.flatnonzero(ok):
+            vectors[row] = flat[starts[row]:starts[row] + dim]
+    broken = np.isnan(vectors).any(axis=1)
+    vectors[broken] = 0
+    return vectors, (ok & ~broken).tolist()
 
 
 def _as_f32(values: np.ndarray) -> np.ndarray:

@@ -14,13 +14,13 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.campaign.gates import campaign_reasons
 from pipeline.schema import ACCEPTED, GATE_FIELDS, GATED_SCHEMA, OUTPUT_SCHEMA, REJECTED, conform
 from pipeline.stages.dedupe import find_duplicates
+from pipeline.vector_index import embedding_rows
 from pipeline.stages.memorization_gate import memorization_evidence
 
 # Plan order decides which copy of a duplicate is kept: the first one a reader would expect.
@@ -74,31 +74,6 @@ def _sanity(mean: float | None, std: float | None, settings: GateSettings) -> st
     return None
 
 
-def _embeddings(table: pa.Table) -> tuple[np.ndarray | None, list[bool]]:
-    """(rows x dim, zeros where a row has none; None when no row has one), and per row whether it has one.
-
-    One missing embedding (an old published file, a broken row) must not switch the semantic and
-    memorization checks off for every other row. Read from Arrow's buffer, never as Python floats:
-    a run's and its published history's rows are 2 KB of floats each at 512 dimensions."""
-    column = table.column("clip_embedding").combine_chunks()
-    n = len(column)
-    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    dim = int(lengths[lengths > 0][0]) if (lengths > 0).any() else None
-    if dim is None:
-        return None, [False] * n
-    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)  # nulls hold no values
-    ok = lengths == dim  # a row of another length is no embedding of this scorer's
-    if ok.all():
-        vectors = flat.reshape(n, dim).copy()
-    else:
-        vectors, starts = np.zeros((n, dim), dtype=np.float32), np.cumsum(lengths) - lengths
-        for row in np.flatnonzero(ok):
-            vectors[row] = flat[starts[row]:starts[row] + dim]
-    broken = np.isnan(vectors).any(axis=1)
-    vectors[broken] = 0
-    return vectors, (ok & ~broken).tolist()
-
-
 def apply_gates(table: pa.Table, settings: GateSettings, *, created_at: datetime,
                 history: pa.Table | None = None, reference=None) -> GateResult:
     """Gate every row of `table` (scored and encoded rows, any order) into OUTPUT_SCHEMA tables,
@@ -128,7 +103,7 @@ def apply_gates(table: pa.Table, settings: GateSettings, *, created_at: datetime
         reasons[row] += extra
 
     # 2. Memorization: copy descriptor and tiled pixel L2 against the reference index, CFG gap
-    embeddings, has_embedding = _embeddings(table)
+    embeddings, has_embedding = embedding_rows(table.column("clip_embedding"))
     for row, present in enumerate(has_embedding):
         if not present:  # nothing to compare: neither the copy nor the duplicate checks could clear it
             reasons[row].append("clip_embedding: missing")
@@ -143,7 +118,7 @@ def apply_gates(table: pa.Table, settings: GateSettings, *, created_at: datetime
     past = history if history is not None else table.slice(0, 0)
     both = pa.concat_tables([past.select(["item_id", "image_sha256", "image_phash", "clip_embedding"]),
                              table.select(["item_id", "image_sha256", "image_phash", "clip_embedding"])])
-    both_embeddings, both_have = _embeddings(both)
+    both_embeddings, both_have = embedding_rows(both.column("clip_embedding"))
     duplicates = find_duplicates(
         both.column("item_id").to_pylist(), both.column("image_sha256").to_pylist(),
         both.column("image_phash").to_pylist(), both_embeddings, history=past.num_rows,

@@ -7,12 +7,15 @@ effective number of distinct images: 1 when all are the same, n when all are ort
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.training import TRAINING_KIND
 from pipeline.training.splits import SPLITS
+from pipeline.vector_index import embedding_rows
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -20,15 +23,16 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 def vendi_score(embeddings: np.ndarray) -> float:
     """Vendi score of row vectors (normalised here to unit length); 0.0 for no rows.
 
-    The non-zero eigenvalues of K/n = X Xᵀ/n equal those of Xᵀ X/n, which is d x d, so the
-    cost grows with the embedding size, not with the number of images.
+    The non-zero eigenvalues of K/n = X Xᵀ/n (n x n) equal those of Xᵀ X/n (d x d): the smaller
+    of the two is decomposed, so a class costs min(n, d)³, not d³ for a class of a few images.
     """
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] == 0:
         return 0.0
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     x = x / np.where(norms > 0, norms, 1.0)
-    eigenvalues = np.linalg.eigvalsh(x.T @ x / x.shape[0])
+    gram = x @ x.T if x.shape[0] < x.shape[1] else x.T @ x
+    eigenvalues = np.linalg.eigvalsh(gram / x.shape[0])
     eigenvalues = eigenvalues[eigenvalues > 1e-12]
     return float(np.exp(-np.sum(eigenvalues * np.log(eigenvalues))))
 
@@ -68,18 +72,20 @@ def training_metrics(accepted: pa.Table, rejected: pa.Table) -> dict:
         return {}
     columns = ["label", "split", "sku", "clip_score"]
     kept_rows = kept.select(columns).to_pylist()
-    labels = sorted({r["label"] for r in kept_rows} | set(dropped.column("label").to_pylist()))
-    embeddings = kept.column("clip_embedding").to_pylist()
+    rejected_per_label = Counter(dropped.column("label").to_pylist())
+    rows_of: dict[str, list[int]] = {label: [] for label in sorted({r["label"] for r in kept_rows} | set(rejected_per_label))}
+    for i, row in enumerate(kept_rows):  # one pass: a label's rows, not a scan of all rows per label
+        rows_of[row["label"]].append(i)
+    vectors, present = embedding_rows(kept.column("clip_embedding"))
     classes = {}
-    for label in labels:
-        mine = [i for i, r in enumerate(kept_rows) if r["label"] == label]
-        vectors = [embeddings[i] for i in mine if embeddings[i] is not None]
+    for label, mine in rows_of.items():
+        embedded = [i for i in mine if present[i]]
         classes[label] = {
             "accepted": len(mine),
-            "rejected": sum(1 for v in dropped.column("label").to_pylist() if v == label),
+            "rejected": rejected_per_label[label],
             "splits": {s: sum(1 for i in mine if kept_rows[i]["split"] == s) for s in SPLITS},
             "skus": len({kept_rows[i]["sku"] for i in mine}),
-            "vendi": round(vendi_score(np.asarray(vectors)), 3) if vectors else 0.0,
+            "vendi": round(vendi_score(vectors[embedded]), 3) if embedded else 0.0,
             "clip_score": _distribution([kept_rows[i]["clip_score"] for i in mine
                                          if kept_rows[i]["clip_score"] is not None]),
         }
