@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
@@ -80,12 +81,14 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 def _class_counts(rows: list[dict]) -> str:
     counts: dict[str, dict[str, int]] = {}
-    for row in rows:
+    skus: dict[str, set] = {}
+    for row in rows:  # one pass over the published rows, whatever the number of classes
         counts.setdefault(row["label"], {s: 0 for s in SPLITS})[row["split"]] += 1
+        skus.setdefault(row["label"], set()).add(row["sku"])
     if not counts:
         return "No training rows are published."
-    body = [[_md(label), *(c[s] for s in SPLITS), sum(c.values()),
-             len({r["sku"] for r in rows if r["label"] == label})] for label, c in sorted(counts.items())]
+    body = [[_md(label), *(c[s] for s in SPLITS), sum(c.values()), len(skus[label])]
+            for label, c in sorted(counts.items())]
     totals = [sum(c[s] for c in counts.values()) for s in SPLITS]
     body.append(["**all**", *totals, sum(totals), len({r["sku"] for r in rows})])
     return _table(["label", *SPLITS, "total", "SKUs"], body)
@@ -158,9 +161,10 @@ def render_card(root: Path) -> str:
     """The card's text for the dataset at `root`, as published now."""
     root = Path(root)
     published = _published_rows(root)
-    rows = [r for r in published.to_pylist() if r.get("kind") == TRAINING_KIND]
-    kinds = set(published.column("kind").to_pylist()) if published.num_rows else set()
-    manifests = _live_manifests(root, set(published.column("run_id").to_pylist()) if published.num_rows else set())
+    training_rows = published.filter(pc.equal(published.column("kind"), TRAINING_KIND))
+    rows = training_rows.select([c for c in ("label", "split", "sku") if c in published.column_names]).to_pylist()
+    kinds = set(pc.unique(published.column("kind")).to_pylist())
+    manifests = _live_manifests(root, set(pc.unique(published.column("run_id")).to_pylist()))
     latest = manifests[-1] if manifests else None
     training = (latest or {}).get("config", {}).get("training", {})
     header = {
