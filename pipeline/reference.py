@@ -228,9 +228,11 @@ class ReferenceIndex:
         out: dict[int, bytes | None] = {}
         starts = np.cumsum([0] + [self._parquet.metadata.row_group(g).num_rows
                                   for g in range(self._parquet.num_row_groups)])
-        for group in sorted({int(np.searchsorted(starts, r, side="right") - 1) for r in wanted}):
-            values = self._parquet.read_row_group(group, columns=["thumbnail"]).column(0).to_pylist()
-            for r in wanted:
-                if starts[group] <= r < starts[group + 1]:
-                    out[r] = values[r - starts[group]]
+        rows = np.asarray(wanted, dtype=np.int64)
+        groups = np.searchsorted(starts, rows, side="right") - 1  # sorted, as `wanted` is
+        for members in np.split(np.arange(len(rows)), np.flatnonzero(np.diff(groups)) + 1) if len(rows) else ():
+            group = int(groups[members[0]])  # each group read once, its own rows taken: no scan per group
+            column = self._parquet.read_row_group(group, columns=["thumbnail"]).column(0)
+            out.update(zip(wanted[members[0]:members[-1] + 1],
+                           column.take(pa.array(rows[members] - starts[group])).to_pylist()))
         return out
