@@ -80,7 +80,8 @@ def test_the_encode_stage_copy_thumbnail_is_what_the_pixel_check_compares():
     assert _comparison_images(encoded.drop_columns(["copy_thumbnail"])) == [image]  # shards made before it
 
 
-def test_memorization_gate_flags_pixel_copies_and_cfg_gaps(tmp_path, models_dir):
+@pytest.mark.parametrize("chunk_rows", [1024, 3])  # one pass, or two: the same evidence
+def test_memorization_gate_flags_pixel_copies_and_cfg_gaps(tmp_path, models_dir, monkeypatch, chunk_rows):
     import hashlib
     from datetime import datetime, timezone
 
@@ -89,8 +90,10 @@ def test_memorization_gate_flags_pixel_copies_and_cfg_gaps(tmp_path, models_dir)
 
     from pipeline.reference import ReferenceIndex, build_reference_index
     from pipeline.schema import SHARD_SCHEMA, conform
+    from pipeline.stages import memorization_gate
     from pipeline.stages.gate import GateSettings, apply_gates
 
+    monkeypatch.setattr(memorization_gate, "CHUNK_ROWS", chunk_rows)
     rng = np.random.default_rng(5)
     refs = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
     (tmp_path / "refs").mkdir()

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 CANDIDATES = 5  # references checked in pixels per image: the descriptor's top 5
+CHUNK_ROWS = 1024  # images compared in pixels per pass: at most 5,120 decoded references held, 250 MB
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,18 @@ def _comparison_images(table: pa.Table) -> list[bytes | None]:
 
 
 def _pixel_copy_distance(images: list[bytes | None], rows: np.ndarray, reference) -> tuple[list, list]:
-    """Per image (encoded bytes): (smallest tiled L2 to its candidate references, that reference's row)."""
+    """Per image (encoded bytes): (smallest tiled L2 to its candidate references, that reference's row),
+    `CHUNK_ROWS` images at a time: only their candidates' decoded pixels are held (48 KB each)."""
+    distances: list[float | None] = []
+    closest: list[int | None] = []
+    for start in range(0, len(images), CHUNK_ROWS):
+        chunk = _pixel_copy_chunk(images[start:start + CHUNK_ROWS], rows[start:start + CHUNK_ROWS], reference)
+        distances += chunk[0]
+        closest += chunk[1]
+    return distances, closest
+
+
+def _pixel_copy_chunk(images: list[bytes | None], rows: np.ndarray, reference) -> tuple[list, list]:
     from pipeline.copy_detection import comparison_pixels, tiled_l2
 
     thumbs = reference.thumbnails(rows.ravel())
