@@ -16,13 +16,10 @@ casts to the `huggingface` metadata's `string`) see strings. One reader needs a 
 `partitioning=ds.HivePartitioning.discover(infer_dictionary=True)`; bare `partitioning="hive"`
 infers `string` and refuses the merge.
 
-Atomicity: each (kind, run_date) partition is swapped whole -- `renameat2(RENAME_EXCHANGE)` on
-Linux, rename-aside + rename elsewhere -- so a reader sees a date's old rows or its new rows,
-never a mix. The manifest is the commit record for the run as a whole. A publish that fails
-or is killed part-way can be re-run with the same staging folder: each partition is made to hold
-exactly the files `_staged.json` lists for it, so one already swapped in stays, and an earlier
-attempt's that this one no longer stages goes (without the exchange, a kill between the two
-renames leaves the date without rows until that re-run).
+Atomicity: each (kind, run_date) partition is swapped whole (`renameat2(RENAME_EXCHANGE)` on Linux,
+two renames elsewhere): a reader sees a date's old rows or its new ones, never a mix. The replaced
+partitions wait in the staging folder until the manifest, the commit record, is written; a failure
+before it swaps them back, and a re-run of a killed publish finishes it (or, failing, undoes it).
 """
 
 from __future__ import annotations
@@ -145,16 +142,14 @@ def publish_run(dataset_root: Path, staging_dir: Path, run_id: str, run_dates: l
             raise SynthcatError(f"run {run_id} is already published ({manifest_path})")
         # 2. Swap every partition this run owns; the partitions they replace are kept aside until
         #    the commit, and swapped back if anything fails before it (a full disk, Ctrl-C).
-        swaps = []
+        swaps = [dict(staged=staging_dir / kind / name, live=dataset_root / kind / name,
+                      aside=staging_dir / f".replaced-{kind}-{name}", run_id=run_id,
+                      wanted={r["path"].removeprefix(f"{kind}/{name}/"): (r["bytes"], r["sha256"]) for r in records
+                              if r["path"].startswith(f"{kind}/{name}/")})
+                 for kind in (DATA_DIR, REJECTS_DIR) for name in (f"run_date={d}" for d in sorted(set(run_dates)))]
         try:
-            for kind in (DATA_DIR, REJECTS_DIR):
-                for run_date in sorted(set(run_dates)):
-                    name = f"run_date={run_date}"
-                    wanted = {r["path"].removeprefix(f"{kind}/{name}/"): (r["bytes"], r["sha256"]) for r in records
-                              if r["path"].startswith(f"{kind}/{name}/")}
-                    swaps.append(dict(staged=staging_dir / kind / name, live=dataset_root / kind / name,
-                                      aside=staging_dir / f".replaced-{kind}-{name}", wanted=wanted))
-                    _swap_in(**swaps[-1])
+            for swap in swaps:
+                _swap_in(**swap)
             for folder in (dataset_root / DATA_DIR, dataset_root / REJECTS_DIR, dataset_root, staging_dir):
                 if folder.is_dir():
                     _fsync(folder)  # the renames on the disk before the record that relies on them
@@ -168,8 +163,8 @@ def publish_run(dataset_root: Path, staging_dir: Path, run_id: str, run_dates: l
             _write_json(manifest_path, final)
         except BaseException as exc:
             if not manifest_path.exists():
-                _swap_back_all(swaps, exc)
-            raise
+                _swap_back_all(swaps, exc)  # every partition of the run: one an earlier, killed attempt
+            raise                           # swapped in is put back too
         for swap in swaps:  # committed: the replaced partitions go, and kind folders left empty
             shutil.rmtree(swap["aside"], ignore_errors=True)
             with contextlib.suppress(OSError):
@@ -323,7 +318,7 @@ def _staged_records(staging_dir: Path, run_id: str, run_dates: list[str]) -> lis
 
 # --- swapping partitions -------------------------------------------------------------------------
 
-def _swap_in(*, staged: Path, live: Path, aside: Path, wanted: dict[str, tuple[int, str]]) -> None:
+def _swap_in(*, staged: Path, live: Path, aside: Path, wanted: dict[str, tuple[int, str]], run_id: str) -> None:
     """Make `live` hold exactly `wanted` (file -> bytes and sha256, as `staged` holds them), or
     nothing when it is empty; the partition it held moves to `aside`, kept until the commit
     (`_swap_back` puts it back). In one atomic step where possible, and idempotent: a retry after a
@@ -335,6 +330,8 @@ def _swap_in(*, staged: Path, live: Path, aside: Path, wanted: dict[str, tuple[i
         os.rename(aside, staged)  # killed between moving the run's files aside and the exchange
     if wanted and not _holds(staged, wanted, read=False):  # the run's own files: their names and sizes
         raise SynthcatError(f"{staged}: the staged files are missing or changed; stage the run again")
+    if _earlier_attempt(live, aside, run_id):  # its files give way to this attempt's; the old partition stays aside
+        shutil.rmtree(live)
     if live.exists():
         shutil.rmtree(aside, ignore_errors=True)  # not an old partition: `live` still is one
         if wanted:
@@ -348,17 +345,28 @@ def _swap_in(*, staged: Path, live: Path, aside: Path, wanted: dict[str, tuple[i
         os.rename(staged, live)
 
 
-def _swap_back(*, staged: Path, live: Path, aside: Path, wanted: dict[str, tuple[int, str]]) -> None:
-    """Undo `_swap_in`, from whatever point it reached: the run's files back in `staged` and the
-    partition they replaced back in `live`."""
+def _swap_back(*, staged: Path, live: Path, aside: Path, wanted: dict[str, tuple[int, str]], run_id: str) -> None:
+    """Undo `_swap_in`, from whatever point it reached (or an earlier, killed attempt reached): the
+    run's files back in `staged` and the partition they replaced back in `live`."""
     if wanted and _holds(live, wanted):  # the run's files are live
         shutil.rmtree(staged, ignore_errors=True)  # a copy of them a resumed run staged again
         os.rename(live, staged)
     elif wanted and not staged.exists() and _holds(aside, wanted):
         os.rename(aside, staged)  # stopped before the exchange: `live` was never touched
         return
+    elif _earlier_attempt(live, aside, run_id):
+        shutil.rmtree(live)  # an earlier attempt's files, staged from other bytes: never committed
     if aside.exists() and not live.exists():
         os.rename(aside, live)
+
+
+def _earlier_attempt(live: Path, aside: Path, run_id: str) -> bool:
+    """`live` holds only this run's files, a partition waits `aside`: a killed attempt's swap."""
+    if not (aside.exists() and live.is_dir()):
+        return False
+    names = [path.name for path in live.glob("market=*/*")]
+    own = re.compile(rf"part-{re.escape(run_id)}-\d+\.parquet")
+    return bool(names) and all(own.fullmatch(name) for name in names)
 
 
 def _swap_back_all(swaps: list[dict], cause: BaseException) -> None:

@@ -271,12 +271,15 @@ class _Killed(BaseException):
     """A SIGKILL, as far as the code can tell: it ends the call, and nothing is swapped back."""
 
 
+@pytest.mark.parametrize("fails_at", ["manifest", "first swap"])  # where the resumed publish fails
+@pytest.mark.parametrize("restaged", ["same bytes", "other bytes"])  # e.g. a newer pyarrow writes the files
 @pytest.mark.parametrize("exchange, kill_at", [
     *((True, point) for point in ("rename:1", "rename:2", "manifest")),  # data: aside + exchange; rejects: aside
     *((False, point) for point in ("rename:1", "rename:2", "rename:3", "rename:4", "rename:5", "manifest")),
 ])
 def test_a_killed_publish_resumed_restaged_and_failing_again_leaves_the_published_data(tmp_path, monkeypatch,
-                                                                                       exchange, kill_at):
+                                                                                       exchange, kill_at, restaged,
+                                                                                       fails_at):
     """A resumed run stages its files again (`stage_run` clears the staged partitions) before it
     publishes: if that publish fails too, the previous data must come back all the same."""
     if not exchange:
@@ -306,9 +309,17 @@ def test_a_killed_publish_resumed_restaged_and_failing_again_leaves_the_publishe
         with pytest.raises(_Killed):
             publish_run(tmp_path, staging, "run-b", [D1], {})
 
+    if restaged == "other bytes":
+        new = make_output_table(4, run_id="run-b", seed=3)
     stage_run(staging, new, make_output_table(0), "run-b")  # the resumed run stages again
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "disk full")
+
     with monkeypatch.context() as full:
-        full.setattr(publish, "_write_json", lambda path, value: (_ for _ in ()).throw(OSError(28, "disk full")))
+        if fails_at == "manifest":
+            full.setattr(publish, "_write_json", disk_full)
+        else:  # before it reaches the partitions the killed attempt swapped: they are put back all the same
+            full.setattr(publish, "_swap_in", disk_full)
         with pytest.raises(OSError, match="disk full"):
             publish_run(tmp_path, staging, "run-b", [D1], {})
     live = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("[dr]*/**/*.parquet"))
