@@ -81,8 +81,8 @@ def parse_attributes(value: object) -> dict:
             raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos + 1})") from None
         except (ValueError, RecursionError) as exc:
             raise ValueError(f"not valid JSON ({json_failure(exc)})") from None
-    if isinstance(value, list) and value and all(isinstance(pair, tuple) and len(pair) == 2 for pair in value):
-        value = dict(value)  # a Parquet map<string, ...> reads as (key, value) pairs
+    if isinstance(value, list) and all(isinstance(pair, tuple) and len(pair) == 2 for pair in value):
+        value = dict(value)  # a Parquet map<string, ...> reads as (key, value) pairs, an empty one as []
     if not isinstance(value, dict):
         raise ValueError(f"must be a JSON object like {{\"color\": \"red\"}}, got {json_type(value)}")
     attributes = {}

@@ -83,15 +83,19 @@ def embedding_rows(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray | Non
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     n = len(column)
     lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    dim = int(lengths[lengths > 0][0]) if (lengths > 0).any() else None
-    if dim is None:
-        return None, [False] * n
     flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)  # nulls hold no values
+    starts, nonempty = np.cumsum(lengths) - lengths, np.flatnonzero(lengths > 0)
+    usable = np.zeros(n, dtype=bool)  # non-empty and free of NaN; the rows' values lie back to back
+    if len(nonempty):
+        usable[nonempty] = ~np.logical_or.reduceat(np.isnan(flat), starts[nonempty])
+    if not usable.any():
+        return None, [False] * n
+    dim = int(lengths[np.argmax(usable)])  # the first usable row's, as the rows were read before
     ok = lengths == dim
     if ok.all():
         vectors = flat.reshape(n, dim).copy()
     else:
-        vectors, starts = np.zeros((n, dim), dtype=np.float32), np.cumsum(lengths) - lengths
+        vectors = np.zeros((n, dim), dtype=np.float32)
         for row in np.flatnonzero(ok):
             vectors[row] = flat[starts[row]:starts[row] + dim]
     broken = np.isnan(vectors).any(axis=1)

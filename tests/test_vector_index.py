@@ -63,3 +63,19 @@ def test_range_search_never_returns_a_score_under_its_threshold():
     query = np.array([[1.0, 0.0]], dtype=np.float32)
     assert index.range_search(query, 0.95) == [{}]
     assert index.range_search(query, x) == [{0: x}]  # equality is in
+
+
+def test_embedding_rows_reads_every_usable_row_from_arrow():
+    import math
+
+    import pyarrow as pa
+
+    from pipeline.vector_index import embedding_rows
+
+    rows = [[math.nan, 1.0, 1.0], [1.0, 2.0], None, [], [3.0, 4.0], [5.0, 6.0, 7.0], [8.0, math.nan]]
+    column = pa.chunked_array([pa.array(rows[:3], pa.list_(pa.float32())), pa.array(rows[3:], pa.list_(pa.float32()))])
+    vectors, present = embedding_rows(column)
+    # the first usable row sets the size (a NaN row does not); null, empty, NaN and other sizes are missing
+    assert present == [False, True, False, False, True, False, False]
+    assert vectors.tolist() == [[0, 0], [1, 2], [0, 0], [0, 0], [3, 4], [0, 0], [0, 0]]
+    assert embedding_rows(pa.array([None, []], pa.list_(pa.float32()))) == (None, [False, False])
