@@ -139,11 +139,12 @@ def test_catalog_text_in_the_card_stays_text(tmp_path):
     root = tmp_path / "catalog_images"
     partition = root / "data" / "run_date=2026-11-01" / "market=global"
     partition.mkdir(parents=True)
-    evil = "mug | 1 | 0 |\n\n## Licence\n**CC0** [full set](https://evil.example) <script>alert(1)</script> <!--"
+    evil = ("mug | 1 | 0 |\n\n## Licence\n**CC0** [full set](https://evil.example) https://evil.example/x "
+            "www.evil.example <script>alert(1)</script> <!--")
     pq.write_table(pa.table({"kind": ["training"] * 2, "label": [evil, "t-shirt"], "split": ["train"] * 2,
                              "sku": ["S1", "S2"], "run_date": ["2026-11-01"] * 2, "run_id": ["r"] * 2}),
                    partition / "part-0.parquet")
-    html = MarkdownIt("commonmark").enable("table").render(write_dataset_card(root).read_text().split("---", 2)[2])
+    html = MarkdownIt("gfm-like").render(write_dataset_card(root).read_text().split("---", 2)[2])  # tables, autolinks
     assert "<script" not in html and "href=" not in html and "<!--" not in html
     assert html.count("<h2>Licence</h2>") == 1 and html.count("<h2>") == 9  # the card's own sections only
     assert "<td>t-shirt</td>" in html

@@ -70,7 +70,8 @@ def _live_manifests(root: Path, run_ids: set[str]) -> list[dict]:
 def _md(text: str) -> str:
     """Catalog text (a category label) as literal Markdown on one line: it cannot end a table cell,
     open a heading, a link or HTML, or comment out the sections after it."""
-    return re.sub(r"([\\`*_\[\]<>|~])", r"\\\1", " ".join(str(text).split()))
+    text = re.sub(r"([\\`*_\[\]<>|~])", r"\\\1", " ".join(str(text).split()))
+    return re.sub(r"(?i)(://|\bwww\.)", lambda m: m.group(0).replace("/", "\\/").replace(".", "\\."), text)  # no autolinks
 
 
 def _table(header: list[str], rows: list[list]) -> str:
