@@ -76,12 +76,21 @@ def test_unusable_product_photos_are_bad_rows(ingested, config):
     problems = "\n".join(ingested.problems())
     assert "line 4, field 'image': the product photo has no alpha channel" in problems
     assert "line 5, field 'image': the product photo is (almost) fully transparent" in problems
-    assert "line 6, field 'image': the product photo has an alpha channel but (almost) no transparent" in problems
+    assert "line 6, field 'image': the product photo's alpha channel is fully opaque" in problems
     # an https photo that ingest allowed is still not fetched for compositing
     remote = {"markets": ["th-TH"], "image": "https://cdn.example.com/a.png"}
     (problem,) = campaign_problems(remote, {"image": "image", "markets": "markets"}, config)
     assert problem == ("image", "background replacement reads local product photos only; "
                                 "image URLs are not fetched for campaign creative")
+
+
+def test_a_tightly_cropped_box_shaped_product_with_soft_edges_is_a_cut_out(tmp_path, config):
+    box = Image.new("RGBA", (300, 400), (120, 80, 40, 255))
+    box.paste((120, 80, 40, 180), (0, 0, 300, 1))  # the cut-out tool's soft top and bottom edges
+    box.paste((120, 80, 40, 180), (0, 399, 300, 400))
+    box.save(tmp_path / "box.png")
+    assert campaign_problems({"markets": ["th-TH"], "image": str(tmp_path / "box.png")},
+                             {"image": "image", "markets": "markets"}, config) == []
 
 
 def test_a_photo_larger_than_any_creative_is_refused_before_it_is_decoded(tmp_path, config, monkeypatch):

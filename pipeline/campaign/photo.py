@@ -19,7 +19,6 @@ from PIL import Image
 from pipeline.campaign.layout import Box
 
 MIN_OPAQUE_SHARE = 0.01  # a cut-out whose product covers less than 1% of the photo is empty
-MIN_CLEAR_SHARE = 0.01  # a "cut-out" clear on less than 1% of the photo is a photo with its background
 # The largest creative is 4096 px on its long side and a product is never enlarged, so no photo needs
 # more pixels than 4096 x 4096: larger ones (decompression bombs among them) are refused before decoding
 MAX_PHOTO_PIXELS = 4096 * 4096
@@ -52,9 +51,9 @@ def check_cutout(path: str | Path) -> tuple[str, tuple[int, int]]:
     alpha = np.asarray(rgba.getchannel("A"))
     if (alpha == 255).mean() < MIN_OPAQUE_SHARE:
         raise PhotoError("the product photo is (almost) fully transparent: no product to keep")
-    if (alpha < 128).mean() < MIN_CLEAR_SHARE:  # an alpha channel, but opaque: the whole rectangle would be pasted
-        raise PhotoError("the product photo has an alpha channel but (almost) no transparent pixels: background "
-                         "replacement needs a cut-out, transparent around the product")
+    if alpha.min() == 255:  # an alpha channel that cuts nothing out: a photo saved as RGBA, background and all
+        raise PhotoError("the product photo's alpha channel is fully opaque: background replacement needs a "
+                         "cut-out, transparent (or soft-edged, for a box-shaped product) around the product")
     bbox = rgba.getchannel("A").getbbox()
     return file_sha256(path), (bbox[2] - bbox[0], bbox[3] - bbox[1])
 
