@@ -133,3 +133,13 @@ def test_a_run_staged_by_the_version_before_still_resumes(tmp_path, models_dir):
     update_state(staging, plan_sha256="another plan")
     with pytest.raises(Exception, match="different manifest, config or model"):
         orchestrate.plan_shards(spec)
+
+
+@pytest.mark.parametrize("text", ["{\"rounds\": 1", "[1, 2]", "\udcff"])
+def test_a_staging_record_that_is_not_one_is_named_not_a_traceback(tmp_path, text):
+    from pipeline.errors import BadInputError
+    from pipeline.steps.state import STATE, read_state
+
+    (tmp_path / STATE).write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(BadInputError, match=f"{STATE}: not a staging record"):
+        read_state(tmp_path)

@@ -78,7 +78,13 @@ def read_state(staging: Path) -> dict:
     path = staging / STATE
     if not path.is_file():
         raise BadInputError(f"{staging}: no {STATE}; run the prepare step first")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:  # written whole or not at all: edited by hand, or another disk's fault
+        raise BadInputError(f"{path}: not a staging record ({exc}); run the prepare step again") from None
+    if not isinstance(state, dict):
+        raise BadInputError(f"{path}: not a staging record (a JSON object); run the prepare step again")
+    return state
 
 
 def update_state(staging: Path, **values) -> dict:
