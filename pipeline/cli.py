@@ -55,24 +55,16 @@ def _json_out(text: str) -> str:
     return text
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):  # NaN too
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of at least 0")
-    return value
-
-
-def _at_least(minimum: int):
-    def number(text: str) -> int:
+def _at_least(minimum: int, kind=int):
+    """An argparse type: a whole number (`kind=float`: any finite number) of at least `minimum`."""
+    def number(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
             value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least {minimum}")
+        if not minimum <= value < float("inf"):  # NaN and infinity too
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give a {'whole number' if kind is int else 'number'} of at least {minimum}")
         return value
 
     return number
@@ -344,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=_json_out, help="also write the figures to this file")
     bench.add_argument("--items", type=_at_least(1), default=32, help="items per measurement (default: 32)")
     bench.add_argument("--batch-size", type=_at_least(1), default=16, help="engine batch size (default: 16)")
-    bench.add_argument("--gpus", type=_non_negative, default=0, help="GPUs per generate/score actor (default: 0)")
+    bench.add_argument("--gpus", type=_at_least(0, float), default=0, help="GPUs per generate/score actor (default: 0)")
     bench.add_argument("--peak-tflops", type=float, help="device peak for the FLOP-bound share")
     bench.add_argument("--naive-items", type=_at_least(1), help="items of the naive batch-1 loop, spread over the plan with its share of photo rows (default: all)")
     bench.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,

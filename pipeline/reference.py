@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import BadInputError
 from pipeline.fsops import fsync, locked, sha256_file, write_json
-from pipeline.vector_index import BuiltIndex, build_index
+from pipeline.vector_index import BuiltIndex, build_index, embedding_rows
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 INDEX_SCHEMA = pa.schema([
@@ -151,11 +151,8 @@ def _files(index_dir: Path) -> dict | None:
 
 def embedding_matrix(table: pa.Table) -> np.ndarray:
     """The `embedding` list column as an N x dim float32 matrix, without Python lists."""
-    column = table.column("embedding").combine_chunks()
-    if len(column) == 0:
-        return np.zeros((0, 0), np.float32)
-    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return flat.reshape(len(column), -1)
+    vectors, _ = embedding_rows(table.column("embedding"))  # every reference row has one
+    return np.zeros((0, 0), np.float32) if vectors is None else vectors
 
 
 class ReferenceIndex:
