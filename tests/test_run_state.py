@@ -143,3 +143,25 @@ def test_a_staging_record_that_is_not_one_is_named_not_a_traceback(tmp_path, tex
     (tmp_path / STATE).write_bytes(text.encode("utf-8", "surrogateescape"))
     with pytest.raises(BadInputError, match=f"{STATE}: not a staging record"):
         read_state(tmp_path)
+    with pytest.raises(BadInputError, match=f"{STATE}: not a staging record"), editing_state(tmp_path):
+        pass  # a step adding its result
+
+
+def test_a_resumed_run_whose_record_is_not_one_is_named_unless_it_has_nothing_to_resume(tmp_path, models_dir):
+    from pipeline import orchestrate
+    from pipeline.errors import BadInputError
+
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text("".join(EXAMPLE_CATALOG.read_text().splitlines(keepends=True)[:3]))
+    spec = orchestrate.make_spec({"manifest": str(catalog), "config": str(REPO / "examples" / "job.yaml"),
+                                  "out": str(tmp_path / "out")}, dag_run_id="manual__bad", run_date="2026-11-29")
+    staging = orchestrate._staging(spec)
+    staging.mkdir(parents=True)
+    (staging / STATE).write_text("{\"plan_sha256\": ")  # edited by hand
+    orchestrate.plan_shards(spec)  # no finished shard: prepared afresh
+    assert read_state(staging)["plan_sha256"]
+    (staging / "shards").mkdir()
+    (staging / "shards" / "shard-00000.parquet").write_bytes(b"a finished shard")
+    (staging / STATE).write_text("[]")
+    with pytest.raises(BadInputError, match=f"{STATE}: not a staging record"):
+        orchestrate.plan_shards(spec)  # which plan the shard was made from is not known

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import BadInputError
 from pipeline.fsops import replacing
 from pipeline.shards import shard_sizes
-from pipeline.steps.state import STATE, RunRequest, update_state
+from pipeline.steps.state import STATE, RunRequest, load_state, update_state
 
 
 def prepare(request: RunRequest) -> dict:
@@ -128,10 +127,11 @@ def _earlier_fingerprint(items: pa.Table, generator: str) -> str:
 def _check_resumable(staging: Path, fingerprint: str, earlier: str | None = None, run_date: str | None = None) -> None:
     """Resuming is only sound when the plan is the one the finished shards were made from (`earlier`:
     the same plan's fingerprint as an earlier version recorded it)."""
-    path = staging / STATE
-    state = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not any((staging / "shards").glob("shard-*.parquet")):
+        return  # nothing finished to resume: the step writes a new record
+    state = load_state(staging)
     previous = state.get("plan_sha256")
-    if previous and previous not in (fingerprint, earlier) and any((staging / "shards").glob("shard-*.parquet")):
+    if previous and previous not in (fingerprint, earlier):
         what = (f"for run date {state['run_date']}, not {run_date}" if state.get("run_date", run_date) != run_date
                 else "with a different manifest, config or model")
         raise BadInputError(f"run id {staging.name!r} was started {what}; resume it with the same inputs, "

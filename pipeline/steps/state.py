@@ -75,15 +75,24 @@ class RunSummary:
 
 # --- the staging record -------------------------------------------------------------------------
 def read_state(staging: Path) -> dict:
+    if not (staging / STATE).is_file():
+        raise BadInputError(f"{staging}: no {STATE}; run the prepare step first")
+    return load_state(staging)
+
+
+def load_state(staging: Path) -> dict:
+    """The staging record, {} where there is none yet; a file that is not one is named (exit 2)."""
     path = staging / STATE
     if not path.is_file():
-        raise BadInputError(f"{staging}: no {STATE}; run the prepare step first")
+        return {}
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:  # written whole or not at all: edited by hand, or another disk's fault
-        raise BadInputError(f"{path}: not a staging record ({exc}); run the prepare step again") from None
+        raise BadInputError(f"{path}: not a staging record ({exc}); start over with a new --run-id, "
+                            "or delete it and run the prepare step again") from None
     if not isinstance(state, dict):
-        raise BadInputError(f"{path}: not a staging record (a JSON object); run the prepare step again")
+        raise BadInputError(f"{path}: not a staging record (a JSON object); start over with a new --run-id, "
+                            "or delete it and run the prepare step again")
     return state
 
 
@@ -105,6 +114,6 @@ def editing_state(staging: Path) -> Iterator[dict]:
     resumed after a power cut finds it whole."""
     path = staging / STATE
     with locked(staging / f".{STATE}.lock"):  # a volume without locks: as before, unlocked
-        state = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        state = load_state(staging)
         yield state
         write_json(path, state, default=str)
