@@ -47,21 +47,32 @@ def iter_reference_images(source: Path):
             yield str(path.relative_to(source)), path.read_bytes()
     elif source.suffix == ".parquet" and source.is_file():
         try:
-            table = pq.read_table(source)
-        except pa.ArrowException as exc:
+            parquet = pq.ParquetFile(source)
+        except (pa.ArrowException, OSError) as exc:
             raise BadInputError(f"{source}: not a readable Parquet file ({exc})") from None
-        kind = table.schema.field("image").type if "image" in table.column_names else None
+        schema = parquet.schema_arrow
+        kind = schema.field("image").type if "image" in schema.names else None
         if not (kind is not None and (pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or (
                 pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0
                 and pa.types.is_binary(kind.field("bytes").type)))):
             found = f"an `image` column of type {kind}" if kind is not None else "no `image` column"
             raise BadInputError(f"{source}: {found}; give struct<bytes: binary, path: string> or binary")
-        for row, value in enumerate(table.column("image").to_pylist()):
-            data = value.get("bytes") if isinstance(value, dict) else value
-            if data:
-                yield f"{source.name}#{row}", data
+        yield from _parquet_images(source, parquet)
     else:
         raise BadInputError(f"{source}: not a folder of images or a .parquet file")
+
+
+def _parquet_images(source: Path, parquet: pq.ParquetFile):
+    row = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=64, columns=["image"]):  # a few images in memory at once
+            for value in batch.column(0).to_pylist():
+                data = value.get("bytes") if isinstance(value, dict) else value
+                if data:
+                    yield f"{source.name}#{row}", data
+                row += 1
+    except (pa.ArrowException, OSError) as exc:  # a damaged page past the footer
+        raise BadInputError(f"{source}: not a readable Parquet file ({exc})") from None
 
 
 def build_reference_index(source: Path, index_dir: Path, clip_path: Path, *, batch_size: int = 64) -> dict:
@@ -76,22 +87,20 @@ def build_index_from_images(images, source: str, index_dir: Path, clip_path: Pat
     `source` names them in index.json, `extra` adds to it. Returns the description."""
     import open_clip
     import torch
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     from pipeline.copy_detection import thumbnail_png
 
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{clip_path}")
     model.eval()
     rows: dict[str, dict] = {}
-    pending: list[tuple[str, str, Image.Image]] = []
+    pending: list[tuple[str, str, torch.Tensor, bytes]] = []  # one decoded image at a time: photos can be large
 
     def flush() -> None:
         with torch.inference_mode():
-            pixels = torch.stack([preprocess(im) for _, _, im in pending])
-            embeddings = model.encode_image(pixels, normalize=True).float().numpy()
-        for (ref_id, label, image), emb in zip(pending, embeddings):
-            rows[ref_id] = {"ref_id": ref_id, "source": label, "embedding": emb.tolist(),
-                            "thumbnail": thumbnail_png(image)}
+            embeddings = model.encode_image(torch.stack([p[2] for p in pending]), normalize=True).float().numpy()
+        for (ref_id, label, _, thumbnail), emb in zip(pending, embeddings):
+            rows[ref_id] = {"ref_id": ref_id, "source": label, "embedding": emb.tolist(), "thumbnail": thumbnail}
         pending.clear()
 
     for label, data in images:
@@ -99,10 +108,12 @@ def build_index_from_images(images, source: str, index_dir: Path, clip_path: Pat
         if ref_id in rows or any(p[0] == ref_id for p in pending):
             continue
         try:
-            image = Image.open(io.BytesIO(data)).convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise BadInputError(f"{source}: {label} is not a readable image ({exc})") from None
-        pending.append((ref_id, label, image))
+            with Image.open(io.BytesIO(data)) as opened:  # over Pillow's limit (178 M pixels): refused unread
+                image = opened.convert("RGB")
+        except Exception as exc:  # Pillow's decoders also raise ValueError, SyntaxError, struct.error ...
+            raise BadInputError(f"{source}: {label} is not a readable image ({type(exc).__name__}: {exc})") from None
+        pending.append((ref_id, label, preprocess(image), thumbnail_png(image)))
+        del image
         if len(pending) >= batch_size:
             flush()
     if pending:

@@ -241,3 +241,52 @@ def test_a_rebuild_never_takes_the_index_away_and_a_run_searches_the_build_it_wa
     fallback = ReferenceIndex(index_dir, clip, files=first["files"])  # gone: the current build, recorded as such
     assert len(fallback.ids) == 4 and fallback.lineage()["files"] == fallback.description["files"]
     assert fallback.lineage()["sha256"] == fallback.description["sha256"]
+
+
+@pytest.mark.parametrize("content", ["bomb", "truncated"])
+def test_a_reference_image_that_cannot_be_decoded_safely_is_named(tmp_path, models_dir, monkeypatch, content):
+    from PIL import Image
+
+    from pipeline.errors import BadInputError
+    from pipeline.reference import build_reference_index
+
+    (tmp_path / "refs").mkdir()
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "refs" / "a.png")
+    Image.new("RGB", (96, 96), "red").save(tmp_path / "refs" / "b.png")
+    if content == "bomb":  # Pillow refuses images over twice its limit before decoding them
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
+    else:
+        data = (tmp_path / "refs" / "b.png").read_bytes()
+        (tmp_path / "refs" / "b.png").write_bytes(data[:60])
+    with pytest.raises(BadInputError, match=r"refs: b\.png is not a readable image"):
+        build_reference_index(tmp_path / "refs", tmp_path / "index", models_dir / "tiny" / "clip")
+    assert not (tmp_path / "index").exists()
+
+
+def test_a_parquet_reference_set_is_read_a_batch_at_a_time_with_its_rows_named(tmp_path):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from pipeline.errors import BadInputError
+    from pipeline.reference import iter_reference_images
+
+    def png(shade):
+        buffer = io.BytesIO()
+        Image.new("L", (8, 8), shade).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    images = [None if row % 50 == 7 else {"bytes": png(row), "path": None} for row in range(150)]
+    path = tmp_path / "protected.parquet"
+    pq.write_table(pa.table({"image": images}), path, row_group_size=40)
+    read = list(iter_reference_images(path))
+    assert [label for label, _ in read] == [f"protected.parquet#{r}" for r in range(150) if r % 50 != 7]
+    assert [data for _, data in read] == [image["bytes"] for image in images if image]
+    second = pq.ParquetFile(path).metadata.row_group(1).column(0)
+    damaged = bytearray(path.read_bytes())
+    damaged[second.data_page_offset:second.data_page_offset + 64] = bytes(64)  # a page header, not the footer
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(BadInputError, match=r"(?s)protected\.parquet: not a readable Parquet file \(.*page header"):
+        list(iter_reference_images(path))
