@@ -286,7 +286,11 @@ class JobConfig(Section):
     def _valid_markets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         from pipeline.locales import normalize_market
 
-        return tuple(normalize_market(m) for m in value)
+        markets = tuple(normalize_market(m) for m in value)
+        if twice := next((f"{a!r} and {b!r} are both {m}" for i, (a, m) in enumerate(zip(value, markets))
+                          for b, n in zip(value[i + 1:], markets[i + 1:]) if m == n), None):
+            raise ValueError(f"lists a market twice: {twice}")
+        return markets
 
     @model_validator(mode="after")
     def _campaign_markets_have_profiles(self) -> "JobConfig":

@@ -26,8 +26,9 @@ def normalize_market(code: str) -> str:
         raise ValueError(f"{text!r} is not a locale known to CLDR") from None
     if locale.territory != region:  # CLDR filled in another region (en-ZZ -> en_US): not a market
         raise ValueError(f"{text!r} is not a locale known to CLDR (region {region!r})")
-    # the language stays as written, aliases too (iw, tl): the tag is in every item id and partition
-    return "-".join(parts)
+    # CLDR's language for a deprecated alias (iw -> he, in -> id, tl -> fil): one market, one tag, one
+    # partition. The script and region stay as written (`az-AZ`, not CLDR's likely `az-Latn-AZ`).
+    return "-".join([locale.language, *parts[1:]])
 
 
 def market_to_locale(market: str) -> str:

@@ -105,6 +105,8 @@ def test_banned_terms_leave_the_prompt_for_the_negative_prompt():
     ("en-US", 12.5, None, "$12.50"), ("de-DE", 12.5, None, "12,50\xa0€"), ("pt-BR", 89.9, None, "R$\xa089,90"),
     ("ja-JP", 12800, None, "￥12,800"), ("th-TH", 990, None, "฿990.00"), ("vi-VN", 650000, None, "650.000\xa0₫"),
     ("ar-AE", 99, None, "\u200f99.00\xa0د.إ.\u200f"), ("th-TH", 29, "USD", "US$29.00"), ("en-US", None, None, None),
+    ("en-AU", 1234.5, "USD", "USD\xa01,234.50"), ("ja-JP", 999999999.99, "THB", "THB\xa0999,999,999.99"),
+    ("en-US", 1.005, "USD", "$1.005"),  # ingest refuses it (below); never rounded to $1.00
 ])
 def test_prices_follow_cldr_for_the_market(market, price, currency, expected):
     assert format_price(price, currency, load_profile(market)) == expected
@@ -120,6 +122,32 @@ def test_a_market_without_a_profile_is_a_bad_row(tmp_path):
     # the same row is fine for a job that makes no campaign creative
     training = parse_job_config({"markets": ["en-US"], "kinds": ["training"]})
     assert read_manifest(manifest, training).products.num_rows == 2
+
+
+def test_a_price_that_cannot_be_drawn_as_given_is_a_bad_row_and_rows_record_the_currency_drawn(tmp_path):
+    from pipeline.plan import plan_items
+
+    manifest = tmp_path / "catalog.csv"
+    manifest.write_text("sku,title,category,markets,price,currency\n"
+                        "A,Mug,mug,en-US;ja-JP,12.5,\n"      # one number, two currencies: which?
+                        "B,Mug,mug,ja-JP,12.5,JPY\n"         # the yen has no decimals: it would read ￥12
+                        "C,Mug,mug,en-US,1.005,USD\n"        # nor has the dollar three
+                        "D,Mug,mug,de-DE;pt-BR,9.90,EUR\n"   # drawn in euros in both
+                        "E,Mug,mug,ja-JP,1280,\n"            # its market's currency
+                        "F,Mug,mug,en-US;de-DE,,\n", encoding="utf-8")
+    config = parse_job_config({"markets": ["en-US"]})
+    result = read_manifest(manifest, config)
+    assert result.products.column("sku").to_pylist() == ["D", "E", "F"]
+    problems = result.problems()
+    assert "line 2, field 'currency': price 12.5 has no currency and its markets use USD, JPY" in problems[0]
+    assert "line 3, field 'price': price 12.5 has 1 decimals and JPY has 0" in problems[1]
+    assert "line 4, field 'price': price 1.005 has 3 decimals and USD has 2" in problems[2]
+    items = plan_items(result.products, config, run_id="r", run_date="2026-05-01", width=64, height=64)
+    drawn = {(r["sku"], r["market"]): (r["currency"], r["price_text"]) for r in items.to_pylist()}
+    assert drawn == {("D", "de-DE"): ("EUR", "9,90\xa0€"), ("D", "pt-BR"): ("EUR", "€\xa09,90"),
+                     ("E", "ja-JP"): ("JPY", "￥1,280"), ("F", "en-US"): (None, None), ("F", "de-DE"): (None, None)}
+    # a training-only job draws no price: the same rows are fine
+    assert read_manifest(manifest, parse_job_config({"markets": ["en-US"], "kinds": ["training"]})).bad_rows == 0
 
 
 def test_job_markets_need_profiles_and_bad_profile_files_are_named(tmp_path):
@@ -180,12 +208,17 @@ def test_markets_dir_must_be_a_folder_and_a_config_files_relative_one_is_taken_f
         str((tmp_path / "jobs" / "profiles").resolve())
 
 
-def test_market_tags_keep_their_language_and_unknown_regions_are_refused():
+def test_market_tags_are_canonical_so_one_market_is_one_partition_and_unknown_regions_are_refused():
+    from pipeline.ingest_fields import parse_markets
     from pipeline.locales import normalize_market
 
-    # a tag is in every item id and partition: an alias (iw, tl) stays as written, as it always was
-    assert [normalize_market(m) for m in ("iw-IL", "tl-PH", "he-IL", "en-us", "es-419", "zh-Hant-TW")] == \
-        ["iw-IL", "tl-PH", "he-IL", "en-US", "es-419", "zh-Hant-TW"]
+    # a tag is in every item id and partition: a deprecated alias is CLDR's language (iw -> he)
+    assert [normalize_market(m) for m in ("iw-IL", "tl-PH", "in-ID", "he-IL", "en-us", "es-419", "zh-Hant-TW",
+                                          "az-AZ")] == \
+        ["he-IL", "fil-PH", "id-ID", "he-IL", "en-US", "es-419", "zh-Hant-TW", "az-AZ"]
+    assert parse_markets("he-IL;iw-IL;en_us", ";") == ["he-IL", "en-US"]
+    with pytest.raises(BadInputError, match=r"lists a market twice: 'iw-IL' and 'he_il' are both he-IL"):
+        parse_job_config({"markets": ["en-US", "iw-IL", "he_il"], "kinds": ["training"]})
     with pytest.raises(ValueError, match=r"'en-ZZ' is not a locale known to CLDR"):
         normalize_market("en-ZZ")
 
@@ -193,3 +226,14 @@ def test_market_tags_keep_their_language_and_unknown_regions_are_refused():
 def test_banned_terms_that_begin_or_end_with_a_sign_are_stripped_too():
     assert strip_terms("adult 18+ mug, c++ print, beach", ["18+", "C++"]) == "adult mug, print, beach"
     assert strip_terms("pineapple mug, apple", ["apple"]) == "pineapple mug"  # never inside a longer word
+
+
+def test_a_profile_whose_copy_no_installed_font_draws_is_refused_with_its_characters(tmp_path):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    good = (Path(__file__).resolve().parents[1] / "pipeline" / "markets" / "data" / "de-DE.yaml").read_text("utf-8")
+    hebrew = good.replace("market: de-DE", "market: he-IL").replace("language: de", "language: he")
+    (profiles / "he-IL.yaml").write_text(hebrew.replace("Frohe Weihnachten", "חג שמח"), encoding="utf-8")
+    with pytest.raises(BadInputError, match=r"he-IL\.yaml: bad market profile: holidays\.Christmas\.greeting: "
+                                            r"no font of .*draws 'גחמש' \(U\+05D2, U\+05D7"):
+        parse_job_config({"markets": ["he-IL"], "campaign": {"markets_dir": str(profiles)}})

@@ -178,6 +178,15 @@ def test_plain_backgrounds_need_no_plate_and_long_copy_wraps_or_shrinks():
         draw_copy(white, _copy("th-TH"), (0, 0, 30, 12))
 
 
+@pytest.mark.parametrize("market, price", [("ja-JP", "CA$12,345,678.90"), ("ja-JP", "₩123,456,789,012"),
+                                           ("ja-JP", "₹99,999,999.50"), ("de-DE", "12.345.678,90\xa0CHF")])
+def test_a_price_is_never_split_across_lines_in_any_script(market, price):
+    white = Image.new("RGB", (512, 268), (250, 250, 250))
+    greeting, offer, _ = LINES[market]
+    drawn = draw_copy(white, _copy(market, (greeting, offer, price)), (290, 30, 480, 238))  # 1.91:1's copy column
+    assert drawn.text.split("\n")[-1] == price
+
+
 def test_layout_keeps_copy_and_product_apart_and_clear_of_logo_zones():
     for fmt, (w, h) in {"1:1": (64, 64), "4:5": (56, 72), "9:16": (48, 88), "1.91:1": (88, 48)}.items():
         width, height = canvas_size(w, h, 512)

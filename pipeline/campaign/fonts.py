@@ -32,6 +32,10 @@ class FontError(LookupError):
     """No installed font of a market's list can draw a line of its copy."""
 
 
+class MissingGlyphs(FontError):
+    """The fonts are installed, and none of them has a glyph the copy needs."""
+
+
 @dataclass(frozen=True)
 class FontFace:
     """A font file at one weight: what draws a line and what the row records."""
@@ -107,7 +111,7 @@ def pick_face(families: tuple[str, ...], text: str, weight: int = 700) -> FontFa
         if covers(candidate, text):
             return candidate
     missing = sorted({c for c in text if _needs_glyph(c) and not any(covers(face(f, weight), c) for f in families)})
-    raise FontError(f"no font of {list(families)} draws {''.join(missing)!r} "
+    raise MissingGlyphs(f"no font of {list(families)} draws {''.join(missing)!r} "
                     f"({', '.join(f'U+{ord(c):04X}' for c in missing)})")
 
 

@@ -4,7 +4,7 @@ Lines are laid out by Pillow's raqm engine (HarfBuzz shapes Arabic joining forms
 stacked marks and Vietnamese diacritics; FriBiDi orders right-to-left runs), each in the
 first font of the market's list that has every one of its glyphs. The largest size at
 which every line fits the copy area (wrapping at spaces, or between characters for
-Japanese) is used. The text colour is white or near-black, whichever contrasts more with
+Japanese; never the price) is used. The text colour is white or near-black, whichever contrasts more with
 the pixels behind the copy; when even that falls under the WCAG AA ratio of 4.5:1 a
 plate of the opposite colour is laid under the copy, as opaque as needed and no more.
 The contrast is then measured on the final pixels: the worst ratio between the text
@@ -114,7 +114,11 @@ def _layout(copy: Copy, size: int, area: Box) -> list[_Line] | None:
         weight, factor = STYLES[role]
         face = fonts.pick_face(copy.fonts, text, weight)
         font = fonts.load(face, max(MIN_SIZE, round(size * factor)))
-        wrapped = _wrap(text, lambda line: font.getlength(line, **kwargs) <= width, copy.line_break)
+        def fits(line: str) -> bool:
+            return font.getlength(line, **kwargs) <= width
+
+        # a price is one unit in any script (CA$12,345.90, ₩123,456, 12,50 €): a smaller size, never a split
+        wrapped = ([text] if fits(text) else None) if role == "price" else _wrap(text, fits, copy.line_break)
         if not wrapped or len(wrapped) > 2:
             return None
         for line in wrapped:

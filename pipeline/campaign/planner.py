@@ -1,7 +1,9 @@
 """Plan campaign items: the columns a campaign row carries from the plan to the published row.
 
-`campaign_problems` runs in ingest, row by row: a market without a profile and an unusable
-product photo make the row bad (with file, line, field and reason), like any other bad value.
+`campaign_problems` runs in ingest, row by row: a market without a profile, a price that cannot be
+drawn as given (no currency where the row's markets use several, more decimals than its currency
+has) and an unusable product photo make the row bad (with file, line, field and reason), like any
+other bad value.
 `CampaignPlanner.fields` fills one item's campaign columns (schema.CAMPAIGN_PLAN_FIELDS):
 prompt and copy (pipeline.campaign.prompt), brand adapter and its sha256, the product photo
 and its sha256, and the layout of the item's format on the canvas (pipeline.campaign.layout).
@@ -26,13 +28,16 @@ def campaign_problems(product: dict, fields: dict[str, str], config: JobConfig) 
     from pipeline.markets import known_markets, load_profile
 
     problems: list[tuple[str | None, str]] = []
-    for market in product["markets"] or []:
+    currencies: dict[str, None] = {}
+    for market in product["markets"] or config.markets:
         try:
-            load_profile(market, config.campaign.markets_dir)
+            currencies[load_profile(market, config.campaign.markets_dir).currency] = None
         except KeyError:
             known = ", ".join(known_markets(config.campaign.markets_dir))
             problems.append((fields.get("markets"), f"market {market!r} has no market profile, so no campaign "
                              f"can be made for it (profiles: {known}; add one under campaign.markets_dir)"))
+    if product.get("price") is not None and not problems:
+        problems += _price_problems(product["price"], product.get("currency"), list(currencies), fields)
     image = product.get("image")
     if image and image.startswith(_URL):
         problems.append((fields.get("image"), "background replacement reads local product photos only; "
@@ -43,6 +48,27 @@ def campaign_problems(product: dict, fields: dict[str, str], config: JobConfig) 
         except PhotoError as exc:
             problems.append((fields.get("image"), str(exc)))
     return problems
+
+
+def _price_problems(price: float, currency: str | None, market_currencies: list[str],
+                    fields: dict[str, str]) -> list[tuple[str | None, str]]:
+    """A price is drawn as the catalog gives it, never converted or rounded: without a currency it is
+    taken to be its markets' one (refused where they have several), and it has no more decimals
+    than its currency (¥12.5 is not a price; drawn, it would read ¥12)."""
+    from decimal import Decimal
+
+    from babel.numbers import get_currency_precision
+
+    if currency is None and len(market_currencies) > 1:
+        return [(fields.get("currency") or fields.get("price"),
+                 f"price {price:g} has no currency and its markets use {', '.join(market_currencies)}: give the "
+                 "row's currency (ISO 4217, e.g. USD); a price is never converted")]
+    currency = currency or market_currencies[0]
+    decimals = -Decimal(repr(price)).normalize().as_tuple().exponent
+    if decimals > get_currency_precision(currency):
+        return [(fields.get("price"), f"price {price!r} has {decimals} decimals and {currency} has "
+                 f"{get_currency_precision(currency)}: give the price as it is advertised; it is never rounded")]
+    return []
 
 
 class CampaignPlanner:
@@ -84,6 +110,8 @@ class CampaignPlanner:
             values = {"prompt": text.prompt, "negative_prompt": text.negative_prompt, "theme": campaign.theme,
                       "season": text.season, "holiday": text.holiday, "headline": text.headline,
                       "price_text": text.price_text, **self._adapter(product)}
+            if product.get("price") is not None:  # the currency drawn: the row's, else its market's
+                values["currency"] = product.get("currency") or profile.currency
             photo = product.get("image")
             if photo and not photo.startswith(_URL):
                 values["product_image"] = photo

@@ -55,12 +55,18 @@ def strip_terms(text: str, terms) -> str:
 
 def format_price(price: float | None, currency: str | None, profile: MarketProfile) -> str | None:
     """The price as the market writes it: `format_currency(price, currency, locale=<market>)`;
-    the row's currency, else the market's."""
+    the row's currency, else the market's (ingest has checked that the price has no more decimals
+    than the currency: nothing is rounded). A currency symbol that ends or starts in a letter
+    (`USD`, `CHF`) is kept apart from the number by a no-break space, as CLDR's currency spacing asks."""
     if price is None:
         return None
+    from decimal import Decimal
+
     from babel.numbers import format_currency
 
-    return format_currency(price, currency or profile.currency, locale=profile.babel_locale)
+    text = format_currency(Decimal(repr(price)), currency or profile.currency, locale=profile.babel_locale,
+                           decimal_quantization=False)  # a digit more than the currency has is shown, not rounded
+    return re.sub(r"(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])", "\u00a0", text)
 
 
 def product_phrase(product: dict) -> str:

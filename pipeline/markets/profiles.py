@@ -143,18 +143,34 @@ class MarketProfile(_Strict):
                              f"known: {', '.join(FONT_PACKAGES)}")
         return value
 
+    def _drawn(self) -> dict[str, tuple[str, int]]:
+        """Where each drawn text is in the profile: (text, font weight: greetings bold, offers regular)."""
+        return {**{f"copy.{k}": (v.replace("{product}", ""), 400) for k, v in self.copy_templates.items()},
+                **{f"products.{k}": (v, 400) for k, v in self.products.items()},
+                "product_fallback": (self.product_fallback, 400),
+                **{f"seasons.{s.name}.greeting": (s.greeting, 700) for s in self.seasons},
+                **{f"holidays.{h.name}.greeting": (h.greeting, 700) for h in self.holidays}}
+
     @model_validator(mode="after")
     def _drawn_on_one_line(self) -> "MarketProfile":
         """Copy is drawn one role to a line (greeting, offer, price), wrapped by the overlay: a line
         break or other control character in it would break the text layout of every creative."""
-        drawn = {**{f"copy.{k}": v for k, v in self.copy_templates.items()},
-                 **{f"products.{k}": v for k, v in self.products.items()},
-                 "product_fallback": self.product_fallback,
-                 **{f"seasons.{s.name}.greeting": s.greeting for s in self.seasons},
-                 **{f"holidays.{h.name}.greeting": h.greeting for h in self.holidays}}
-        for where, text in drawn.items():
+        for where, (text, _) in self._drawn().items():
             if any(unicodedata.category(c) == "Cc" for c in text):
                 raise ValueError(f"{where}: {text!r} holds a line break or control character")
+        return self
+
+    @model_validator(mode="after")
+    def _drawable(self) -> "MarketProfile":
+        """Copy no installed font draws (Hebrew, with the packaged fonts) would be refused row by row
+        after generation: the profile is refused instead, naming the text and its characters."""
+        from pipeline.campaign.fonts import MissingGlyphs, pick_face
+
+        for where, (text, weight) in self._drawn().items():
+            try:
+                pick_face(self.fonts, text, weight)
+            except MissingGlyphs as exc:  # a font package not installed is named by the overlay, per row
+                raise ValueError(f"{where}: {exc}") from None
         return self
 
     @field_validator("currency")
@@ -187,7 +203,8 @@ def _read(path: Path) -> MarketProfile:
         raise BadInputError(f"{path}: cannot read market profile ({exc or type(exc).__name__})"
                             .replace("\n", " ")) from None
     except ValidationError as exc:
-        details = "; ".join(f"key '{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors())
+        details = "; ".join(f"key '{'.'.join(map(str, e['loc']))}': {e['msg']}" if e["loc"]
+                            else e["msg"].removeprefix("Value error, ") for e in exc.errors())  # the whole profile
         raise BadInputError(f"{path}: bad market profile: {details}") from None
     if profile.market != path.stem:
         raise BadInputError(f"{path}: names market {profile.market!r}; the file must be {profile.market}.yaml")
