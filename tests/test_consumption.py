@@ -69,8 +69,11 @@ def test_hugging_face_datasets_snippet(training_dataset, truth, tmp_path):
     assert train[0]["bbox"] is None and train[0]["mask"] is None  # no product photo composited
     # the dataset card's `configs` make the root itself loadable: accepted rows only, never rejects/
     whole = datasets.load_dataset(str(training_dataset["root"]), split="train", cache_dir=str(tmp_path / "hf2"))
-    published = pq.read_table(training_dataset["root"] / "data", columns=["item_id"]).num_rows
-    assert whole.num_rows == published and isinstance(whole.features["image"], datasets.Image)
+    published = pq.read_table(training_dataset["root"] / "data", columns=["item_id", "label"])
+    assert whole.num_rows == published.num_rows and isinstance(whole.features["image"], datasets.Image)
+    # the card declares the class list: each label reads as its id in it
+    assert dict(zip(whole["item_id"], whole.features["label"].int2str(whole["label"]))) == \
+        dict(zip(published["item_id"].to_pylist(), published["label"].to_pylist()))
 
 
 def test_torch_stream_reads_each_row_once_one_row_group_at_a_time(training_dataset, truth, tmp_path):

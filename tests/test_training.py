@@ -95,20 +95,28 @@ def test_dataset_card_is_a_hugging_face_card_refreshed_at_each_publish(published
     assert generator["sha256"] in card.text
     mugs = [r for r in published["rows"] if r["label"] == "mug"]
     counts = Counter(r["split"] for r in mugs)
-    assert f"| mug | {counts['train']} | {counts['val']} | {counts['test']} | {len(mugs)} |" in card.text
+    classes = json.loads((root / "_classes.json").read_text())["names"]
+    assert classes == sorted({r["label"] for r in published["rows"]})  # a first publish: sorted
+    assert (f"| {classes.index('mug')} | mug | {counts['train']} | {counts['val']} | {counts['test']} | "
+            f"{len(mugs)} |") in card.text
 
-    # another publish into a copy of the dataset (a new run date, one image per class) refreshes it
+    # another publish into a copy of the dataset (a new run date, one image per class, a new class
+    # that sorts first) refreshes it, and every earlier class keeps its id
     copy = tmp_path / "out"
     shutil.copytree(published["out"], copy)
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text(published["catalog"].read_text() + 'AAA-T00,red aardvark 0,aardvark,"{""color"": ""red""}"\n')
     job = write_job(tmp_path / "job.yaml", generation={"steps": 2},  # the dataset's split ratios, kept
                     training={"images_per_class": 1, "license": "cc-by-4.0", "splits": SPLITS},
                     gates={"min_clip_score": -1.0, "max_phash_distance": None, "max_attempts": 1})
-    args = ["run", "--manifest", str(published["catalog"]), "--config", str(job), "--out", str(copy),
+    args = ["run", "--manifest", str(catalog), "--config", str(job), "--out", str(copy),
             "--run-date", "2026-11-27", "--run-id", "run-next", "--no-progress"]
     assert main(args) == 0
     refreshed = DatasetCard.load(copy / "training_images" / "README.md")
     assert refreshed.data.license == "cc-by-4.0" and "2026-11-26, 2026-11-27" in refreshed.text
     assert "| mug | " in refreshed.text and "run-next" in refreshed.text and "run-train" in refreshed.text
+    grown = json.loads((copy / "training_images" / "_classes.json").read_text())["names"]
+    assert grown == [*classes, "aardvark"] and f"| {len(classes)} | aardvark | " in refreshed.text
     header = yaml.safe_load(refreshed.content.split("---")[1])
     assert header["size_categories"] == ["n<1K"] and header["pretty_name"] == "training_images"
     total = pq.read_table(copy / "training_images" / "data", columns=["kind"]).num_rows

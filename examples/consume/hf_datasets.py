@@ -11,15 +11,12 @@ import datasets
 
 
 def load_split(dataset_root: str, split: str = "train", cache_dir: str | None = None) -> datasets.Dataset:
-    """One split of the training rows, with `image` as a `datasets.Image` feature and `label` as a
-    `ClassLabel` (class names sorted), ready for a Trainer or `.with_format("torch")`."""
-    ds = datasets.load_dataset("parquet", data_files=f"{dataset_root}/data/**/*.parquet", split="train",
-                               cache_dir=cache_dir)
-    ds = ds.filter(lambda kind: kind == "training", input_columns="kind")
-    names = sorted(set(ds["label"]))  # from every split, so label ids agree between splits
-    ds = ds.filter(lambda s: s == split, input_columns="split")
-    ds = ds.select_columns(["image", "label", "sku", "split", "bbox", "mask"])
-    return ds.cast_column("label", datasets.ClassLabel(names=names))
+    """One split of the training rows, with `image` as a `datasets.Image` feature and `label` as the
+    dataset's `ClassLabel` (its card declares the class list, ids kept from run to run), ready for a
+    Trainer or `.with_format("torch")`."""
+    ds = datasets.load_dataset(dataset_root, split="train", cache_dir=cache_dir)  # every published row
+    ds = ds.filter(lambda kind, s: kind == "training" and s == split, input_columns=["kind", "split"])
+    return ds.select_columns(["image", "label", "sku", "split", "bbox", "mask"])
 
 
 if __name__ == "__main__":

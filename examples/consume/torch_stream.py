@@ -15,6 +15,7 @@ Pillow (no synthcat).
 from __future__ import annotations
 
 import io
+import json
 import random
 import sys
 from pathlib import Path
@@ -29,7 +30,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 
 def training_classes(dataset_root: str) -> list[str]:
-    """Sorted class names of the training rows (reads the `kind` and `label` columns only)."""
+    """The dataset's class names in id order: its `_classes.json` (ids kept from run to run), else
+    the sorted labels of the training rows (reads the `kind` and `label` columns only)."""
+    recorded = Path(dataset_root, "_classes.json")
+    if recorded.is_file():
+        return json.loads(recorded.read_text(encoding="utf-8"))["names"]
     labels = set()
     for path in sorted(Path(dataset_root, "data").rglob("*.parquet")):
         table = pq.read_table(path, columns=["kind", "label"])

@@ -1,7 +1,9 @@
 """The dataset card: `README.md` at the dataset root, in the Hugging Face dataset-card format.
 
-A YAML header (licence, task, size, tags, and a `configs` entry so `load_dataset(<root>)` reads
-the accepted rows under `data/` and never `rejects/`) and Markdown sections: class counts,
+A YAML header (licence, task, size, tags, the features with `label` as a `ClassLabel` of the
+dataset's class list (pipeline.training.classes: ids kept from run to run), and a `configs` entry
+so `load_dataset(<root>)` reads the accepted rows under `data/` and never `rejects/`) and Markdown
+sections: class counts,
 generation settings, models and their hashes, gate statistics, licence, intended use, limits.
 Rebuilt from the live dataset (published files and the manifests of the runs that own them)
 at every publish, so it always describes what a reader gets.
@@ -20,13 +22,15 @@ import yaml
 
 from pipeline.fsops import replacing
 from pipeline.training import TRAINING_KIND
+from pipeline.training.classes import class_names, record_classes
 from pipeline.training.splits import SPLITS
 
 CARD = "README.md"
 _LIGHT = ["kind", "label", "split", "sku", "run_date", "run_id", "scheduler", "model_sha256"]
 _LOADING = """import datasets
-ds = datasets.load_dataset("parquet", data_files="data/**/*.parquet", split="train")
+ds = datasets.load_dataset("<this folder>", split="train")  # every published row; rejects/ never
 train = ds.filter(lambda kind, split: kind == "training" and split == "train", input_columns=["kind", "split"])
+names = train.features["label"].names  # ids kept from run to run
 """
 DEFAULT_INTENDED_USE = (
     "Training and evaluating image classifiers (and, where `bbox`/`mask` are set, detectors or "
@@ -80,7 +84,7 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def _class_counts(rows: list[dict]) -> str:
+def _class_counts(rows: list[dict], names: list[str]) -> str:
     counts: dict[str, dict[str, int]] = {}
     skus: dict[str, set] = {}
     for row in rows:  # one pass over the published rows, whatever the number of classes
@@ -88,11 +92,34 @@ def _class_counts(rows: list[dict]) -> str:
         skus.setdefault(row["label"], set()).add(row["sku"])
     if not counts:
         return "No training rows are published."
-    body = [[_md(label), *(c[s] for s in SPLITS), sum(c.values()), len(skus[label])]
-            for label, c in sorted(counts.items())]
+    ids = {name: i for i, name in enumerate(names)}
+    body = [[ids[label], _md(label), *(c[s] for s in SPLITS), sum(c.values()), len(skus[label])]
+            for label, c in sorted(counts.items(), key=lambda item: ids[item[0]])]
     totals = [sum(c[s] for c in counts.values()) for s in SPLITS]
-    body.append(["**all**", *totals, sum(totals), len({r["sku"] for r in rows})])
-    return _table(["label", *SPLITS, "total", "SKUs"], body)
+    body.append(["", "**all**", *totals, sum(totals), len({r["sku"] for r in rows})])
+    return _table(["id", "label", *SPLITS, "total", "SKUs"], body)
+
+
+def _features(root: Path, names: list[str]) -> dict:
+    """The published files' features (their `huggingface` schema metadata), in the card's YAML
+    form, with `label` a ClassLabel of `names`: `datasets` then reads each label as its id.
+    Files without that metadata (not written by synthcat): none, `datasets` infers them."""
+    newest = max((root / "data").rglob("*.parquet"), key=lambda p: p.relative_to(root).parts)
+    metadata = pq.read_schema(newest).metadata or {}
+    if b"huggingface" not in metadata:
+        return {}
+    features = json.loads(metadata[b"huggingface"])["info"]["features"]
+    listed = []
+    for name, feature in features.items():
+        if name == "label":
+            listed.append({"name": name, "dtype": {"class_label": {"names": dict(enumerate(names))}}})
+        elif feature["_type"] == "Image":
+            listed.append({"name": name, "dtype": "image"})
+        elif feature["_type"] == "List":
+            listed.append({"name": name, "list": feature["feature"]["dtype"]})
+        else:
+            listed.append({"name": name, "dtype": feature["dtype"]})
+    return {"features": listed}
 
 
 def _settings(manifest: dict) -> str:
@@ -160,11 +187,16 @@ def _gates(manifests: list[dict]) -> str:
 
 def render_card(root: Path) -> str:
     """The card's text for the dataset at `root`, as published now."""
-    root = Path(root)
+    return _card(Path(root))[0]
+
+
+def _card(root: Path) -> tuple[str, list[str]]:
+    """The card's text, and the dataset's class names in id order."""
     published = _published_rows(root)
     training_rows = published.filter(pc.equal(published.column("kind"), TRAINING_KIND))
     rows = training_rows.select([c for c in ("label", "split", "sku") if c in published.column_names]).to_pylist()
     kinds = set(pc.unique(published.column("kind")).to_pylist())
+    names = class_names(root, (row["label"] for row in rows))
     manifests = _live_manifests(root, set(pc.unique(published.column("run_id")).to_pylist()))
     latest = manifests[-1] if manifests else None
     training = (latest or {}).get("config", {}).get("training", {})
@@ -179,6 +211,7 @@ def render_card(root: Path) -> str:
         # `datasets` keys its cache of `load_dataset(<root>)` on the card's dataset_info (not on the
         # files): the published files' bytes change it at each publish, so no reader gets stale rows
         "dataset_info": {"config_name": "default",
+                         **(_features(root, names) if rows else {}),
                          "download_size": sum(p.stat().st_size for p in (root / "data").rglob("*.parquet"))},
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/**/*.parquet"}]}],
     }
@@ -196,7 +229,8 @@ def render_card(root: Path) -> str:
         "`split` (train/val/test by SKU), `bbox` (COCO `[x, y, width, height]`) and `mask` (PNG) of a "
         "composited product photo, null where unknown. The `train` split of the `default` config below "
         "holds every published row: select on the `split` column.",
-        "## Class counts\n" + _class_counts(rows),
+        "## Class counts\nA label's `id` is its `ClassLabel` value; ids are kept from run to run (`_classes.json`: "
+        "a new class gets the next id, a class no longer published keeps its own).\n\n" + _class_counts(rows, names),
         "## Generation settings\n" + (_settings(latest) if latest else "No published run."),
         "## Models and hashes\n" + (_models(manifests) if manifests else "No published run."),
         "## Gate statistics\n" + (_gates(manifests) if manifests else "No published run."),
@@ -207,12 +241,16 @@ def render_card(root: Path) -> str:
         "## Limits\n" + (training.get("limitations") or DEFAULT_LIMITS),
         "## Loading\n```python\n" + _LOADING + "```",
     ]
-    return "\n\n".join(sections) + "\n"
+    return "\n\n".join(sections) + "\n", names
 
 
 def write_dataset_card(root: Path) -> Path:
-    """Write `<root>/README.md` atomically (temporary name, then rename) and return its path."""
+    """Write `<root>/README.md` atomically (temporary name, then rename), after the class list it
+    declares, and return its path. Called under the publish lock."""
     path = Path(root) / CARD
+    text, names = _card(Path(root))
+    if names:
+        record_classes(root, names)
     with replacing(path) as tmp:
-        tmp.write_text(render_card(root), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
     return path
