@@ -20,7 +20,9 @@ def _call(function, *args):
         return function(*args)
     except SynthcatError as exc:
         if exc.exit_code in (2, 3):
-            raise AirflowFailException(str(exc)) from None
+            hint = (" (in Airflow: clear the whole DAG run, which redoes it, under a new run id once it has "
+                    "published)" if "--run-id" in str(exc) else "")
+            raise AirflowFailException(f"{exc}{hint}") from None
         raise
 
 

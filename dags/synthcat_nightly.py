@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import Asset, CronTriggerTimetable, dag, task
 
 from _synthcat_tasks import spec_for_this_run, wire_run
 from pipeline import orchestrate
@@ -19,7 +19,9 @@ DATASET_ASSET = Asset(name="synthcat_dataset", uri=orchestrate.dataset_uri(SETTI
 
 @dag(
     dag_id="synthcat_nightly",
-    schedule=SETTINGS.get("schedule", "0 1 * * *"),
+    # a trigger timetable, named: its logical date is the night it runs, the run's date, whatever
+    # [scheduler] create_cron_data_intervals says (a cron string follows that setting)
+    schedule=CronTriggerTimetable(SETTINGS.get("schedule", "0 1 * * *"), timezone="UTC"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -27,16 +27,18 @@ LOCALE = "^[A-Za-z]{2,3}([-_][A-Za-z]{4})?[-_]([A-Za-z]{2}|[0-9]{3})$"
         "manifest": Param("examples/catalog.csv", type="string", minLength=1,
                           description="catalog manifest (CSV, JSONL or Parquet); relative to the project"),
         "config": Param("examples/job.yaml", type="string", minLength=1, description="job config YAML"),
-        # its own root by default: a run replaces its run_date's partition, and an on-demand run
-        # of a few SKUs into the nightly's dataset would replace that day's whole catalog
-        "out": Param("out/on-demand", type="string", minLength=1,
-                     description="output root (default apart from the nightly's: a run replaces its date's partition)"),
-        "skus": Param([], type="array", items={"type": "string", "minLength": 1},
+        # a root of its own by default: a run replaces its run_date's partition, so a campaign of a
+        # few SKUs into the nightly's dataset, or into another campaign's of the same day, would
+        # replace that day's rows
+        "out": Param(None, type=["null", "string"], minLength=1,
+                     description="output root; empty = out/on-demand/<run id>, this run's own (a run replaces "
+                                 "its date's partition of the dataset it publishes to)"),
+        "skus": Param([], type="array", items={"type": "string", "minLength": 1}, uniqueItems=True,
                       description="SKUs to run; empty = all"),
-        "markets": Param([], type="array", items={"type": "string", "pattern": LOCALE},
+        "markets": Param([], type="array", items={"type": "string", "pattern": LOCALE}, uniqueItems=True,
                          description="markets (e.g. de-DE); empty = the job's"),
         "kinds": Param([], type="array", items={"type": "string", "enum": ["campaign", "training"]},
-                       description="kinds; empty = the job's"),
+                       uniqueItems=True, description="kinds; empty = the job's"),
         "variants": Param(None, type=["null", "integer"], minimum=1, maximum=100,
                           description="images per item; empty = the job's"),
         "model": Param(None, type=["null", "string"],

@@ -8,6 +8,7 @@ so it may read the environment (RAY_ADDRESS, SYNTHCAT_MODELS_DIR).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -45,8 +46,12 @@ def dataset_uri(settings: dict) -> str:
 
 def airflow_run_id(dag_run_id: str) -> str:
     """A folder-safe run id from Airflow's (`manual__2026-11-26T01:00:00+00:00`); stable per DAG run,
-    so a retried task resumes the same staging folder."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", dag_run_id).strip("-.")[:128]
+    so a retried task resumes the same staging folder. Where characters had to go (or it was too
+    long), a hash of the whole id follows: `xmas:2026` and `xmas+2026` are two runs, two folders."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", dag_run_id).strip("-.")
+    if safe == dag_run_id and len(safe) <= 110:
+        return safe
+    return f"{safe[:110]}-{hashlib.sha256(dag_run_id.encode()).hexdigest()[:8]}".lstrip("-")
 
 
 def param_roots() -> list[Path]:
@@ -102,11 +107,17 @@ def make_spec(params: dict, *, dag_run_id: str, run_date: str, clear_number: int
         # a misspelt key (`market`) would otherwise be dropped, and the run cover every market
         raise BadInputError(f"param '{unknown[0]}' is not one synthcat takes; known: manifest, config, out, "
                             f"skus, dry_run, {', '.join(OVERRIDES)}")
+    run_id = airflow_run_id(f"{triggered_by}-{dag_run_id}" if triggered_by else dag_run_id)
+    # a trigger that names no `out` gets a dataset of its own: a run replaces its date's partition,
+    # so two campaigns of the same day into one dataset would keep only the second
+    out = params.get("out") or (f"out/on-demand/{run_id}" if triggered_by else None)
+    if not out:
+        raise BadInputError("param 'out': no output folder given")
     spec = {
         "manifest": _resolve(params["manifest"]), "config": _resolve(params["config"]),
-        "out": _resolve(params["out"], _out_base(REPO)), "skus": list(params.get("skus") or []),
+        "out": _resolve(out, _out_base(REPO)), "skus": list(params.get("skus") or []),
         "dry_run": bool(params.get("dry_run", False)),
-        "run_id": airflow_run_id(f"{triggered_by}-{dag_run_id}" if triggered_by else dag_run_id),
+        "run_id": run_id,
         "run_date": run_date,
         "ray_address": os.environ.get("RAY_ADDRESS") or None,
         "models_dir": os.environ.get("SYNTHCAT_MODELS_DIR") or None,
@@ -120,7 +131,8 @@ def make_spec(params: dict, *, dag_run_id: str, run_date: str, clear_number: int
         roots = param_roots()
         for field in ("manifest", "config", "out"):
             if not any(Path(spec[field]).resolve().is_relative_to(root) for root in roots):
-                raise BadInputError(f"param '{field}': {params[field]} is outside the folders a trigger may name "
+                raise BadInputError(f"param '{field}': {params.get(field) or spec[field]} is outside the folders a "
+                                    "trigger may name "
                                     f"({', '.join(map(str, roots))}; SYNTHCAT_PARAM_ROOTS adds more)")
     for field in ("manifest", "config"):
         if not Path(spec[field]).is_file():
@@ -128,6 +140,7 @@ def make_spec(params: dict, *, dag_run_id: str, run_date: str, clear_number: int
     config = _job_config(spec)  # raises with the key at fault
     if clear_number:
         spec["run_id"] = _cleared_run_id(Path(spec["out"]) / config.dataset, spec["run_id"], clear_number)
+        spec["cleared"] = clear_number  # its unpublished attempt resumes, or is redone if its inputs changed
     return spec
 
 
@@ -152,7 +165,8 @@ def request_from_spec(spec: dict):
     return RunRequest(
         manifest=Path(spec["manifest"]), config=config, out=Path(spec["out"]),
         run_date=spec["run_date"], run_id=spec["run_id"],
-        models_dir=Path(spec["models_dir"] or config.models_dir or DEFAULT_MODELS_DIR),
+        # as the CLI: the job's own folder, else the deployment's (SYNTHCAT_MODELS_DIR), else the checkout's
+        models_dir=Path(config.models_dir or spec["models_dir"] or DEFAULT_MODELS_DIR),
         skus=tuple(spec["skus"]), ray_address=spec["ray_address"], show_progress=False,
     )
 
@@ -169,9 +183,20 @@ def check_manifest(spec: dict) -> dict:
 
 def plan_shards(spec: dict, max_groups: int = 8) -> list[list[str]]:
     """Prepare the run; return its shards cut into at most `max_groups` groups (one mapped task each)."""
-    from pipeline.steps.prepare import prepare
+    import shutil
 
-    shards = prepare(request_from_spec(spec))["shards"]
+    from pipeline.steps.prepare import ResumeMismatch, prepare
+
+    request = request_from_spec(spec)
+    try:
+        shards = prepare(request)["shards"]
+    except ResumeMismatch:
+        if not spec.get("cleared") or any(request.staging.glob(".replaced-*")):
+            raise  # a publish stopped half-way holds published partitions there: never deleted
+        # a DAG run cleared to redo it after its catalog, config or model changed: its unpublished
+        # attempt is of the old inputs, and goes
+        shutil.rmtree(request.staging)
+        shards = prepare(request)["shards"]
     size = max(1, -(-len(shards) // max_groups))
     return [shards[i:i + size] for i in range(0, len(shards), size)]
 

@@ -50,7 +50,7 @@ def test_dags_import_without_errors_and_have_retries_and_tags(dagbag):
 def test_nightly_schedule_and_run_shape(dagbag):
     dag = dagbag.get_dag("synthcat_nightly")
     assert dag.max_active_runs == 1 and dag.catchup is False
-    assert dag.timetable.expression == "0 1 * * *"
+    assert dag.timetable.expression == "0 1 * * *" and type(dag.timetable).__name__ == "CronTriggerTimetable"
     order = ["resolve_spec", "check_manifest", "plan_shards", "unless_dry_run", "generate_shards",
              "consolidate", "validate_run", "publish"]
     for upstream, downstream in zip(order, order[1:]):
@@ -68,6 +68,7 @@ def test_on_demand_params_are_exactly_the_documented_ones(dagbag):
 
 @pytest.mark.parametrize("conf, field", [
     ({"variants": 0}, "variants"),
+    ({"skus": ["MUG-001", "MUG-001"]}, "skus"),
     ({"markets": ["english"]}, "markets"),
     ({"model": "dalle"}, "model"),
     ({"dry_run": "yes"}, "dry_run"),
@@ -148,7 +149,7 @@ def test_a_retried_shard_group_produces_no_duplicates(tmp_path, models_dir, ray_
 
     spec = campaign_spec(tmp_path, markets=["en-US"], variants=2, dag_run_id="manual__2026-11-26T01:00:00+00:00",
                          run_date="2026-11-26")
-    assert spec["run_id"] == "manual__2026-11-26T01-00-00-00-00"
+    assert spec["run_id"].startswith("manual__2026-11-26T01-00-00-00-00-")
     groups = orchestrate.plan_shards(spec, max_groups=2)
     assert len(groups) == 2  # 6 items, shards of 2, two groups
     first = orchestrate.generate_shards(spec, groups[0])
@@ -230,6 +231,40 @@ def test_a_trigger_can_name_only_allowed_folders_and_never_another_dags_run_id(t
         assert triggered["run_id"].startswith("synthcat_on_demand-") and triggered["run_id"] != nightly["run_id"]
 
 
+def test_distinct_dag_runs_get_distinct_run_ids_and_a_trigger_without_out_a_dataset_of_its_own(tmp_path,
+                                                                                                 monkeypatch):
+    from pipeline import orchestrate
+    from pipeline.publish import _check_name
+
+    ids = ["xmas:2026", "xmas+2026", "xmas-2026", "a" * 200, "a" * 199 + "b", ":::", "manual__x",
+           "scheduled__2026-11-26T01:00:00+00:00", "scheduled__2026-11-26T01-00-00-00-00"]
+    run_ids = [orchestrate.airflow_run_id(i) for i in ids]
+    assert len(set(run_ids)) == len(ids) and all(len(r) <= 128 for r in run_ids)
+    for run_id in run_ids:
+        _check_name("run_id", run_id)  # names a folder and a file
+    assert orchestrate.airflow_run_id("manual__x") == "manual__x"  # nothing to replace: as Airflow named it
+    assert orchestrate.airflow_run_id("xmas:2026") == run_ids[0]  # stable: a retried task finds its staging
+    monkeypatch.setenv("SYNTHCAT_DATA_DIR", str(tmp_path))
+    params = {"manifest": "examples/catalog.csv", "config": "examples/job.yaml", "out": None}
+    outs = {orchestrate.make_spec(params, dag_run_id=i, run_date="2026-11-26", triggered_by="synthcat_on_demand")["out"]
+            for i in ("xmas:2026", "xmas+2026")}
+    assert len(outs) == 2 and all(Path(o).parent == tmp_path / "out" / "on-demand" for o in outs)
+
+
+def test_the_job_configs_models_dir_wins_in_the_dags_as_in_the_cli(tmp_path, monkeypatch):
+    from pipeline import cli, orchestrate
+
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**yaml.safe_load((REPO / "examples" / "job.yaml").read_text()),
+                                   "models_dir": str(tmp_path / "job-models")}))
+    monkeypatch.setenv("SYNTHCAT_MODELS_DIR", str(tmp_path / "deployment-models"))
+    spec = orchestrate.make_spec({"manifest": str(EXAMPLE_CATALOG), "config": str(job), "out": str(tmp_path)},
+                                 dag_run_id="manual__m", run_date="2026-11-26")
+    config = orchestrate.request_from_spec(spec).config
+    assert orchestrate.request_from_spec(spec).models_dir == cli._models_dir(config.models_dir) == \
+        tmp_path / "job-models"
+
+
 def test_a_param_the_job_config_cannot_take_is_named_as_the_param(tmp_path):
     from pipeline import orchestrate
     from pipeline.errors import BadInputError
@@ -264,6 +299,29 @@ def test_a_dag_run_cleared_after_it_published_runs_again_under_a_new_id(tmp_path
         f"{base}-c1"
 
 
+def test_a_dag_run_cleared_after_its_catalog_changed_starts_its_unpublished_attempt_again(tmp_path):
+    from pipeline import orchestrate
+    from pipeline.errors import BadInputError
+
+    catalog = tmp_path / "catalog.csv"
+    lines = EXAMPLE_CATALOG.read_text().splitlines(keepends=True)
+    catalog.write_text("".join(lines[:3]))
+    params = {"manifest": str(catalog), "config": "examples/job.yaml", "out": str(tmp_path / "out")}
+    dag_run_id, run_date = "scheduled__2026-11-26T01:00:00+00:00", "2026-11-26"
+    spec = orchestrate.make_spec(params, dag_run_id=dag_run_id, run_date=run_date)
+    orchestrate.plan_shards(spec)
+    staging = orchestrate._staging(spec)
+    (staging / "shards").mkdir()
+    (staging / "shards" / "shard-00000.parquet").write_bytes(b"a finished shard of the old catalog")
+    catalog.write_text("".join(lines[:4]))  # the catalog gets a row; the failed run is cleared
+    with pytest.raises(BadInputError, match="different manifest"):  # a task retry of the run: refused
+        orchestrate.plan_shards(spec)
+    cleared = orchestrate.make_spec(params, dag_run_id=dag_run_id, run_date=run_date, clear_number=1)
+    assert cleared["run_id"] == spec["run_id"]
+    orchestrate.plan_shards(cleared)  # redone: the old attempt's shards go
+    assert not (staging / "shards").exists() and pq.read_table(staging / "plan.parquet").num_rows > 0
+
+
 def test_with_a_shared_data_folder_relative_outputs_land_there_and_inputs_stay_in_the_project(tmp_path,
                                                                                               monkeypatch):
     from pipeline import orchestrate
@@ -275,3 +333,18 @@ def test_with_a_shared_data_folder_relative_outputs_land_there_and_inputs_stay_i
     spec = orchestrate.make_spec({"manifest": "examples/catalog.csv", "config": "examples/job.yaml",
                                   "out": "out/on-demand"}, dag_run_id="manual__d", run_date="2026-11-26")
     assert spec["out"] == str(tmp_path / "out" / "on-demand") and spec["manifest"] == str(EXAMPLE_CATALOG)
+
+
+def test_a_task_failing_for_a_run_id_says_what_to_do_in_airflow():
+    from _synthcat_tasks import _call
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from pipeline.errors import BadInputError
+
+    def refused():
+        raise BadInputError("run id 'r' is already published (x); use a new --run-id")
+
+    with pytest.raises(AirflowFailException, match=r"--run-id \(in Airflow: clear the whole DAG run"):
+        _call(refused)
+    with pytest.raises(AirflowFailException, match=r"^bad row$"):
+        _call(lambda: (_ for _ in ()).throw(BadInputError("bad row")))

@@ -124,6 +124,10 @@ def _earlier_fingerprint(items: pa.Table, generator: str) -> str:
     return digest.hexdigest()
 
 
+class ResumeMismatch(BadInputError):
+    """The run id's staging folder holds finished shards of another plan."""
+
+
 def _check_resumable(staging: Path, fingerprint: str, earlier: str | None = None, run_date: str | None = None) -> None:
     """Resuming is only sound when the plan is the one the finished shards were made from (`earlier`:
     the same plan's fingerprint as an earlier version recorded it)."""
@@ -134,7 +138,7 @@ def _check_resumable(staging: Path, fingerprint: str, earlier: str | None = None
     if previous and previous not in (fingerprint, earlier):
         what = (f"for run date {state['run_date']}, not {run_date}" if state.get("run_date", run_date) != run_date
                 else "with a different manifest, config or model")
-        raise BadInputError(f"run id {staging.name!r} was started {what}; resume it with the same inputs, "
+        raise ResumeMismatch(f"run id {staging.name!r} was started {what}; resume it with the same inputs, "
                             f"or use a new --run-id (staging: {staging})")
 
 
