@@ -166,3 +166,24 @@ def test_new_split_ratios_that_would_move_a_published_sku_are_refused(tmp_path, 
     # a rerun of the published date replaces that partition: its own rows are not in the way
     assert moved_skus(out / "catalog_images", "2026-11-01", {"MUG-001": moved}) == []
     assert moved_skus(out / "catalog_images", "2026-11-02", {"MUG-001": published, "NEW-1": moved}) == []
+
+
+def test_a_quota_under_the_sku_count_reaches_every_split_and_other_skus_each_day():
+    products = _products({"mug": 40})
+    ratios = {"train": 0.6, "val": 0.2, "test": 0.2}
+    split_of = {f"mug-{k}": split_for(f"mug-{k}", ratios) for k in range(40)}
+    counts = Counter(split_of.values())
+    assert set(counts) == {"train", "val", "test"}
+    quota = -(-40 // min(counts.values())) + 1  # the spacing of the rarest split's SKUs (rounded up), and one
+    assert quota < 10
+    days = {}
+    for day in ("2026-11-26", "2026-11-27", "2026-11-28", "2026-11-29"):
+        items = _plan(products, run_date=day, images_per_class=quota, splits=ratios)
+        skus = items["sku"].to_pylist()
+        assert len(set(skus)) == quota and {split_of[s] for s in skus} == {"train", "val", "test"}
+        assert items["split"].to_pylist() == [split_of[s] for s in skus]
+        days[day] = set(skus)
+    assert len(set.union(*days.values())) > 10  # not the same five SKUs every day
+    again = _plan(products, run_date="2026-11-27", images_per_class=quota, splits=ratios)
+    assert set(again["sku"].to_pylist()) == days["2026-11-27"]  # the same plan for the same day
+

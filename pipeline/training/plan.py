@@ -3,12 +3,14 @@
 A class is a catalog `category` (the row's `label`). Class balance comes from the job config:
 every class gets `training.images_per_class` images unless `training.class_quotas` names
 another number (0 leaves the class out), however many SKUs it has. Within a class, images go
-round-robin over its SKUs (sorted), so SKUs share the quota evenly; `variant` counts a SKU's
-images. Items are not localized (see `pipeline.training`: market `global`, locale `und`).
+round-robin over its SKUs, so SKUs share the quota evenly; `variant` counts a SKU's images. The
+round begins each day elsewhere and spreads each split's SKUs through it (`_sku_order`), so a
+quota under the SKU count reaches every split and, day by day, every SKU. Items are not localized (see `pipeline.training`: market `global`, locale `und`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -55,7 +57,7 @@ def plan_training(products: pa.Table, config, *, run_id: str, run_date: str,
         by_class.setdefault(product["category"], []).append(product)
     rows = []
     for label, quota in class_quotas(products, training).items():
-        skus = sorted(by_class[label], key=lambda p: p["sku"])
+        skus = _sku_order(by_class[label], label, run_date, training.splits)
         cycle = FacetCycle(vocabulary, label)
         for j in range(quota):
             product, variant = skus[j % len(skus)], j // len(skus)
@@ -77,3 +79,19 @@ def plan_training(products: pa.Table, config, *, run_id: str, run_date: str,
                 "guidance_override": training.guidance_scale,
             })
     return rows
+
+
+def _sku_order(products: list[dict], label: str, run_date: str, ratios) -> list[dict]:
+    """The order a class's SKUs take its quota in: each split's SKUs spread evenly through it (a
+    quota under the class's SKU count still reaches every split, in proportion), and started at
+    an offset that moves with the run date (such a quota reaches other SKUs each day, not the
+    same first ones). Deterministic for a (class, run date)."""
+    by_split: dict[str, list[dict]] = {}
+    for product in sorted(products, key=lambda p: p["sku"]):
+        by_split.setdefault(split_for(product["sku"], ratios), []).append(product)
+    spread = sorted(((rank + 0.5) / len(members), split, product["sku"], product)
+                    for split, members in by_split.items() for rank, product in enumerate(members))
+    order = [entry[-1] for entry in spread]
+    start = int.from_bytes(hashlib.sha256(f"{run_date}|{label}".encode()).digest()[:8], "big") % len(order)
+    return order[start:] + order[:start]
+
