@@ -288,6 +288,8 @@ def _check_row(values: dict, fields: dict[str, str], attr_columns: list[str],
     for field in REQUIRED_FIELDS:
         if product[field] is None and not any(column == fields[field] for column, _ in problems):
             problems.append((fields[field], "missing required value"))
+    if product["category"]:  # a class label: `lamp  shade` is `lamp shade`
+        product["category"] = " ".join(product["category"].split())
     for field, parse in (("price", parse_price), ("currency", parse_currency)):
         if product[field] is not None:
             product[field] = attempt(fields[field], parse, product[field])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 
 from pipeline.csvsafe import storable
 from pipeline.locales import normalize_market
@@ -27,7 +28,9 @@ def text_value(value: object) -> str | None:
         raise ValueError("contains a NUL character" if "\x00" in text else "has half a character (a lone \\ud8xx)")
     if len(text) > MAX_TEXT_CHARS:
         raise ValueError(f"is {len(text):,} characters long; the limit is {MAX_TEXT_CHARS:,}")
-    return text or None
+    # one spelling per text: `CAFÉ-0` typed on one machine (NFC) and exported on another (NFD, as
+    # macOS writes it) is one SKU, one label, one split
+    return unicodedata.normalize("NFC", text) or None
 
 
 def parse_price(text: str) -> float:

@@ -187,3 +187,19 @@ def test_a_quota_under_the_sku_count_reaches_every_split_and_other_skus_each_day
     again = _plan(products, run_date="2026-11-27", images_per_class=quota, splits=ratios)
     assert set(again["sku"].to_pylist()) == days["2026-11-27"]  # the same plan for the same day
 
+
+def test_one_sku_or_label_spelt_two_unicode_ways_is_one(tmp_path):
+    import unicodedata
+
+    from pipeline.ingest import read_manifest
+
+    nfc, nfd = "CAFÉ-0", unicodedata.normalize("NFD", "CAFÉ-0")
+    assert nfc != nfd
+    manifest = tmp_path / "catalog.csv"
+    manifest.write_text(f"sku,title,category\n{nfc},Cup,café cup\n{nfd},Cup,{unicodedata.normalize('NFD', 'café cup')}\n"
+                        "LAMP-1,Lamp,lamp  shade\n", encoding="utf-8")
+    result = read_manifest(manifest, parse_job_config({"kinds": ["training"]}))
+    assert result.products["sku"].to_pylist() == [nfc, "LAMP-1"]
+    assert result.products["category"].to_pylist() == ["café cup", "lamp shade"]
+    (problem,) = result.problems()
+    assert "line 3, field 'sku'" in problem and "duplicate sku 'CAFÉ-0' (first on line 2)" in problem
