@@ -10,8 +10,8 @@ its lineage, and Hugging Face `datasets` ignores hive paths, so it only sees col
 In the file's Arrow schema they are `dictionary<int32, string>` -- the exact type that
 `pyarrow.parquet.read_table(dir)` and `pandas.read_parquet(dir)` infer for hive keys; with
 plain `string` both readers fail with "Unable to merge: Field run_date has incompatible types".
-The Parquet column itself is an ordinary UTF-8 string, so DuckDB, Spark and `datasets` (which
-casts to the `huggingface` metadata's `string`) see strings. One reader needs a word: pass
+The Parquet column is a plain UTF-8 string: Spark, `datasets` and DuckDB see strings (DuckDB with
+`hive_partitioning = false`; with `true` it types `run_date` from the path, DATE). Last: pass
 `pyarrow.dataset.dataset(dir)` no partitioning (the columns are in the files) or
 `partitioning=ds.HivePartitioning.discover(infer_dictionary=True)`; bare `partitioning="hive"`
 infers `string` and refuses the merge.

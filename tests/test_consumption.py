@@ -47,7 +47,12 @@ def test_pandas_snippet(training_dataset, truth):
 
 
 def test_duckdb_snippet(training_dataset, truth):
+    import duckdb
+
     rows = snippet("duckdb_query").class_split_counts(str(training_dataset["root"]))
+    types = duckdb.sql(f"select distinct typeof(run_date), typeof(market) from read_parquet("
+                       f"'{training_dataset['root']}/data/**/*.parquet', hive_partitioning = false)").fetchall()
+    assert types == [("VARCHAR", "VARCHAR")]  # as publish.py says: the files' own columns, text
     assert {(label, split): n for label, split, n, _ in rows} == dict(_counts(truth))
     means = {(label, split): mean for label, split, _, mean in rows}
     for (label, split), mean in means.items():

@@ -15,7 +15,8 @@ def class_split_counts(dataset_root: str) -> list[tuple[str, str, int, float]]:
     pattern = f"{dataset_root}/data/**/*.parquet"
     return duckdb.sql(
         "select label, split, count(*) as images, avg(clip_score) as mean_clip_score "
-        f"from read_parquet('{pattern}', hive_partitioning = true, union_by_name = true) "
+        # the partition columns are in the files: hive partitioning would retype run_date as DATE
+        f"from read_parquet('{pattern}', hive_partitioning = false, union_by_name = true) "
         "where kind = 'training' group by label, split order by label, split"
     ).fetchall()
 
