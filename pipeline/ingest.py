@@ -27,7 +27,7 @@ from pipeline.config import CANONICAL_FIELDS, REQUIRED_FIELDS, JobConfig
 from pipeline.csvsafe import storable
 from pipeline.errors import BadInputError
 from pipeline.ingest_fields import (attribute_value, json_failure, json_type, parse_attributes, parse_currency,
-                                     parse_markets, parse_price, text_value)
+                                     nfc_text, parse_markets, parse_price, text_value)
 from pipeline.references import ImageReferences
 from pipeline.schema import INPUT_REJECT_SCHEMA, PRODUCT_SCHEMA
 
@@ -283,7 +283,8 @@ def _check_row(values: dict, fields: dict[str, str], attr_columns: list[str],
             problems.append((column, str(exc)))
             return None
 
-    product = {field: attempt(fields[field], text_value, values.get(fields[field])) if field in fields else None
+    product = {field: attempt(fields[field], text_value if field == "image" else nfc_text,
+                              values.get(fields[field])) if field in fields else None
                for field in _TEXT_FIELDS}
     for field in REQUIRED_FIELDS:
         if product[field] is None and not any(column == fields[field] for column, _ in problems):

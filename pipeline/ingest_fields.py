@@ -28,9 +28,15 @@ def text_value(value: object) -> str | None:
         raise ValueError("contains a NUL character" if "\x00" in text else "has half a character (a lone \\ud8xx)")
     if len(text) > MAX_TEXT_CHARS:
         raise ValueError(f"is {len(text):,} characters long; the limit is {MAX_TEXT_CHARS:,}")
-    # one spelling per text: `CAFÉ-0` typed on one machine (NFC) and exported on another (NFD, as
-    # macOS writes it) is one SKU, one label, one split
-    return unicodedata.normalize("NFC", text) or None
+    return text or None
+
+
+def nfc_text(value: object) -> str | None:
+    """`text_value` in one Unicode spelling: `CAFÉ-0` typed on one machine (NFC) and exported on
+    another (NFD, as macOS writes it) is one SKU, one label, one split. Not for paths: a file's
+    name is the bytes its filesystem holds."""
+    text = text_value(value)
+    return unicodedata.normalize("NFC", text) if text else None
 
 
 def parse_price(text: str) -> float:

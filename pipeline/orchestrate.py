@@ -191,8 +191,8 @@ def plan_shards(spec: dict, max_groups: int = 8) -> list[list[str]]:
     try:
         shards = prepare(request)["shards"]
     except ResumeMismatch:
-        if not spec.get("cleared") or any(request.staging.glob(".replaced-*")):
-            raise  # a publish stopped half-way holds published partitions there: never deleted
+        if not spec.get("cleared") or any(request.staging.rglob(".replaced-*")):
+            raise  # a publish stopped half-way holds published partitions there (publish/): never deleted
         # a DAG run cleared to redo it after its catalog, config or model changed: its unpublished
         # attempt is of the old inputs, and goes
         shutil.rmtree(request.staging)
@@ -213,7 +213,8 @@ def end_dry_run(spec: dict) -> None:
 
     staging = _staging(spec)
     shutil.rmtree(staging, ignore_errors=True)
-    for folder in (staging.parent, staging.parent.parent):  # _staging/, then the dataset's root
+    # _staging/, the dataset's root, then `out` (an on-demand run's own, when the trigger named none)
+    for folder in (staging.parent, staging.parent.parent, Path(spec["out"])):
         try:
             folder.rmdir()
         except OSError:  # not empty (another run, published data) or already gone

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -127,6 +128,18 @@ def test_on_demand_with_a_missing_manifest_fails_before_any_work(dagbag, tmp_pat
     run = _run(dagbag.get_dag("synthcat_on_demand"), {"out": str(out), "manifest": str(tmp_path / "none.csv")})
     assert "fail" in str(run.state).lower()
     assert not out.exists()
+
+
+def test_a_dry_run_without_out_leaves_no_folder_of_its_own(tmp_path, monkeypatch):
+    from pipeline import orchestrate
+
+    monkeypatch.setenv("SYNTHCAT_DATA_DIR", str(tmp_path))
+    spec = orchestrate.make_spec({"manifest": "examples/catalog.csv", "config": "examples/job.yaml", "skus": ["MUG-001"],
+                                  "dry_run": True}, dag_run_id="manual__dry", run_date="2026-11-26",
+                                 triggered_by="synthcat_on_demand")
+    assert orchestrate.plan_shards(spec)
+    orchestrate.end_dry_run(spec)
+    assert not Path(spec["out"]).exists() and Path(spec["out"]).parent == tmp_path / "out" / "on-demand"
 
 
 def test_a_dry_run_checks_and_plans_then_leaves_nothing_behind(dagbag, tmp_path):
@@ -318,6 +331,14 @@ def test_a_dag_run_cleared_after_its_catalog_changed_starts_its_unpublished_atte
         orchestrate.plan_shards(spec)
     cleared = orchestrate.make_spec(params, dag_run_id=dag_run_id, run_date=run_date, clear_number=1)
     assert cleared["run_id"] == spec["run_id"]
+    # a publish of the old attempt stopped half-way: a published partition waits in its staging
+    aside = staging / "publish" / ".replaced-data-run_date=2026-11-26" / "market=en-US"
+    aside.mkdir(parents=True)
+    (aside / "part-earlier-00000.parquet").write_bytes(b"published rows")
+    with pytest.raises(BadInputError, match="different manifest"):
+        orchestrate.plan_shards(cleared)  # never deleted: the old inputs finish (or undo) that publish
+    assert (aside / "part-earlier-00000.parquet").is_file()
+    shutil.rmtree(staging / "publish")
     orchestrate.plan_shards(cleared)  # redone: the old attempt's shards go
     assert not (staging / "shards").exists() and pq.read_table(staging / "plan.parquet").num_rows > 0
 

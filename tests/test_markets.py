@@ -140,12 +140,23 @@ def test_a_price_that_cannot_be_drawn_as_given_is_a_bad_row_and_rows_record_the_
     assert result.products.column("sku").to_pylist() == ["D", "E", "F"]
     problems = result.problems()
     assert "line 2, field 'currency': price 12.5 has no currency and its markets use USD, JPY" in problems[0]
-    assert "line 3, field 'price': price 12.5 has 1 decimals and JPY has 0" in problems[1]
-    assert "line 4, field 'price': price 1.005 has 3 decimals and USD has 2" in problems[2]
+    assert "line 3, field 'price': price 12.5 has more decimals than JPY's 0" in problems[1]
+    assert "line 4, field 'price': price 1.005 has more decimals than USD's 2" in problems[2]
     items = plan_items(result.products, config, run_id="r", run_date="2026-05-01", width=64, height=64)
     drawn = {(r["sku"], r["market"]): (r["currency"], r["price_text"]) for r in items.to_pylist()}
     assert drawn == {("D", "de-DE"): ("EUR", "9,90\xa0€"), ("D", "pt-BR"): ("EUR", "€\xa09,90"),
                      ("E", "ja-JP"): ("JPY", "￥1,280"), ("F", "en-US"): (None, None), ("F", "de-DE"): (None, None)}
+    # float noise is not a decimal: a float32 column's 12.99, JSON's 0.1 + 0.2
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    noisy = tmp_path / "noisy.parquet"
+    pq.write_table(pa.table({"sku": ["G", "H"], "title": ["Mug", "Mug"], "category": ["mug", "mug"],
+                             "price": pa.array([12.99, 0.1 + 0.2], pa.float32()), "currency": ["USD", "EUR"]}), noisy)
+    products = read_manifest(noisy, config).products
+    assert products.num_rows == 2
+    items = plan_items(products, config, run_id="r", run_date="2026-05-01", width=64, height=64)
+    assert items.column("price_text").to_pylist() == ["$12.99", "€0.30"]
     # a training-only job draws no price: the same rows are fine
     assert read_manifest(manifest, parse_job_config({"markets": ["en-US"], "kinds": ["training"]})).bad_rows == 0
 
@@ -237,3 +248,31 @@ def test_a_profile_whose_copy_no_installed_font_draws_is_refused_with_its_charac
     with pytest.raises(BadInputError, match=r"he-IL\.yaml: bad market profile: holidays\.Christmas\.greeting: "
                                             r"no font of .*draws 'גחמש' \(U\+05D2, U\+05D7"):
         parse_job_config({"markets": ["he-IL"], "campaign": {"markets_dir": str(profiles)}})
+
+
+def test_a_profile_named_by_a_deprecated_alias_serves_its_canonical_market(tmp_path):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    good = (Path(__file__).resolve().parents[1] / "pipeline" / "markets" / "data" / "en-US.yaml").read_text("utf-8")
+    (profiles / "tl-PH.yaml").write_text(good.replace("market: en-US", "market: tl-PH"), encoding="utf-8")
+    config = parse_job_config({"markets": ["tl-PH"], "campaign": {"markets_dir": str(profiles)}})
+    assert config.markets == ("fil-PH",) and load_profile("fil-PH", config.campaign.markets_dir).market == "tl-PH"
+
+
+def test_a_font_package_not_installed_leaves_profiles_loadable(monkeypatch):
+    import sys
+
+    from pipeline.campaign import fonts
+    from pipeline.markets import profiles
+
+    monkeypatch.setitem(sys.modules, "noto_cjk_sans_jp_regular", None)  # its wheel missing
+    profiles._profiles.cache_clear()
+    fonts.face.cache_clear()
+    try:
+        with pytest.raises(fonts.FontError, match="not installed"):
+            fonts.face("Noto Sans CJK JP", 400)
+        config = parse_job_config({"markets": ["en-US", "ja-JP"]})  # the overlay names it, row by row
+        assert load_profile("ja-JP").fonts and config.markets == ("en-US", "ja-JP")
+    finally:
+        profiles._profiles.cache_clear()
+        fonts.face.cache_clear()

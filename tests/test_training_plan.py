@@ -203,3 +203,18 @@ def test_one_sku_or_label_spelt_two_unicode_ways_is_one(tmp_path):
     assert result.products["category"].to_pylist() == ["café cup", "lamp shade"]
     (problem,) = result.problems()
     assert "line 3, field 'sku'" in problem and "duplicate sku 'CAFÉ-0' (first on line 2)" in problem
+    # a SKU published in its NFD spelling (by a version before) is the same SKU to the split check
+    from pipeline.training.splits import moved_skus
+
+    partition = tmp_path / "ds" / "data" / "run_date=2026-11-01" / "market=global"
+    partition.mkdir(parents=True)
+    pq.write_table(pa.table({"sku": [nfd], "split": ["val"], "kind": ["training"]}), partition / "part-0.parquet")
+    assert moved_skus(tmp_path / "ds", "2026-11-02", {nfc: "train"}) == [(nfc, "val", "train")]
+    # a product photo's path is the bytes its filesystem holds: never respelt
+    photo = tmp_path / unicodedata.normalize("NFD", "café.png")
+    from PIL import Image
+
+    Image.new("RGBA", (8, 8)).save(photo)
+    manifest.write_text(f"sku,title,category,image\nA,Cup,cup,{photo.name}\n", encoding="utf-8")
+    assert read_manifest(manifest, parse_job_config({"kinds": ["training"]})).products["image"].to_pylist() == \
+        [str(photo)]

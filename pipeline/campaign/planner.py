@@ -54,19 +54,18 @@ def _price_problems(price: float, currency: str | None, market_currencies: list[
                     fields: dict[str, str]) -> list[tuple[str | None, str]]:
     """A price is drawn as the catalog gives it, never converted or rounded: without a currency it is
     taken to be its markets' one (refused where they have several), and it has no more decimals
-    than its currency (¥12.5 is not a price; drawn, it would read ¥12)."""
-    from decimal import Decimal
-
+    than its currency (`advertised_price`)."""
     from babel.numbers import get_currency_precision
+
+    from pipeline.campaign.prompt import advertised_price
 
     if currency is None and len(market_currencies) > 1:
         return [(fields.get("currency") or fields.get("price"),
                  f"price {price:g} has no currency and its markets use {', '.join(market_currencies)}: give the "
                  "row's currency (ISO 4217, e.g. USD); a price is never converted")]
     currency = currency or market_currencies[0]
-    decimals = -Decimal(repr(price)).normalize().as_tuple().exponent
-    if decimals > get_currency_precision(currency):
-        return [(fields.get("price"), f"price {price!r} has {decimals} decimals and {currency} has "
+    if advertised_price(price, currency) is None:
+        return [(fields.get("price"), f"price {price!r} has more decimals than {currency}'s "
                  f"{get_currency_precision(currency)}: give the price as it is advertised; it is never rounded")]
     return []
 

@@ -14,6 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import date
+from decimal import Decimal
 
 from pipeline.markets import MarketProfile, occasion_on
 
@@ -53,19 +54,30 @@ def strip_terms(text: str, terms) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def advertised_price(price: float, currency: str) -> Decimal | None:
+    """`price` with the decimals its currency has, or None when that would change it: 12.5 yen is not
+    a price (drawn, it would read ¥12). Float noise is not a change: 12.99 read from a float32
+    column is 12.989999771..., and 0.1 + 0.2 is 0.30000000000000004; both are within a millionth."""
+    from babel.numbers import get_currency_precision
+
+    exact = Decimal(repr(price))
+    rounded = round(exact, get_currency_precision(currency))
+    return rounded if abs(rounded - exact) <= Decimal("1e-6") * max(1, abs(exact)) else None
+
+
 def format_price(price: float | None, currency: str | None, profile: MarketProfile) -> str | None:
     """The price as the market writes it: `format_currency(price, currency, locale=<market>)`;
-    the row's currency, else the market's (ingest has checked that the price has no more decimals
-    than the currency: nothing is rounded). A currency symbol that ends or starts in a letter
-    (`USD`, `CHF`) is kept apart from the number by a no-break space, as CLDR's currency spacing asks."""
+    the row's currency, else the market's. Never rounded (ingest refuses a price with more decimals
+    than its currency: `advertised_price`; one that reaches here is drawn with every digit). A
+    currency symbol that ends or starts in a letter (`USD`, `CHF`) is kept apart from the number by
+    a no-break space, as CLDR's currency spacing asks."""
     if price is None:
         return None
-    from decimal import Decimal
-
     from babel.numbers import format_currency
 
-    text = format_currency(Decimal(repr(price)), currency or profile.currency, locale=profile.babel_locale,
-                           decimal_quantization=False)  # a digit more than the currency has is shown, not rounded
+    currency = currency or profile.currency
+    value = advertised_price(price, currency) or Decimal(repr(price))
+    text = format_currency(value, currency, locale=profile.babel_locale, decimal_quantization=False)
     return re.sub(r"(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])", "\u00a0", text)
 
 

@@ -164,13 +164,15 @@ class MarketProfile(_Strict):
     def _drawable(self) -> "MarketProfile":
         """Copy no installed font draws (Hebrew, with the packaged fonts) would be refused row by row
         after generation: the profile is refused instead, naming the text and its characters."""
-        from pipeline.campaign.fonts import MissingGlyphs, pick_face
+        from pipeline.campaign.fonts import FontError, MissingGlyphs, pick_face
 
         for where, (text, weight) in self._drawn().items():
             try:
                 pick_face(self.fonts, text, weight)
-            except MissingGlyphs as exc:  # a font package not installed is named by the overlay, per row
+            except MissingGlyphs as exc:
                 raise ValueError(f"{where}: {exc}") from None
+            except FontError:  # a font package not installed: the overlay names it, row by row
+                return self
         return self
 
     @field_validator("currency")
@@ -215,7 +217,18 @@ def _read(path: Path) -> MarketProfile:
 def _profiles(folder: str) -> dict[str, MarketProfile]:
     if not Path(folder).is_dir():  # a typo in campaign.markets_dir must not fall back to the packaged ones
         raise BadInputError(f"{folder}: campaign.markets_dir is not a folder")
-    return {p.stem: _read(p) for p in sorted(Path(folder).glob("*.yaml"))}
+    return {_market_of(p): _read(p) for p in sorted(Path(folder).glob("*.yaml"))}
+
+
+def _market_of(path: Path) -> str:
+    """The canonical market a profile file is for: `tl-PH.yaml`, named before deprecated language
+    aliases became CLDR's, is `fil-PH`'s."""
+    from pipeline.locales import normalize_market
+
+    try:
+        return normalize_market(path.stem)
+    except ValueError as exc:
+        raise BadInputError(f"{path}: the file name is not a market ({exc})") from None
 
 
 def known_markets(extra_dir: str | Path | None = None) -> list[str]:

@@ -154,4 +154,5 @@ def _check_splits(request: RunRequest, items: pa.Table) -> None:
         raise BadInputError(
             f"training.splits {dict(request.config.training.splits)} puts {len(moved)} SKUs of {request.dataset_root} "
             f"in another split than its published rows (first: {sku!r}, {was} -> {now}): one product would be on "
-            "both sides of an evaluation. Keep the dataset's ratios, or publish into a new dataset")
+            "both sides of an evaluation. Keep the dataset's ratios, or publish into a new dataset (a SKU's split "
+            "follows its text: one published in another Unicode spelling, NFD, moves too)")

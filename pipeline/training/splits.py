@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def moved_skus(dataset_root: Path, run_date: str, planned: Mapping[str, str]) ->
             continue
         table = pq.read_table(path, columns=["sku", "split"])
         for sku, split in zip(table.column("sku").to_pylist(), table.column("split").to_pylist()):
-            if split:
-                published.setdefault(sku, split)
+            if split:  # as ingest spells SKUs now (NFC): one published by a version before is the same SKU
+                published.setdefault(unicodedata.normalize("NFC", sku), split)
     return [(sku, published[sku], planned[sku]) for sku in sorted(planned)
             if sku in published and published[sku] != planned[sku]]
