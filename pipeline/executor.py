@@ -28,6 +28,10 @@ HF_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS
 # batch or puts its last output into the object store (50 MB of pixels at batch 64, 512²). The
 # stage itself runs one batch at a time (Ray Data's single-threaded UDF; a lock in a host).
 CALLS_PER_ACTOR = 2
+# A model process that dies (a crash in native code, the kernel's OOM killer) restarts and its
+# batch runs again, this many times; then the run fails. Ray's default, forever, loops on a batch
+# that kills its process every time (reloading the model each time) and never ends.
+MAX_RESTARTS = 3
 
 
 class Stage(Protocol):
@@ -242,8 +246,10 @@ def run_ray(stages: Sequence[Stage], batches: Sequence[pa.Table], *, address: st
     import ray
     import ray.data
 
-    started_here = init_ray(address, num_cpus)
-    _check_gpus(stages, local=started_here and not address)
+    init_ray(address, num_cpus)
+    # a Ray of this machine (started here, or earlier in this process: a test session, an Airflow
+    # worker) will never get a GPU it lacks; a cluster's autoscaler may add one
+    _check_gpus(stages, local=not (address or os.environ.get("RAY_ADDRESS")))
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
@@ -282,13 +288,30 @@ def run_ray(stages: Sequence[Stage], batches: Sequence[pa.Table], *, address: st
                                     **{**options, "num_cpus": 0, "num_gpus": None})
             else:
                 pool = ray.data.ActorPoolStrategy(size=r.actors, max_concurrent_calls_per_actor=CALLS_PER_ACTOR)
-                ds = ds.map_batches(_ActorStage, fn_constructor_args=(stage,), compute=pool, **options)
+                ds = ds.map_batches(_ActorStage, fn_constructor_args=(stage,), compute=pool, **options,
+                                    max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
         # No prefetch: with Ray Data's default (one batch) its iterator holds a finished batch back
         # until the next one is done too, so each shard was written (and the start-up ended) one
         # generation batch late (3.8 s of a CPU run's 20 s start-up). On one machine the blocks are
         # in the local object store already; on a cluster a block's fetch (a batch's encoded images)
         # is no longer overlapped with the last block's shard write: small next to a batch.
-        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+        try:
+            yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+        except ray.exceptions.RayError as exc:
+            if not _died(exc):
+                raise
+            raise SynthcatError(
+                f"a model process died {MAX_RESTARTS + 1} times on the same batch (a crash in native code, or the "
+                "kernel's out-of-memory killer: try a smaller resources.<stage>.batch_size); the run stops, its "
+                f"finished shards are kept for a resume ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
+def _died(exc: BaseException) -> bool:
+    """Whether a Ray error is (or wraps) an actor's death, after its restarts ran out. A death in a
+    model host reaches here through its proxy's task, as that task's error text."""
+    import ray
+
+    return isinstance(exc, ray.exceptions.RayActorError) or "ray.exceptions.ActorDiedError" in str(exc)
 
 
 def run_stages(stages: Sequence[Stage], batches: Sequence[pa.Table], *, executor: str,

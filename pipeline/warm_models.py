@@ -70,19 +70,21 @@ class WarmModels:
         than `keep_s` ends itself, and is then made again."""
         import ray
 
-        from pipeline.executor import CALLS_PER_ACTOR, _ActorStage
+        from pipeline.executor import CALLS_PER_ACTOR, MAX_RESTARTS, _ActorStage
 
         hosts = self.hosts.get(stage.name)
         if hosts and (not self.run or all(_claimed(host) is not None for host in hosts)):
             return hosts
         r = stage.resources
-        # Like Ray Data's own pools: a host killed mid-batch restarts (setting the model up
-        # again) and the batch it was given runs again; the waiting proxy just waits longer.
+        # A host killed mid-batch restarts (setting the model up again) and the batch it was given
+        # runs again; the waiting proxy just waits longer. MAX_RESTARTS times: a batch that kills
+        # its host every time then fails the run (pipeline/executor.py).
         # Binding runs in its own thread ("control"), never queued behind a batch the host runs.
         # Batches: CALLS_PER_ACTOR threads, the stage one batch at a time (a lock in the host), so
         # the host puts one batch's output into the object store while it runs the next.
         host = ray.remote(max_concurrency=CALLS_PER_ACTOR, concurrency_groups={"control": 1})(_ActorStage)
-        options = dict(num_cpus=r.num_cpus, num_gpus=r.num_gpus or None, max_restarts=-1, max_task_retries=-1)
+        options = dict(num_cpus=r.num_cpus, num_gpus=r.num_gpus or None, max_restarts=MAX_RESTARTS,
+                       max_task_retries=MAX_RESTARTS)
         if not self.run:
             self.hosts[stage.name] = [host.options(**options).remote(stage) for _ in range(r.actors)]
         else:

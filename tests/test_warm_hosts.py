@@ -44,3 +44,36 @@ def test_after_a_host_restarts_each_round_still_spreads_its_proxies_over_both_ho
         ray.kill(hosts[1], no_restart=False)  # it restarts, setting its model up again
         assert {HostedStage(hosts, "next").host, HostedStage(hosts, "next").host} == set(hosts)
         assert len(set(_round("ray", rows=8, stage=stage).column("setups").to_pylist())) == 1
+
+
+@dataclass
+class DiesOnOneItem(WhoRanIt):
+    """Its process dies (as in a native crash or the OOM killer) on every batch holding item i2."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import os
+
+        if "i2" in batch.column("item_id").to_pylist():
+            os._exit(1)
+        return batch
+
+
+def test_a_batch_that_kills_its_model_process_every_time_fails_the_run_instead_of_looping(ray_session):
+    import pytest
+
+    from pipeline.errors import SynthcatError
+    from pipeline.executor import MAX_RESTARTS
+
+    started = time.monotonic()
+    with pytest.raises(SynthcatError, match=f"a model process died {MAX_RESTARTS + 1} times on the same batch"):
+        _round("ray", rows=4, stage=DiesOnOneItem())
+    assert time.monotonic() - started < 120
+
+
+def test_a_gpu_this_machines_ray_lacks_is_refused_even_when_ray_was_started_before(ray_session):
+    import pytest
+
+    from pipeline.errors import BadInputError
+
+    with pytest.raises(BadInputError, match=r"resources\.generate\.num_gpus=1 .* this Ray has 0"):
+        _round("ray", rows=2, stage=WhoRanIt(resources=StageResources(num_cpus=0.5, num_gpus=1, batch_size=2)))
