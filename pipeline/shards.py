@@ -7,6 +7,7 @@ file exists", and a resumed run skips those shards; no database, no partial file
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.errors import SynthcatError
 from pipeline.schema import IMAGE_TYPE, SHARD_SCHEMA, conform
 
 
@@ -89,8 +91,10 @@ class ShardStore:
         chunks, found = [], {}
         for path, part_keys in wanted.items():
             if self._last[0] != path:  # consecutive row groups share a shard
-                self._last = (path, pq.read_table(path, columns=["image"]))
-            taken = self._last[1].column("image").take(pa.array([where[k][1] for k in part_keys], pa.int64()))
+                self._last = (path, pq.read_table(path, columns=["image", "image_sha256"]))
+            positions = pa.array([where[k][1] for k in part_keys], pa.int64())
+            taken = self._last[1].column("image").take(positions)
+            _check_images(path, part_keys, taken, self._last[1].column("image_sha256").take(positions))
             offset = len(found)
             found.update((k, offset + j) for j, k in enumerate(part_keys))
             chunks += taken.cast(IMAGE_TYPE).chunks
@@ -193,3 +197,15 @@ def _with_small_images(table: pa.Table) -> pa.Table:
         index = table.schema.get_field_index(name)
         table = table.set_column(index, table.schema.field(index), pa.array(values, pa.binary()))
     return table
+
+
+def _check_images(path: Path, keys: list, images: pa.ChunkedArray, digests: pa.ChunkedArray) -> None:
+    """The images a publish copies are the ones the gates and validation passed: each has the
+    sha256 its row recorded when it was encoded (a shard damaged since fails the publish)."""
+    data = pc.struct_field(images, "bytes").to_pylist()
+    for (item, attempt), image, digest in zip(keys, data, digests.to_pylist()):
+        if digest is not None and (image is None or hashlib.sha256(image).hexdigest() != digest):
+            raise SynthcatError(f"{path}: the image of item {item} attempt {attempt} is not the one its "
+                                f"image_sha256 records (the shard is damaged): delete {path.name} and resume "
+                                "the run, which generates it again")
+

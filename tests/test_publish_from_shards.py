@@ -14,6 +14,7 @@ from PIL import Image
 
 from helpers import make_output_table
 from pipeline import publish
+from pipeline.errors import SynthcatError
 from pipeline.publish import stage_run
 from pipeline.schema import GATED_SCHEMA, conform
 
@@ -64,6 +65,16 @@ def test_gated_rows_leave_their_images_in_the_shards_and_publish_fetches_them_ba
     assert len(fetched) > 4 and fetched == with_images
     with pytest.raises(ValueError, match="need `images`"):
         stage_run(tmp_path / "c", gated, gated.slice(0, 0), "run-x")
+
+    # a shard damaged after the gates passed its images: the publish stops, naming it
+    damaged = table.slice(16)
+    images = damaged.column("image").to_pylist()
+    images[2] = {"bytes": images[2]["bytes"][:-8] + bytes(8), "path": None}
+    store.write("shard-00001", damaged.set_column(damaged.schema.get_field_index("image"), "image",
+                                                  pa.array(images, damaged.schema.field("image").type)))
+    with pytest.raises(SynthcatError, match=rf"shard-00001.parquet: the image of item {damaged['item_id'][2].as_py()} "
+                                            r"attempt 0 is not the one its image_sha256 records"):
+        stage_run(tmp_path / "d", gated.slice(0, 20), gated.slice(20), "run-x", images=ShardStore(tmp_path / "shards"))
 
 
 def test_publish_reads_each_shards_images_once_however_the_rows_split_into_files(tmp_path, monkeypatch):

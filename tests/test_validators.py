@@ -30,7 +30,8 @@ def failed(report: ValidationReport) -> set[tuple[str, str | None]]:
 
 
 def test_a_good_table_passes(good):
-    report = validate_accepted(good, expected_rows=ROWS, min_clip_score=0.1, width=64, height=64)
+    report = validate_accepted(good, expected_rows=ROWS, min_clip_score=0.1, width=64, height=64,
+                               run_id=good["run_id"][0].as_py(), run_date=good["run_date"][0].as_py())
     assert report.success, report.failed()
     assert report.statistics["unsuccessful_expectations"] == 0
     assert report.statistics["evaluated_expectations"] == len(report.results) >= 30
@@ -70,12 +71,18 @@ BAD_TABLES = {
     "wrong row count": (lambda t: t, {"expected_rows": ROWS + 1},
                         ("expect_table_row_count_to_equal", None)),
     "empty table": (lambda t: t.slice(0, 0), {}, ("expect_table_row_count_to_be_between", None)),
+    "another run's row": (lambda t: replace(t, "run_id", ["other"] + t["run_id"].to_pylist()[1:]),
+                          {"run_id": "__RUN_ID__"}, ("expect_column_values_to_be_in_set", "run_id")),
+    "another date's row": (lambda t: replace(t, "run_date", ["1999-12-31"] + t["run_date"].to_pylist()[1:]),
+                           {"run_date": "__RUN_DATE__"}, ("expect_column_values_to_be_in_set", "run_date")),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_TABLES))
 def test_a_bad_table_fails_and_names_the_expectation(good, case):
     mutate, options, expected_failure = BAD_TABLES[case]
+    own = {"__RUN_ID__": good["run_id"][0].as_py(), "__RUN_DATE__": good["run_date"][0].as_py()}
+    options = {key: own.get(value, value) for key, value in options.items()}
     report = validate_accepted(mutate(good), **options)
     assert not report.success
     assert expected_failure in failed(report)

@@ -43,8 +43,10 @@ class ValidationReport:
 
 def validate_accepted(table: pa.Table, *, expected_rows: int | None = None,
                       min_clip_score: float | None = None, width: int | None = None,
-                      height: int | None = None) -> ValidationReport:
-    """Run the accepted-rows suite over `table` and report every expectation's result.
+                      height: int | None = None, run_id: str | None = None,
+                      run_date: str | None = None) -> ValidationReport:
+    """Run the accepted-rows suite over `table` and report every expectation's result
+    (`run_id`, `run_date`: every row must be the run's own, of its date).
 
     Never raises for bad data: a missing column, an empty table or a bad value shows up as a
     failed expectation. The caller decides what a failure means (GateFailedError, exit 3).
@@ -57,7 +59,7 @@ def validate_accepted(table: pa.Table, *, expected_rows: int | None = None,
     # 2. Declare the suite.
     suite = gx.ExpectationSuite(name="synthcat-accepted", expectations=_expectations(
         gx.expectations, expected_rows=expected_rows, min_clip_score=min_clip_score,
-        width=width, height=height))
+        width=width, height=height, run_id=run_id, run_date=run_date))
 
     # 3. Validate the whole DataFrame as one batch in an in-memory context.
     context = _ephemeral_context(gx)
@@ -89,7 +91,7 @@ def _light_frame(table: pa.Table):
     return light.to_pandas()
 
 
-def _expectations(E, *, expected_rows, min_clip_score, width, height) -> list:
+def _expectations(E, *, expected_rows, min_clip_score, width, height, run_id=None, run_date=None) -> list:
     expected_columns = [_DERIVED.get(f.name, f.name) for f in OUTPUT_SCHEMA]
     expectations = [E.ExpectTableColumnsToMatchSet(column_set=expected_columns, exact_match=False)]
     if expected_rows is None:
@@ -109,6 +111,9 @@ def _expectations(E, *, expected_rows, min_clip_score, width, height) -> list:
     if min_clip_score is not None:
         expectations.append(E.ExpectColumnValuesToBeBetween(column="clip_score",
                                                             min_value=float(min_clip_score)))
+    for column, value in (("run_id", run_id), ("run_date", run_date)):  # rows of another run would be
+        if value is not None:                                             # published as this one's
+            expectations.append(E.ExpectColumnValuesToBeInSet(column=column, value_set=[value]))
     if width is not None:
         expectations.append(E.ExpectColumnValuesToBeInSet(column="width", value_set=[width]))
     if height is not None:

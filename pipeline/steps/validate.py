@@ -16,7 +16,8 @@ def validate(staging: Path) -> dict:
 
     state, tick = read_state(staging), time.perf_counter()
     accepted, _ = gated_tables(staging)
-    report = validate_accepted(accepted, min_clip_score=state["scorer"]["min_clip_score"]).to_dict()
+    report = validate_accepted(accepted, min_clip_score=state["scorer"]["min_clip_score"],
+                               run_id=state["run_id"], run_date=state["run_date"]).to_dict()
     with editing_state(staging) as record:
         record.update(validation=report, timings={**record["timings"], "validate": time.perf_counter() - tick})
     if not report["success"]:
