@@ -113,12 +113,13 @@ def make_spec(params: dict, *, dag_run_id: str, run_date: str, clear_number: int
     out = params.get("out") or (f"out/on-demand/{run_id}" if triggered_by else None)
     if not out:
         raise BadInputError("param 'out': no output folder given")
+    own_out = not params.get("out")  # the run's own folder: a dry run leaves none behind
     spec = {
         "manifest": _resolve(params["manifest"]), "config": _resolve(params["config"]),
         "out": _resolve(out, _out_base(REPO)), "skus": list(params.get("skus") or []),
         "dry_run": bool(params.get("dry_run", False)),
         "run_id": run_id,
-        "run_date": run_date,
+        "run_date": run_date, "own_out": own_out,
         "ray_address": os.environ.get("RAY_ADDRESS") or None,
         "models_dir": os.environ.get("SYNTHCAT_MODELS_DIR") or None,
     }
@@ -213,8 +214,8 @@ def end_dry_run(spec: dict) -> None:
 
     staging = _staging(spec)
     shutil.rmtree(staging, ignore_errors=True)
-    # _staging/, the dataset's root, then `out` (an on-demand run's own, when the trigger named none)
-    for folder in (staging.parent, staging.parent.parent, Path(spec["out"])):
+    # _staging/, the dataset's root, then `out` when it is the run's own (the trigger named none)
+    for folder in (staging.parent, staging.parent.parent, *([Path(spec["out"])] if spec.get("own_out") else [])):
         try:
             folder.rmdir()
         except OSError:  # not empty (another run, published data) or already gone

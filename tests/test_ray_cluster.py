@@ -85,24 +85,30 @@ def two_node_cluster(models_dir, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     temp_dir = Path("/tmp") / f"rayc{os.getpid()}"  # Ray wants a short socket path
-    gcs_port, dashboard_port = _free_port(), _free_port()
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
-    head = _start_node(["--head", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}",
-                        "--dashboard-host=127.0.0.1", "--num-cpus=1", "--include-dashboard=true",
-                        f"--temp-dir={temp_dir}", f"--ray-client-server-port={_free_port()}", *_own_ports()], env)
-    nodes = [head]
+    nodes: list[subprocess.Popen] = []
     try:
-        address = f"http://127.0.0.1:{dashboard_port}"
-        _wait_for_jobs_api(address, env)
-        for _ in range(2):  # a port picked free can be taken before the node binds it: start it again
+        # Ports are picked free, then bound by the nodes: another process (the suite's local Ray
+        # starting workers) can take one in between, and a node that cannot bind it dies. So a
+        # cluster that does not come up whole is started again, from a new head, once.
+        for _ in range(2):
+            gcs_port, dashboard_port = _free_port(), _free_port()
+            head = _start_node(["--head", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}",
+                                "--dashboard-host=127.0.0.1", "--num-cpus=1", "--include-dashboard=true",
+                                f"--temp-dir={temp_dir}", f"--ray-client-server-port={_free_port()}",
+                                *_own_ports()], env)
+            nodes.append(head)
+            address = f"http://127.0.0.1:{dashboard_port}"
+            _wait_for_jobs_api(address, env)
             worker = _start_node([f"--address=127.0.0.1:{gcs_port}", "--num-cpus=1", *_own_ports()], env)
             nodes.append(worker)
             joined, status = _wait_for_second_node(gcs_port, env, worker)
             if joined:
                 break
-            _stop(nodes.pop())
+            while nodes:
+                _stop(nodes.pop())
         assert joined, f"the worker node never joined (exit code {worker.poll()}):\n{status}\n{_head_logs(temp_dir)}"
         yield {"address": address, "env": env}
     finally:
