@@ -172,7 +172,7 @@ class MarketProfile(_Strict):
             except MissingGlyphs as exc:
                 raise ValueError(f"{where}: {exc}") from None
             except FontError:  # a font package not installed: the overlay names it, row by row
-                return self
+                break
         return self
 
     @field_validator("currency")

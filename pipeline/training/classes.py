@@ -21,16 +21,7 @@ CLASSES = "_classes.json"
 def class_names(root: Path, labels) -> list[str]:
     """The dataset's class names in id order: the recorded ones, then those of `labels` not among
     them (sorted)."""
-    path = Path(root) / CLASSES
-    known: list[str] = []
-    if path.is_file():
-        try:
-            known = json.loads(path.read_text(encoding="utf-8"))["names"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SynthcatError(f"{path}: not a class list ({type(exc).__name__}: {exc}); "
-                                "restore it from a backup: the ids of the published labels depend on it") from None
-        if not (isinstance(known, list) and all(isinstance(name, str) for name in known)):
-            raise SynthcatError(f"{path}: not a class list (names must be a list of text)")
+    known = _recorded(Path(root) / CLASSES)
     recorded = set(known)
     return known + sorted({label for label in labels if label is not None} - recorded)
 
@@ -38,5 +29,19 @@ def class_names(root: Path, labels) -> list[str]:
 def record_classes(root: Path, names: list[str]) -> None:
     """Write `names` (class_names' result) as the dataset's class list, when it has grown."""
     path = Path(root) / CLASSES
-    if not path.is_file() or json.loads(path.read_text(encoding="utf-8"))["names"] != names:
+    if _recorded(path) != names:
         write_json(path, {"names": names})
+
+
+def _recorded(path: Path) -> list[str]:
+    """The class list written at `path`, [] when there is none yet."""
+    if not path.is_file():
+        return []
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))["names"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SynthcatError(f"{path}: not a class list ({type(exc).__name__}: {exc}); "
+                            "restore it from a backup: the ids of the published labels depend on it") from None
+    if not (isinstance(known, list) and all(isinstance(name, str) for name in known)):
+        raise SynthcatError(f"{path}: not a class list (names must be a list of text)")
+    return known
