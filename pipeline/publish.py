@@ -1,8 +1,8 @@
 """Publish a run: stage Parquet files, then swap each run_date partition into the live dataset.
 
-Layout (DESIGN.md "Output: the dataset"):
-    data/run_date=<d>/market=<m>/part-<run_id>-<nnnnn>.parquet      accepted rows
-    rejects/run_date=<d>/market=<m>/part-<run_id>-<nnnnn>.parquet   rejected rows
+Layout (DESIGN.md "Output: the dataset"; `.<split>`: training rows of one split, pipeline/layout.py):
+    data/run_date=<d>/market=<m>/part-<run_id>-<nnnnn>[.<split>].parquet      accepted rows
+    rejects/run_date=<d>/market=<m>/part-<run_id>-<nnnnn>[.<split>].parquet   rejected rows
     _runs/<run_id>/manifest.json                                    commit record, written last
 
 Partition columns: `run_date` and `market` stay *inside* every file (DESIGN: every row carries
@@ -29,7 +29,6 @@ import datetime as dt
 import fcntl
 import json
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ from pipeline.fsops import exchange as _exchange
 from pipeline.fsops import fsync as _fsync
 from pipeline.fsops import sha256_file
 from pipeline.fsops import write_json as _write_json
+from pipeline.layout import RUN_DATE, check_name, is_run_file, part_name, partitions
 from pipeline.schema import IMAGE_TYPE, OUTPUT_SCHEMA, PARTITION_COLUMNS, conform, with_hf_metadata
 
 DATA_DIR, REJECTS_DIR, RUNS_DIR = "data", "rejects", "_runs"
@@ -57,8 +57,6 @@ FILE_SCHEMA = pa.schema(
     [f.with_type(_PARTITION_TYPE) if f.name in PARTITION_COLUMNS else f for f in OUTPUT_SCHEMA],
     metadata=with_hf_metadata(OUTPUT_SCHEMA).metadata,
 )
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_RUN_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def stage_run(staging_dir: Path, accepted: pa.Table, rejected: pa.Table, run_id: str,
@@ -76,7 +74,7 @@ def stage_run(staging_dir: Path, accepted: pa.Table, rejected: pa.Table, run_id:
     reads it.
     """
     staging_dir = Path(staging_dir)
-    _check_name("run_id", run_id)
+    check_name("run_id", run_id)
     if (staging_dir / RUNS_DIR).exists():
         raise SynthcatError(f"staging folder {staging_dir} holds {RUNS_DIR}/: "
                             "it looks like a published dataset, not a staging folder")
@@ -90,10 +88,10 @@ def stage_run(staging_dir: Path, accepted: pa.Table, rejected: pa.Table, run_id:
             if images is None:
                 raise ValueError("stage_run: rows without images need `images` to fetch them")
             table = images.in_shard_order(table)
-        for (run_date, market), part in _split_partitions(table):
+        for (run_date, market, split), part in partitions(table):
             folder = Path(kind, f"run_date={run_date}", f"market={market}")
             for number, start in enumerate(range(0, part.num_rows, rows_per_file)):
-                relative = folder / f"part-{run_id}-{number:05d}.parquet"
+                relative = folder / part_name(run_id, number, split)
                 files.append(_StagedFile(staging_dir, relative, part.slice(start, rows_per_file)))
     for file in files:
         if "image" in file.rows.column_names:
@@ -117,10 +115,10 @@ def publish_run(dataset_root: Path, staging_dir: Path, run_id: str, run_dates: l
     """
     dataset_root, staging_dir = Path(dataset_root), Path(staging_dir)
     # 1. Check inputs before anything moves.
-    _check_name("run_id", run_id)
+    check_name("run_id", run_id)
     manifest_path = dataset_root / RUNS_DIR / run_id / "manifest.json"
     for run_date in run_dates:
-        if not _RUN_DATE.fullmatch(run_date):
+        if not RUN_DATE.fullmatch(run_date):
             raise SynthcatError(f"run date {run_date!r} is not YYYY-MM-DD")
     if manifest_path.exists():
         raise SynthcatError(f"run {run_id} is already published ({manifest_path})")
@@ -213,23 +211,6 @@ def read_published(dataset_root: Path, run_date: str | None = None) -> pa.Table:
 
 
 # --- staging -------------------------------------------------------------------------------------
-
-def _split_partitions(table: pa.Table):
-    """Yield ((run_date, market), rows) for every partition of `table`, in sorted order."""
-    if table.num_rows == 0:
-        return
-    for column in PARTITION_COLUMNS:
-        if table[column].null_count:
-            raise SynthcatError(f"{table[column].null_count} rows have no {column}: "
-                                "every published row needs its partition values")
-    keys = table.select(list(PARTITION_COLUMNS)).group_by(list(PARTITION_COLUMNS)).aggregate([])
-    for run_date, market in sorted(zip(*(keys[c].to_pylist() for c in PARTITION_COLUMNS))):
-        if not _RUN_DATE.fullmatch(run_date):
-            raise SynthcatError(f"run_date {run_date!r} is not YYYY-MM-DD")
-        _check_name("market", market)
-        mask = pc.and_(pc.equal(table["run_date"], run_date), pc.equal(table["market"], market))
-        yield (run_date, market), table.filter(mask)
-
 
 class _StagedFile:
     """One staged Parquet file, written a row group (`ROW_GROUP_SIZE` rows) at a time as its rows'
@@ -365,8 +346,7 @@ def _earlier_attempt(live: Path, aside: Path, run_id: str) -> bool:
     if not (aside.exists() and live.is_dir()):
         return False
     names = [path.name for path in live.glob("market=*/*")]
-    own = re.compile(rf"part-{re.escape(run_id)}-\d+\.parquet")
-    return bool(names) and all(own.fullmatch(name) for name in names)
+    return bool(names) and all(is_run_file(name, run_id) for name in names)
 
 
 def _swap_back_all(swaps: list[dict], cause: BaseException) -> None:
@@ -392,9 +372,3 @@ def _holds(partition: Path, wanted: dict[str, tuple[int, str]], read: bool = Tru
 
 
 # --- small helpers -------------------------------------------------------------------------------
-
-def _check_name(what: str, value) -> None:
-    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value):
-        raise SynthcatError(f"{what} {value!r} cannot name a file or folder "
-                            "(letters, digits and . _ - only)")
-

@@ -72,13 +72,21 @@ def test_hugging_face_datasets_snippet(training_dataset, truth, tmp_path):
     assert Counter(names[i] for i in train["label"]) == Counter(
         l for l, s in zip(truth["label"].to_pylist(), truth["split"].to_pylist()) if s == "train")
     assert train[0]["bbox"] is None and train[0]["mask"] is None  # no product photo composited
-    # the dataset card's `configs` make the root itself loadable: accepted rows only, never rejects/
-    whole = datasets.load_dataset(str(training_dataset["root"]), split="train", cache_dir=str(tmp_path / "hf2"))
-    published = pq.read_table(training_dataset["root"] / "data", columns=["item_id", "label"])
-    assert whole.num_rows == published.num_rows and isinstance(whole.features["image"], datasets.Image)
-    # the card declares the class list: each label reads as its id in it
-    assert dict(zip(whole["item_id"], whole.features["label"].int2str(whole["label"]))) == \
-        dict(zip(published["item_id"].to_pylist(), published["label"].to_pylist()))
+    # the dataset card's `configs` make the root itself loadable: the training splits as Hugging
+    # Face's train / validation / test, each read from its own files; accepted rows only, never rejects/
+    loaded = datasets.load_dataset(str(training_dataset["root"]), cache_dir=str(tmp_path / "hf2"))
+    published = pq.read_table(training_dataset["root"] / "data", columns=["item_id", "label", "split"])
+    assert set(published["split"].to_pylist()) == {"train", "val", "test"}
+    assert {name: split.num_rows for name, split in loaded.items()} == {
+        hf: published["split"].to_pylist().count(ours) for ours, hf in (("train", "train"), ("val", "validation"),
+                                                                         ("test", "test"))}
+    for name, split in loaded.items():  # each split holds its own rows, decoded and labelled
+        assert set(split["split"]) == {{"validation": "val"}.get(name, name)}
+        assert isinstance(split.features["image"], datasets.Image)
+        # the card declares the class list: each label reads as its id in it
+        assert dict(zip(split["item_id"], split.features["label"].int2str(split["label"]))) == {
+            i: label for i, label, s in zip(*(published[c].to_pylist() for c in ("item_id", "label", "split")))
+            if s == split[0]["split"]}
 
 
 def test_torch_stream_reads_each_row_once_one_row_group_at_a_time(training_dataset, truth, tmp_path):
@@ -156,3 +164,38 @@ def test_catalog_text_in_the_card_stays_text(tmp_path):
     assert "<script" not in html and "href=" not in html and "<!--" not in html
     assert html.count("<h2>Licence</h2>") == 1 and html.count("<h2>") == 9  # the card's own sections only
     assert "<td>t-shirt</td>" in html
+
+
+def test_the_card_gives_each_split_its_files_and_an_old_layout_one_whole_split(tmp_path):
+    """Training rows load as Hugging Face's train / validation / test from their files' names, other
+    rows as the `campaign` config; while training rows from before splits named files are live, the
+    card keeps one `train` split of every row rather than hide them."""
+    import datasets
+
+    from pipeline.training.card import write_dataset_card
+
+    root = tmp_path / "catalog_images"
+
+    def files(day: str, market: str, name: str, kind: str, splits: list) -> None:
+        partition = root / "data" / f"run_date={day}" / f"market={market}"
+        partition.mkdir(parents=True, exist_ok=True)
+        n = len(splits)
+        pq.write_table(pa.table({"kind": [kind] * n, "label": ["mug" if kind == "training" else None] * n,
+                                 "split": splits, "sku": [f"{name}{i}" for i in range(n)],
+                                 "run_date": [day] * n, "run_id": ["r"] * n}), partition / name)
+
+    files("2026-11-02", "global", "part-r-00000.train.parquet", "training", ["train"] * 3)
+    files("2026-11-02", "global", "part-r-00000.val.parquet", "training", ["val"] * 2)
+    files("2026-11-02", "en-US", "part-r-00000.parquet", "campaign", [None] * 4)
+    write_dataset_card(root)
+    cache = str(tmp_path / "hf")
+    loaded = datasets.load_dataset(str(root), cache_dir=cache)
+    assert {name: (split.num_rows, set(split["split"])) for name, split in loaded.items()} == {
+        "train": (3, {"train"}), "validation": (2, {"val"})}  # no test rows: no empty `test` split
+    campaign = datasets.load_dataset(str(root), "campaign", split="train", cache_dir=cache)
+    assert campaign.num_rows == 4 and set(campaign["kind"]) == {"campaign"}
+
+    files("2026-11-01", "global", "part-old-00000.parquet", "training", ["train", "test"])  # published before
+    write_dataset_card(root)
+    whole = datasets.load_dataset(str(root), cache_dir=cache)
+    assert list(whole) == ["train"] and whole["train"].num_rows == 3 + 2 + 4 + 2

@@ -247,7 +247,7 @@ def test_a_trigger_can_name_only_allowed_folders_and_never_another_dags_run_id(t
 def test_distinct_dag_runs_get_distinct_run_ids_and_a_trigger_without_out_a_dataset_of_its_own(tmp_path,
                                                                                                  monkeypatch):
     from pipeline import orchestrate
-    from pipeline.publish import _check_name
+    from pipeline.layout import check_name as _check_name
 
     ids = ["xmas:2026", "xmas+2026", "xmas-2026", "a" * 200, "a" * 199 + "b", ":::", "manual__x",
            "scheduled__2026-11-26T01:00:00+00:00", "scheduled__2026-11-26T01-00-00-00-00"]

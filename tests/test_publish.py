@@ -104,6 +104,29 @@ def test_stage_run_splits_large_partitions_into_numbered_files(tmp_path):
     assert [r["rows"] for r in records] == [12, 12, 6]
 
 
+def test_stage_run_gives_each_training_split_files_of_its_own(tmp_path):
+    """The split is in a file's name (pipeline/layout.py): a reader takes one split by pattern."""
+    from pipeline.errors import SynthcatError
+    from pipeline.layout import is_run_file, split_of
+
+    table = make_output_table(9, markets=("global",))
+    splits = ["train", None, "val", "train", "test", None, "train", "val", "train"]
+    table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(splits, pa.string()))
+    records = stage_run(tmp_path, table, make_output_table(0), "run-x", rows_per_file=3)
+    names = [Path(r["path"]).name for r in records]
+    assert names == ["part-run-x-00000.parquet", "part-run-x-00000.test.parquet", "part-run-x-00000.train.parquet",
+                     "part-run-x-00001.train.parquet", "part-run-x-00000.val.parquet"]
+    for record, name in zip(records, names):
+        rows = pq.read_table(tmp_path / record["path"], columns=["item_id", "split"])
+        assert set(rows["split"].to_pylist()) == {split_of(name)} and is_run_file(name, "run-x")
+    read = pq.read_table(tmp_path / "data", columns=["item_id"])["item_id"].to_pylist()
+    assert sorted(read) == sorted(table["item_id"].to_pylist())  # every row once
+    assert not is_run_file("part-run-x-00000.train.parquet", "run") and split_of("part-a.b-00000.parquet") is None
+    bad = table.set_column(table.schema.get_field_index("split"), "split", pa.array(["holdout"] * 9))
+    with pytest.raises(SynthcatError, match="split 'holdout'"):
+        stage_run(tmp_path / "bad", bad, make_output_table(0), "run-x")
+
+
 def test_stage_run_of_empty_tables_writes_no_data(tmp_path):
     empty = make_output_table(0)
     assert stage_run(tmp_path, empty, empty, "run-x") == []

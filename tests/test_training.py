@@ -87,7 +87,10 @@ def test_dataset_card_is_a_hugging_face_card_refreshed_at_each_publish(published
     root = published["root"]
     card = DatasetCard.load(root / "README.md")
     assert card.data.license == "other" and card.data.task_categories == ["image-classification"]
-    assert card.data.configs[0]["data_files"][0]["path"] == "data/**/*.parquet"
+    present = {r["split"] for r in published["rows"]}  # each split read from its own files
+    assert card.data.configs == [{"config_name": "default", "data_files": [
+        {"split": hf, "path": f"data/**/*.{ours}.parquet"}
+        for ours, hf in (("train", "train"), ("val", "validation"), ("test", "test")) if ours in present]}]
     for section in ("## Class counts", "## Generation settings", "## Models and hashes", "## Gate statistics",
                     "## Licence", "## Intended use", "## Limits"):
         assert section in card.text

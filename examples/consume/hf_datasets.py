@@ -11,11 +11,11 @@ import datasets
 
 
 def load_split(dataset_root: str, split: str = "train", cache_dir: str | None = None) -> datasets.Dataset:
-    """One split of the training rows, with `image` as a `datasets.Image` feature and `label` as the
-    dataset's `ClassLabel` (its card declares the class list, ids kept from run to run), ready for a
-    Trainer or `.with_format("torch")`."""
-    ds = datasets.load_dataset(dataset_root, split="train", cache_dir=cache_dir)  # every published row
-    ds = ds.filter(lambda kind, s: kind == "training" and s == split, input_columns=["kind", "split"])
+    """One split of the training rows ("train", "validation" or "test"), with `image` as a
+    `datasets.Image` feature and `label` as the dataset's `ClassLabel` (its card declares the class
+    list, ids kept from run to run), ready for a Trainer or `.with_format("torch")`. The card maps
+    each split onto its files, so only that split's files are read."""
+    ds = datasets.load_dataset(dataset_root, split=split, cache_dir=cache_dir)
     return ds.select_columns(["image", "label", "sku", "split", "bbox", "mask"])
 
 

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline.fsops import replacing
+from pipeline.layout import HF_SPLITS, split_of
 from pipeline.training import TRAINING_KIND
 from pipeline.training.classes import class_names, record_classes
 from pipeline.training.splits import SPLITS
@@ -28,6 +29,11 @@ from pipeline.training.splits import SPLITS
 CARD = "README.md"
 _LIGHT = ["kind", "label", "split", "sku", "run_date", "run_id", "scheduler", "model_sha256"]
 _LOADING = """import datasets
+splits = datasets.load_dataset("<this folder>")  # train / validation / test by SKU; rejects/ never
+train = splits["train"]
+names = train.features["label"].names  # ids kept from run to run
+"""
+_LOADING_ALL = """import datasets
 ds = datasets.load_dataset("<this folder>", split="train")  # every published row; rejects/ never
 train = ds.filter(lambda kind, split: kind == "training" and split == "train", input_columns=["kind", "split"])
 names = train.features["label"].names  # ids kept from run to run
@@ -51,14 +57,33 @@ def _size_category(n: int) -> str:
     return "n>10M"
 
 
-def _published_rows(root: Path) -> pa.Table:
-    parts = []
+def _published_rows(root: Path) -> tuple[pa.Table, list[dict]]:
+    """The published rows' light columns, and the card's `configs` for the files that hold them."""
+    parts, splits, unsplit = [], set(), {"training": False, "other": False}
     for path in sorted((root / "data").rglob("*.parquet")):
         names = pq.read_schema(path).names
         parts.append(pq.read_table(path, columns=[c for c in _LIGHT if c in names]))
+        if split_of(path.name):
+            splits.add(split_of(path.name))
+        else:  # a campaign file, or training rows published before their split named their file
+            training = "kind" in names and TRAINING_KIND in pc.unique(parts[-1]["kind"]).to_pylist()
+            unsplit["training" if training else "other"] = True
     if not parts:
-        return pa.table({c: pa.array([], pa.string()) for c in _LIGHT})
-    return pa.concat_tables(parts, promote_options="permissive")
+        return pa.table({c: pa.array([], pa.string()) for c in _LIGHT}), _configs(splits, unsplit)
+    return pa.concat_tables(parts, promote_options="permissive"), _configs(splits, unsplit)
+
+
+def _configs(splits: set[str], unsplit: dict[str, bool]) -> list[dict]:
+    """`load_dataset(<root>)`: the training splits as train / validation / test (from their files'
+    names, pipeline/layout.py), other rows as the config `campaign`. While training rows published
+    before that naming are live, or where there are no training rows: one `train` split of every row."""
+    if unsplit["training"] or not splits:
+        return [{"config_name": "default", "data_files": [{"split": "train", "path": "data/**/*.parquet"}]}]
+    configs = [{"config_name": "default", "data_files": [
+        {"split": HF_SPLITS[s], "path": f"data/**/*.{s}.parquet"} for s in SPLITS if s in splits]}]
+    if unsplit["other"]:
+        configs.append({"config_name": "campaign", "data_files": [{"split": "train", "path": "data/**/*[0-9].parquet"}]})
+    return configs
 
 
 def _live_manifests(root: Path, run_ids: set[str]) -> list[dict]:
@@ -192,7 +217,8 @@ def render_card(root: Path) -> str:
 
 def _card(root: Path) -> tuple[str, list[str]]:
     """The card's text, and the dataset's class names in id order."""
-    published = _published_rows(root)
+    published, configs = _published_rows(root)
+    by_split = configs[0]["data_files"][0]["path"] != "data/**/*.parquet"
     training_rows = published.filter(pc.equal(published.column("kind"), TRAINING_KIND))
     rows = training_rows.select([c for c in ("label", "split", "sku") if c in published.column_names]).to_pylist()
     kinds = set(pc.unique(published.column("kind")).to_pylist())
@@ -213,7 +239,7 @@ def _card(root: Path) -> tuple[str, list[str]]:
         "dataset_info": {"config_name": "default",
                          **(_features(root, names) if rows else {}),
                          "download_size": sum(p.stat().st_size for p in (root / "data").rglob("*.parquet"))},
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/**/*.parquet"}]}],
+        "configs": configs,
     }
     dates = sorted({r for r in published.column("run_date").to_pylist()}) if published.num_rows else []
     sections = [
@@ -227,8 +253,11 @@ def _card(root: Path) -> tuple[str, list[str]]:
         "training: `label` (the catalog category), `taxonomy` (root-to-leaf path), `attributes` (the "
         "product's, JSON), `facets` (scene, viewpoint, lighting, material and template of the prompt, JSON), "
         "`split` (train/val/test by SKU), `bbox` (COCO `[x, y, width, height]`) and `mask` (PNG) of a "
-        "composited product photo, null where unknown. The `train` split of the `default` config below "
-        "holds every published row: select on the `split` column.",
+        "composited product photo, null where unknown. " + (
+            "The `default` config below reads the training rows as the splits train, validation and test "
+            "(each split's files are named `*.<split>.parquet`), the `campaign` config any other rows."
+            if by_split else "The `train` split of the `default` config below holds every published row: "
+            "select on the `split` column."),
         "## Class counts\nA label's `id` is its `ClassLabel` value; ids are kept from run to run (`_classes.json`: "
         "a new class gets the next id, a class no longer published keeps its own).\n\n" + _class_counts(rows, names),
         "## Generation settings\n" + (_settings(latest) if latest else "No published run."),
@@ -239,7 +268,7 @@ def _card(root: Path) -> tuple[str, list[str]]:
             "terms apply."),
         "## Intended use\n" + (training.get("intended_use") or DEFAULT_INTENDED_USE),
         "## Limits\n" + (training.get("limitations") or DEFAULT_LIMITS),
-        "## Loading\n```python\n" + _LOADING + "```",
+        "## Loading\n```python\n" + (_LOADING if by_split else _LOADING_ALL) + "```",
     ]
     return "\n\n".join(sections) + "\n", names
 
