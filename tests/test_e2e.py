@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -148,7 +149,12 @@ def test_failed_gate_exits_3_and_keeps_published_data(published, tmp_path, capsy
     assert "validation failed, nothing published" in err and "Traceback" not in err
     after = pq.read_table(published["root"] / "data").sort_by("item_id")
     assert after.equals(before)
-    assert not (published["root"] / "_runs" / "run-strict" / "manifest.json").exists()
+    assert not (published["root"] / "_runs" / "run-strict").exists()  # no run folder without its manifest
+    # the failed run's report is in its staging folder, named in the error: what failed, and the images
+    report = published["root"] / "_staging" / "run-strict" / "report.html"
+    assert f"the run's report: {report}" in " ".join(err.split())
+    page = report.read_text(encoding="utf-8")
+    assert "expect_table_row_count_to_be_between" in page and page.count("<img") >= 4  # none accepted
 
 
 # Crashes (SIGKILL at generate, score, publish) and resume: tests/reliability/test_crash_resume.py
@@ -252,3 +258,22 @@ def test_campaign_rows_carry_the_copy_drawn_its_font_and_the_brand_lineage(publi
             assert row["brand_adapter"] is None and row["palette_distance"] is None
     report = next((published["root"] / "_runs").glob("*/report.html")).read_text(encoding="utf-8")
     assert "セール：マグカップ" in report and "Black Friday" in report
+
+
+def test_a_publish_failing_before_its_commit_leaves_no_run_folder_and_its_rerun_publishes(published, tmp_path,
+                                                                                       monkeypatch):
+    import pipeline.publish as publish
+
+    out = tmp_path / "out"
+    shutil.copytree(published["out"], out)
+    args = [*published["args"][:6], str(out), "--run-date", "2026-12-01", "--run-id", "run-disk", "--no-progress"]
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(publish, "publish_run", full_disk)
+    assert main(args) == 1
+    assert not (out / "catalog_images" / "_runs" / "run-disk").exists()  # report and input rejects gone with it
+    monkeypatch.undo()
+    assert main(args) == 0  # the staged run resumes and publishes
+    assert {p.name for p in (out / "catalog_images" / "_runs" / "run-disk").iterdir()} >= {"manifest.json", "report.html"}

@@ -18,11 +18,6 @@ from pipeline.steps.state import STATE, RunSummary, read_state
 
 def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
     """Write the report, stage the Parquet files, swap partitions in, write manifest.json last."""
-    from pipeline.cost import run_cost
-    from pipeline.publish import publish_run, stage_run
-    from pipeline.report import write_report
-    from pipeline.training.diversity import training_metrics
-
     published = staging.parents[1] / "_runs" / staging.name / "manifest.json"
     if not (staging / STATE).is_file() and published.is_file():
         # a retried task whose first attempt finished, its staging already cleaned up (the worker
@@ -37,22 +32,60 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
         raise GateFailedError(f"{staging}: the run has not passed validation; nothing published")
     accepted, rejected = (_photos_as_catalogued(table, state.get("photo_base")) for table in gated_tables(staging))
     shards = ShardStore(staging / "shards")
+    summary = _summary(state, run_dir / "report.html", accepted, rejected, summary_extra or {})
     run_dir.mkdir(parents=True, exist_ok=True)
-    if (staging / "input_rejects.parquet").is_file():
-        shutil.copyfile(staging / "input_rejects.parquet", run_dir / "input_rejects.parquet")
-    extra = summary_extra or {}
-    summary = RunSummary(
+    try:
+        _publish(staging, state, summary, accepted, rejected, shards)
+    except BaseException:
+        if not summary.manifest_path.exists():  # not committed: no run folder without its commit record
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    _finish(root, staging)
+    summary.timings["publish"] = time.perf_counter() - tick
+    return summary
+
+
+def failed_run_report(staging: Path) -> Path:
+    """The report of a run that failed validation, in its staging folder (nothing is published):
+    its accepted and rejected images, scores, reasons, and the expectations that failed."""
+    state = read_state(staging)
+    accepted, rejected = (_photos_as_catalogued(table, state.get("photo_base")) for table in gated_tables(staging))
+    summary = _summary(state, staging / "report.html", accepted, rejected, {})
+    return _write_report(state, summary, accepted, rejected, ShardStore(staging / "shards"))
+
+
+def _summary(state: dict, report_path: Path, accepted, rejected, extra: dict) -> RunSummary:
+    from pipeline.cost import run_cost
+
+    root, run_id = Path(state["dataset_root"]), state["run_id"]
+    return RunSummary(
         run_id=run_id, run_date=state["run_date"], dataset_root=root, items=state["items"],
         generated=extra.get("generated", state["items"]), resumed_shards=extra.get("skipped", 0),
         accepted=accepted.num_rows, rejected=rejected.num_rows, reasons=state["gate"]["reasons"],
         bad_rows=state["input"]["bad_rows"], images_per_s=extra.get("images_per_s", 0.0),
-        seconds=extra.get("seconds", 0.0), manifest_path=run_dir / "manifest.json",
-        report_path=run_dir / "report.html", timings=dict(state["timings"]),
+        seconds=extra.get("seconds", 0.0), manifest_path=root / "_runs" / run_id / "manifest.json",
+        report_path=report_path, timings=dict(state["timings"]),
         regenerated=state["gate"].get("regenerated", 0),
         cost=run_cost(state.get("device"), accepted.num_rows, parse_job_config(state["config"]).cost),
     )
-    write_report(summary.report_path, accepted, rejected, summary, state["validation"], thresholds=state["scorer"],
-                 thumbnails=shards.thumbnails)
+
+
+def _write_report(state: dict, summary: RunSummary, accepted, rejected, shards) -> Path:
+    from pipeline.report import write_report
+
+    return write_report(summary.report_path, accepted, rejected, summary, state["validation"],
+                        thresholds=state["scorer"], thumbnails=shards.thumbnails)
+
+
+def _publish(staging: Path, state: dict, summary: RunSummary, accepted, rejected, shards) -> None:
+    """The run's folder (input rejects, report), its staged files swapped in, the manifest last."""
+    from pipeline.publish import publish_run, stage_run
+    from pipeline.training.diversity import training_metrics
+
+    root, run_id, run_dir = summary.dataset_root, summary.run_id, summary.manifest_path.parent
+    if (staging / "input_rejects.parquet").is_file():
+        shutil.copyfile(staging / "input_rejects.parquet", run_dir / "input_rejects.parquet")
+    _write_report(state, summary, accepted, rejected, shards)
     # the images are copied into the dataset's files from the shards, in one pass over them
     stage_run(staging / "publish", accepted, rejected, run_id, images=shards)
     manifest = {
@@ -67,9 +100,6 @@ def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
     if training := training_metrics(accepted, rejected):  # per class and split: Vendi, clip_score, duplicates
         manifest["training"] = training
     publish_run(root, staging / "publish", run_id, [state["run_date"]], manifest)
-    _finish(root, staging)
-    summary.timings["publish"] = time.perf_counter() - tick
-    return summary
 
 
 def _finish(root: Path, staging: Path) -> None:

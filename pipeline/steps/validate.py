@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -25,5 +26,17 @@ def validate(staging: Path) -> dict:
         names = "; ".join(f"{r['expectation']}({r.get('column') or ''}): observed {r.get('observed')}"
                           for r in failed[:5])
         raise GateFailedError(f"validation failed, nothing published ({len(failed)} expectations "
-                              f"failed; details in {staging / STATE}): {names}")
+                              f"failed; details in {staging / STATE}{_report_of(staging)}): {names}")
     return {"success": True, "expectations": len(report["results"])}
+
+
+def _report_of(staging: Path) -> str:
+    """", the run's report: <path>" for the error; a report that cannot be written (its cause logged)
+    does not hide the validation failure."""
+    from pipeline.steps.publish import failed_run_report
+
+    try:
+        return f", the run's report: {failed_run_report(staging)}"
+    except Exception:  # noqa: BLE001 - the validation failure is the error to raise
+        logging.getLogger(__name__).warning("the report of the failed run could not be written", exc_info=True)
+        return ""
