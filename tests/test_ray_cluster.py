@@ -143,7 +143,8 @@ def test_run_submitted_through_the_jobs_api_to_a_two_node_cluster(two_node_clust
     catalog.write_text("".join(EXAMPLE_CATALOG.read_text().splitlines(keepends=True)[:3]))
     job = tmp_path / "job.yaml"
     # two actors of one CPU each: the generate pool spans both nodes
-    job.write_text("markets: [en-US]\nvariants: 2\nshard_size: 2\ngeneration: {steps: 4}\n"
+    # (attempts: 2, one retry round at most: each round is a Ray job, about 40 s here)
+    job.write_text("markets: [en-US]\nvariants: 2\nshard_size: 2\ngeneration: {steps: 4}\ngates: {max_attempts: 2}\n"
                    "resources:\n  generate: {num_cpus: 0.5, actors: 2, batch_size: 2}\n"
                    "  score: {num_cpus: 0.25}\n  encode: {num_cpus: 0.25}\n")
     out = tmp_path / "out"
