@@ -105,15 +105,17 @@ def test_memorization_gate_flags_pixel_copies_and_cfg_gaps(tmp_path, models_dir,
 
     edited = refs[1].copy()
     edited[16:32, 16:32] = 0                                  # one tile blacked out: not verbatim
-    images = [refs[1], edited, rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), refs[2]]
+    # i4: a copy whose embedding was never measured; i5: a gap that is NaN
+    images = [refs[1], edited, rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), refs[2], refs[0],
+              rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)]
     embedding = np.zeros(64, np.float32)
     embedding[0] = 1.0                                        # the descriptor sees nothing special
     table = conform(pa.Table.from_pylist([
         {"item_id": f"i{k}", "sku": f"S{k}", "market": "en-US", "kind": "training", "variant": 0,
-         "format": "1:1", "attempt": 0, "clip_score": 0.5, "clip_embedding": embedding.tolist(),
+         "format": "1:1", "attempt": 0, "clip_score": 0.5, "clip_embedding": None if k == 4 else embedding.tolist(),
          "image": {"bytes": _png(p), "path": None}, "image_sha256": str(k), "image_phash": f"{k:016x}",
          "pixel_mean": 120.0, "pixel_std": 70.0, "mem_cfg_gap": gap}
-        for k, (p, gap) in enumerate(zip(images, [1.0, 1.0, 1.0, 50.0]))]), SHARD_SCHEMA)
+        for k, (p, gap) in enumerate(zip(images, [1.0, 1.0, 1.0, 50.0, 1.0, float("nan")]))]), SHARD_SCHEMA)
     settings = GateSettings(max_phash_distance=None, max_ref_tile_l2=0.1, max_mem_cfg_gap=20.0)
     result = apply_gates(table, settings, created_at=datetime.now(timezone.utc), reference=index)
     rows = {r["item_id"]: r for r in result.accepted.to_pylist() + result.rejected.to_pylist()}
@@ -124,12 +126,16 @@ def test_memorization_gate_flags_pixel_copies_and_cfg_gaps(tmp_path, models_dir,
     assert rows["i1"]["ref_tile_l2"] > 0.1 and memorized["i1"] == []
     assert rows["i2"]["ref_tile_l2"] > 0.2 and memorized["i2"] == []
     assert rows["i3"]["ref_tile_l2"] == 0.0 and len(memorized["i3"]) == 2 and "cfg gap 50.00" in memorized["i3"][1]
-    assert all(r["ref_nearest_id"] in index.ids and r["ref_similarity"] is not None for r in rows.values())
+    # nothing measured, nothing claimed: no nearest reference or distance for a row without an embedding
+    assert rows["i4"]["ref_nearest_id"] is rows["i4"]["ref_similarity"] is rows["i4"]["ref_tile_l2"] is None
+    assert memorized["i4"] == [] and "clip_embedding: missing" in rows["i4"]["gate_reasons"]
+    assert memorized["i5"] == ["memorization: cfg gap not measurable (NaN)"]  # NaN never clears a threshold
+    assert all(r["ref_nearest_id"] in index.ids and r["ref_similarity"] is not None for k, r in rows.items() if k != "i4")
     # no thresholds: every signal recorded, nothing rejected for memorization
     quiet = apply_gates(table, GateSettings(max_phash_distance=None), created_at=datetime.now(timezone.utc),
                         reference=index)
     assert not any(x.startswith("memorization:") for r in quiet.rejected.to_pylist() for x in r["gate_reasons"])
-    assert quiet.accepted.num_rows + quiet.rejected.num_rows == 4
+    assert quiet.accepted.num_rows + quiet.rejected.num_rows == 6
 
 
 # --- the default reference: the tiny preset's own training set -------------------------------------

@@ -109,7 +109,7 @@ def apply_gates(table: pa.Table, settings: GateSettings, *, created_at: datetime
             reasons[row].append("clip_embedding: missing")
     memorized = memorization_evidence(
         table, embeddings, reference, max_ref_similarity=settings.max_ref_similarity,
-        max_ref_tile_l2=settings.max_ref_tile_l2, max_mem_cfg_gap=settings.max_mem_cfg_gap)
+        max_ref_tile_l2=settings.max_ref_tile_l2, max_mem_cfg_gap=settings.max_mem_cfg_gap, present=has_embedding)
     ref_ids, ref_scores = memorized.ref_nearest_id, memorized.ref_similarity
     for row, extra in enumerate(memorized.reasons):
         reasons[row] += extra

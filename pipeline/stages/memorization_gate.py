@@ -17,6 +17,7 @@ c. **in-generation signal** — `mem_cfg_gap` (Wen et al., ICLR 2024), measured 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,34 +80,41 @@ def _pixel_copy_chunk(images: list[bytes | None], rows: np.ndarray, reference) -
 
 def memorization_evidence(table: pa.Table, embeddings: np.ndarray | None, reference, *,
                           max_ref_similarity: float | None, max_ref_tile_l2: float | None,
-                          max_mem_cfg_gap: float | None) -> MemorizationEvidence:
+                          max_mem_cfg_gap: float | None, present: list[bool] | None = None) -> MemorizationEvidence:
     """The three signals for every row of `table` (in its order) and the reasons they fail.
 
-    `reference`: a loaded `ReferenceIndex` or None (then a. and b. stay null). A threshold of
-    None records the signal without gating on it.
+    `reference`: a loaded `ReferenceIndex` or None (then a. and b. stay null). `present`: per row,
+    whether its embedding was measured (None: all were); a row without one is not searched (its
+    a. and b. stay null: nothing was measured to compare). A threshold of None records the signal
+    without gating on it; a gap that is NaN cannot clear c. and fails it.
     """
     n = table.num_rows
     ids: list[str | None] = [None] * n
     similarity: list[float | None] = [None] * n
     tile_l2: list[float | None] = [None] * n
     reasons: list[list[str]] = [[] for _ in range(n)]
-    if reference is not None and embeddings is not None and n:
-        rows, scores = reference.neighbours(embeddings, CANDIDATES)
-        ids = [reference.ids[r] if r >= 0 else None for r in rows[:, 0]]
-        similarity = [float(s) if r >= 0 else None for r, s in zip(rows[:, 0], scores[:, 0])]
-        tile_l2, closest = _pixel_copy_distance(_comparison_images(table), rows, reference)
-        for row in range(n):
+    searched = np.flatnonzero(np.ones(n, bool) if present is None else np.asarray(present, bool))
+    if reference is not None and embeddings is not None and len(searched):
+        rows, scores = reference.neighbours(embeddings[searched], CANDIDATES)
+        images = _comparison_images(table)
+        distances, closest = _pixel_copy_distance([images[row] for row in searched], rows, reference)
+        for k, row in enumerate(searched.tolist()):
+            if rows[k, 0] >= 0:
+                ids[row], similarity[row] = reference.ids[rows[k, 0]], float(scores[k, 0])
+            tile_l2[row] = distances[k]
             if max_ref_similarity is not None and similarity[row] is not None \
                     and similarity[row] >= max_ref_similarity:
                 reasons[row].append(f"memorization: cosine {similarity[row]:.3f} >= {max_ref_similarity:g} "
                                     f"to reference {ids[row][:12]}")
             if max_ref_tile_l2 is not None and tile_l2[row] is not None and tile_l2[row] <= max_ref_tile_l2:
                 reasons[row].append(f"memorization: near-verbatim copy of reference "
-                                    f"{reference.ids[closest[row]][:12]} (tiled L2 {tile_l2[row]:.3f} "
+                                    f"{reference.ids[closest[k]][:12]} (tiled L2 {tile_l2[row]:.3f} "
                                     f"<= {max_ref_tile_l2:g})")
     if max_mem_cfg_gap is not None and "mem_cfg_gap" in table.column_names:
         for row, gap in enumerate(table.column("mem_cfg_gap").to_pylist()):
-            if gap is not None and gap > max_mem_cfg_gap:
+            if gap is not None and math.isnan(gap):  # NaN compares False with the threshold: it would pass
+                reasons[row].append("memorization: cfg gap not measurable (NaN)")
+            elif gap is not None and gap > max_mem_cfg_gap:
                 reasons[row].append(f"memorization: cfg gap {gap:.2f} > {max_mem_cfg_gap:g} "
                                     "(in-generation signal)")
     return MemorizationEvidence(ids, similarity, tile_l2, reasons)
