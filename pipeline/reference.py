@@ -141,7 +141,10 @@ def _commit_build(index_dir: Path, rows: dict, source: str, clip_path: Path, ext
     for name in files.values():
         fsync(index_dir / name)
     previous = _files(index_dir)
+    from pipeline.models.presets import weights_sha256
+
     description = {"source": source, "images": len(rows), "clip_path": str(clip_path),
+                   "clip_sha256": weights_sha256(Path(clip_path)),  # the scorer is matched by its weights
                    "embedding_dim": len(next(iter(rows.values()))["embedding"]),
                    "search": built.describe(), "built_at": now.isoformat(), "files": files,
                    "sha256": sha256_file(index_dir / files["parquet"]), **(extra or {})}
@@ -150,6 +153,32 @@ def _commit_build(index_dir: Path, rows: dict, source: str, clip_path: Path, ext
         if old.suffix in (".parquet", ".faiss") and old.name not in {*files.values(), *(previous or {}).values()}:
             old.unlink(missing_ok=True)
     return description
+
+
+def _check_scorer(index_dir: Path, description: dict, clip_path: Path) -> None:
+    """An index is searched only with the scorer that embedded it: the same weights (an index built
+    before they were recorded: the same preset folder and embedding size). Other weights give
+    cosines between unrelated spaces, another size fails the search."""
+    from pipeline.models.presets import weights_sha256
+
+    built_with, recorded = Path(description["clip_path"]), description.get("clip_sha256")
+    if recorded is not None:
+        same = recorded == weights_sha256(clip_path)
+    else:  # presets live at <models_dir>/<scorer>/clip: the scorer's name identifies the model
+        same = built_with.parts[-2:] == clip_path.parts[-2:] and \
+            description.get("embedding_dim") in (None, _embedding_dim(clip_path))
+    if not same:
+        raise BadInputError(f"{index_dir}: built with the scorer in {built_with} ({description.get('embedding_dim')}-d "
+                            f"embeddings), but this run scores with other weights ({clip_path}); rebuild the index "
+                            "with `synthcat index build` and this run's scorer")
+
+
+def _embedding_dim(clip_path: Path) -> int | None:
+    """The embedding size an open_clip folder's config names, None where it names none."""
+    try:
+        return int(json.loads((clip_path / "open_clip_config.json").read_text(encoding="utf-8"))["model_cfg"]["embed_dim"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _files(index_dir: Path) -> dict | None:
@@ -208,11 +237,8 @@ class ReferenceIndex:
         if not path.is_file():
             raise BadInputError(f"{index_dir}: not a reference index (no index.json; run `synthcat index build`)")
         description = json.loads(path.read_text(encoding="utf-8"))
-        built_with = Path(description["clip_path"])
-        # presets live at <models_dir>/<scorer>/clip: the scorer's name identifies the model
-        if clip_path is not None and built_with.parts[-2:] != Path(clip_path).parts[-2:]:
-            raise BadInputError(f"{index_dir}: built with {description['clip_path']}, "
-                                f"but this run scores with {clip_path}; rebuild the index")
+        if clip_path is not None:
+            _check_scorer(index_dir, description, Path(clip_path))
         return description
 
     def neighbours(self, embeddings, k: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import shutil
 from datetime import datetime, timezone
 
 import imagehash
@@ -230,6 +232,25 @@ def test_memorization_gate_against_a_built_reference_index(tmp_path, models_dir,
     assert apply_gates(table, GateSettings(), created_at=NOW, reference=index).rejected.num_rows == 0
     with pytest.raises(BadInputError, match="rebuild the index"):
         ReferenceIndex(tmp_path / "index", models_dir / "vit-b-32" / "clip")
+    # the scorer is matched by its weights wherever they lie, and other weights under the same
+    # preset name (a retrained tiny) are refused: their cosines would compare unrelated spaces
+    moved = tmp_path / "elsewhere" / "clip"
+    shutil.copytree(models_dir / "tiny" / "clip", moved)
+    assert ReferenceIndex.describe(tmp_path / "index", moved)["images"] == 3
+    retrained = tmp_path / "tiny" / "clip"
+    shutil.copytree(models_dir / "tiny" / "clip", retrained)
+    weights = retrained / "open_clip_model.safetensors"
+    changed = bytearray(weights.read_bytes())
+    changed[-1] ^= 1
+    weights.write_bytes(bytes(changed))
+    with pytest.raises(BadInputError, match="other weights"):
+        ReferenceIndex.describe(tmp_path / "index", retrained)
+    # an index built before the weights were recorded: the preset's folder, and its embedding size
+    description = json.loads((tmp_path / "index" / "index.json").read_text())
+    del description["clip_sha256"]
+    (tmp_path / "index" / "index.json").write_text(json.dumps({**description, "embedding_dim": 8}))
+    with pytest.raises(BadInputError, match="8-d embeddings"):
+        ReferenceIndex.describe(tmp_path / "index", models_dir / "tiny" / "clip")
 
 
 def test_history_scored_by_another_clip_model_is_still_compared_by_bytes_and_phash(tmp_path):

@@ -151,18 +151,29 @@ def _require_safetensors(path: Path, what: str) -> None:
         raise BadInputError(f"{what}: {path} has no .safetensors weights (other formats are refused)")
 
 
+_HASHED: dict[tuple, str] = {}  # weights hashed in this process, by their files' names, sizes and times
+
+
 def weights_sha256(path: Path) -> str:
     """One sha256 over every safetensors file under `path` (relative name + content, sorted).
 
-    It identifies the exact weights in lineage, whatever the folder's other files say.
+    It identifies the exact weights in lineage, whatever the folder's other files say. Hashed
+    once per process while the files keep their size and modification time (a run asks for it in
+    several places; a real checkpoint takes seconds to read).
     """
+    files = sorted(path.rglob("*.safetensors"))
+    key = (str(path.resolve()), *((f.relative_to(path).as_posix(), f.stat().st_size, f.stat().st_mtime_ns, f.stat().st_ino)
+                                  for f in files))
+    if key in _HASHED:
+        return _HASHED[key]
     digest = hashlib.sha256()
-    for file in sorted(path.rglob("*.safetensors")):
+    for file in files:
         digest.update(file.relative_to(path).as_posix().encode() + b"\0")
         with file.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
-    return digest.hexdigest()
+    _HASHED[key] = digest.hexdigest()
+    return _HASHED[key]
 
 
 def describe_presets(models_dir: Path) -> list[dict]:
