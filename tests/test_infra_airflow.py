@@ -98,9 +98,19 @@ def test_ray_settings_and_dags_reach_the_task_runner(compose):
     targets = {v.split(":")[1]: (COMPOSE_FILE.parent / v.split(":")[0]).resolve()
                for v in common["volumes"] if isinstance(v, str) and not v.startswith("$")}
     assert targets[f"{common['environment']['PYTHONPATH']}/dags"] == REPO / "dags"
-    # the weights at the path the Ray pods mount them (infra/kuberay: /models), read-only
-    assert common["environment"]["SYNTHCAT_MODELS_DIR"] == "/models"
-    assert [v for v in common["volumes"] if isinstance(v, str) and v.endswith(":/models:ro")]
+    # the weights where tasks read them, mounted at that same path read-only: by default the path
+    # the Ray pods mount them at (infra/kuberay: /models), the host's own path for a Ray on this host
+    models_dir = common["environment"]["SYNTHCAT_MODELS_DIR"]
+    assert models_dir == "${SYNTHCAT_MODELS_DIR:-/models}"
+    assert [v for v in common["volumes"] if isinstance(v, str) and v.endswith(f"}}:{models_dir}:ro")]
+    assert "SYNTHCAT_MODELS_DIR=/models" in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()
+    # Airflow's tasks and the Ray side write the same run folders: one owner, the pods' uid by default
+    pods = [doc for doc in yaml.safe_load_all((KUBERAY / "raycluster.yaml").read_text()) if doc and doc["kind"] == "RayCluster"]
+    pod_uids = {group["template"]["spec"]["securityContext"]["runAsUser"]
+                for spec in pods for group in [spec["spec"]["headGroupSpec"], *spec["spec"]["workerGroupSpecs"]]}
+    assert pod_uids == {1000}
+    assert {services[name].get("user") for name in [*AIRFLOW_COMMANDS, "airflow-init"]} == {"${AIRFLOW_UID:-1000}:0"}
+    assert "AIRFLOW_UID=1000" in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()
     assert "SYNTHCAT_DATA_DIR" in common["environment"]  # relative `out` paths land on the shared folder
     build = services["airflow-scheduler"]["build"]
     assert (COMPOSE_FILE.parent / build["context"]).resolve() == REPO
