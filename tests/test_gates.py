@@ -7,10 +7,12 @@ import io
 import json
 import shutil
 from datetime import datetime, timezone
+from pathlib import Path
 
 import imagehash
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -270,3 +272,47 @@ def test_history_scored_by_another_clip_model_is_still_compared_by_bytes_and_pha
     result = apply_gates(run, GateSettings(min_semantic_cosine=0.95), created_at=NOW, history=history)
     (rejected,) = result.rejected.to_pylist()
     assert (rejected["item_id"], rejected["dup_group"], rejected["dup_reason"]) == ("item00", "old07", "exact")
+
+
+def test_a_run_resumed_under_other_gates_regenerates_retry_shards_left_with_other_items(tmp_path, models_dir,
+                                                                                       monkeypatch):
+    """A resume may gate otherwise (another `gates:` config) and so plan a retry shard of the same
+    name for other items: the one on disk is not this round's and is made again, not taken as done."""
+    import pipeline.steps.gate as gate_step
+    from pipeline.config import parse_job_config
+    from pipeline.copy_detection import thumbnail_png
+    from pipeline.shards import ShardStore
+    from pipeline.steps.prepare import prepare
+    from pipeline.steps.state import RunRequest, read_state
+
+    scores = {("AAA-1", 0): 0.40, ("BBB-2", 0): 0.30}  # every later attempt scores 0.50
+
+    def generate(staging, shards=None, **_):  # the generator's part, without a model: each row's own image
+        state, plan, store = read_state(staging), pq.read_table(staging / "plan.parquet"), ShardStore(staging / "shards")
+        for shard in sorted(set(state["shards"] if shards is None else shards) - store.done()):
+            rows = []
+            for row in plan.filter(pc.equal(plan.column("shard_id"), shard)).to_pylist():
+                pixels = _noise(row["seed"] % 2**32)
+                embedding = np.random.default_rng(row["seed"] % 2**32).standard_normal(8)
+                rows.append({**row, **_image(pixels), "clip_model": "tiny", "clip_embedding": list(embedding / np.linalg.norm(embedding)),
+                             "clip_score": scores.get((row["sku"], row["attempt"]), 0.50), "copy_thumbnail": thumbnail_png(pixels),
+                             "overlay_text": "x", "overlay_contrast": 10.0})
+            store.write(shard, conform(pa.Table.from_pylist(rows), SHARD_SCHEMA))
+
+    monkeypatch.setattr(gate_step, "generate_shards", generate)
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text("sku,title,category\nAAA-1,Red mug,mug\nBBB-2,Blue bottle,bottle\n")
+
+    def run(run_id: str, min_clip_score: float) -> list:
+        config = parse_job_config({"dataset": "ds", "kinds": ["campaign"], "markets": ["en-US"], "executor": "local",
+                                   "gates": {"min_clip_score": min_clip_score, "reference_index": "none"}})
+        staging = Path(prepare(RunRequest(manifest=catalog, config=config, out=tmp_path / "out", run_date="2026-11-26",
+                                          run_id=run_id, models_dir=models_dir, show_progress=False))["staging"])
+        generate(staging)
+        gate_step.consolidate(staging)
+        accepted = pq.read_table(staging / "gated" / "accepted.parquet")
+        return sorted(zip(*(accepted.column(c).to_pylist() for c in ("sku", "attempt"))))
+
+    assert run("r1", 0.45) == [("AAA-1", 1), ("BBB-2", 1)]  # both retried once (shard-a1-00000)
+    # resumed with a lower cut: only BBB-2 is retried, into a shard of the same name
+    assert run("r1", 0.35) == run("r2", 0.35) == [("AAA-1", 0), ("BBB-2", 1)]  # as an undisturbed run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from pipeline.shards import ShardStore, shard_sizes
 from pipeline.steps.generate import generate_shards
 from pipeline.steps.state import editing_state, read_state, update_state
 from pipeline.warm_models import held_idle, keep_models_warm
+
+log = logging.getLogger(__name__)
 
 
 def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: int | None = None) -> dict:
@@ -62,6 +65,7 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
             sizes = shard_sizes(retries)
             if clash := set(sizes) & set(state["shards"]):  # they would be skipped as done: an endless loop
                 raise RuntimeError(f"{staging}: retry shards already planned: {sorted(clash)}")
+            _drop_stale_retries(store, retries)
             state = update_state(staging, shards={**state["shards"], **sizes})
             generate_shards(staging, list(sizes), ray_address=ray_address, ray_num_cpus=ray_num_cpus)
         # the last gate pass ran with the models still set up: held too, until now
@@ -77,6 +81,23 @@ def consolidate(staging: Path, *, ray_address: str | None = None, ray_num_cpus: 
         record.update(gate=result, timings={**record["timings"], "gate": time.perf_counter() - tick},
                       device=add_held_idle(record.get("device"), holder, now, idle))
     return result
+
+
+def _drop_stale_retries(store: ShardStore, retries: pa.Table) -> None:
+    """A retry shard already on disk is this round's only if it holds exactly the rows planned for
+    it. A run resumed under another gating (another `gates:` config) plans its rounds otherwise, and
+    an earlier attempt may have left a shard of that name with other items or attempts: it is
+    removed, so this round generates it, rather than skipped as done."""
+    for shard in sorted(set(retries.column("shard_id").to_pylist()) & store.done()):
+        planned = retries.filter(pc.equal(retries.column("shard_id"), shard))
+        found = pq.read_table(store.path(shard), columns=["item_id", "attempt", "seed"])
+        if _keys(found) != _keys(planned):
+            log.warning("%s: made by an earlier attempt of the run for other items; generated again", shard)
+            store.path(shard).unlink()
+
+
+def _keys(rows: pa.Table) -> set[tuple]:
+    return set(zip(*(rows.column(c).to_pylist() for c in ("item_id", "attempt", "seed"))))
 
 
 def _retry_shards(staging: Path) -> set[str]:
