@@ -182,7 +182,8 @@ def test_the_card_gives_each_split_its_files_and_an_old_layout_one_whole_split(t
         n = len(splits)
         pq.write_table(pa.table({"kind": [kind] * n, "label": ["mug" if kind == "training" else None] * n,
                                  "split": splits, "sku": [f"{name}{i}" for i in range(n)],
-                                 "run_date": [day] * n, "run_id": ["r"] * n}), partition / name)
+                                 "run_date": [day] * n, "run_id": ["r"] * n,
+                                 **{c: [None] * n for c in ("image", "bbox", "mask")}}), partition / name)
 
     files("2026-11-02", "global", "part-r-00000.train.parquet", "training", ["train"] * 3)
     files("2026-11-02", "global", "part-r-00000.val.parquet", "training", ["val"] * 2)
@@ -199,3 +200,17 @@ def test_the_card_gives_each_split_its_files_and_an_old_layout_one_whole_split(t
     write_dataset_card(root)
     whole = datasets.load_dataset(str(root), cache_dir=cache)
     assert list(whole) == ["train"] and whole["train"].num_rows == 3 + 2 + 4 + 2
+    # the campaign rows stay their own config, and the example's load_split keeps exactly a split's rows
+    assert datasets.load_dataset(str(root), "campaign", split="train", cache_dir=cache)["sku"] == [
+        f"part-r-00000.parquet{i}" for i in range(4)]
+    hf = snippet("hf_datasets")
+    assert Counter(hf.load_split(str(root), "train", cache_dir=cache)["split"]) == {"train": 4}
+    assert Counter(hf.load_split(str(root), "test", cache_dir=cache)["split"]) == {"test": 1}
+
+    # a dataset of campaign rows only: they are the default rows, and the `campaign` config's too
+    only = tmp_path / "campaign_only"
+    root = only
+    files("2026-11-02", "de-DE", "part-c-00000.parquet", "campaign", [None] * 2)
+    write_dataset_card(only)
+    assert datasets.load_dataset(str(only), split="train", cache_dir=cache).num_rows == 2
+    assert datasets.load_dataset(str(only), "campaign", split="train", cache_dir=cache).num_rows == 2

@@ -316,3 +316,23 @@ def test_a_run_resumed_under_other_gates_regenerates_retry_shards_left_with_othe
     assert run("r1", 0.45) == [("AAA-1", 1), ("BBB-2", 1)]  # both retried once (shard-a1-00000)
     # resumed with a lower cut: only BBB-2 is retried, into a shard of the same name
     assert run("r1", 0.35) == run("r2", 0.35) == [("AAA-1", 0), ("BBB-2", 1)]  # as an undisturbed run
+
+
+def test_weights_are_hashed_again_when_a_file_is_replaced_even_under_its_old_size_and_time(tmp_path):
+    """The per-process hash cache keys on each file's size, times and inode: a same-size file
+    written in place with its old modification time put back (`cp -p`, `rsync -a --inplace`)
+    still changes its ctime, so it is hashed again."""
+    import os
+
+    from pipeline.models.presets import weights_sha256
+
+    weights = tmp_path / "unet" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"a" * 4096)
+    first, before = weights_sha256(tmp_path), weights.stat()
+    assert weights_sha256(tmp_path) == first  # unchanged: the cached value
+    with weights.open("r+b") as fh:  # in place: the same inode
+        fh.write(b"b" * 4096)
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))  # the old modification time back
+    assert weights.stat().st_size == before.st_size and weights.stat().st_ino == before.st_ino
+    assert weights_sha256(tmp_path) == hashlib.sha256(b"unet/model.safetensors\0" + b"b" * 4096).hexdigest() != first

@@ -158,12 +158,13 @@ def weights_sha256(path: Path) -> str:
     """One sha256 over every safetensors file under `path` (relative name + content, sorted).
 
     It identifies the exact weights in lineage, whatever the folder's other files say. Hashed
-    once per process while the files keep their size and modification time (a run asks for it in
+    once per process while the files keep their size and modification and change times (a run asks for it in
     several places; a real checkpoint takes seconds to read).
     """
     files = sorted(path.rglob("*.safetensors"))
-    key = (str(path.resolve()), *((f.relative_to(path).as_posix(), f.stat().st_size, f.stat().st_mtime_ns, f.stat().st_ino)
-                                  for f in files))
+    # ctime too: a copy that keeps the inode and carries an older file's mtime (`cp -p`) still changes it
+    key = (str(path.resolve()), *((f.relative_to(path).as_posix(), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                                  for f, st in ((f, f.stat()) for f in files)))
     if key in _HASHED:
         return _HASHED[key]
     digest = hashlib.sha256()

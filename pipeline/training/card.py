@@ -59,30 +59,36 @@ def _size_category(n: int) -> str:
 
 def _published_rows(root: Path) -> tuple[pa.Table, list[dict]]:
     """The published rows' light columns, and the card's `configs` for the files that hold them."""
-    parts, splits, unsplit = [], set(), {"training": False, "other": False}
+    parts, splits, unsplit_training, other_folders = [], set(), False, set()
     for path in sorted((root / "data").rglob("*.parquet")):
         names = pq.read_schema(path).names
         parts.append(pq.read_table(path, columns=[c for c in _LIGHT if c in names]))
+        kinds = set(pc.unique(parts[-1]["kind"]).to_pylist()) if "kind" in names else set()
         if split_of(path.name):
             splits.add(split_of(path.name))
-        else:  # a campaign file, or training rows published before their split named their file
-            training = "kind" in names and TRAINING_KIND in pc.unique(parts[-1]["kind"]).to_pylist()
-            unsplit["training" if training else "other"] = True
+        elif TRAINING_KIND in kinds:  # training rows published before their split named their file
+            unsplit_training = True
+        if kinds - {TRAINING_KIND}:  # campaign rows: in their markets' folders, never in market=global
+            other_folders.add(path.parent.name)
+    configs = _configs(splits, unsplit_training, other_folders)
     if not parts:
-        return pa.table({c: pa.array([], pa.string()) for c in _LIGHT}), _configs(splits, unsplit)
-    return pa.concat_tables(parts, promote_options="permissive"), _configs(splits, unsplit)
+        return pa.table({c: pa.array([], pa.string()) for c in _LIGHT}), configs
+    return pa.concat_tables(parts, promote_options="permissive"), configs
 
 
-def _configs(splits: set[str], unsplit: dict[str, bool]) -> list[dict]:
+def _configs(splits: set[str], unsplit_training: bool, other_folders: set[str]) -> list[dict]:
     """`load_dataset(<root>)`: the training splits as train / validation / test (from their files'
-    names, pipeline/layout.py), other rows as the config `campaign`. While training rows published
-    before that naming are live, or where there are no training rows: one `train` split of every row."""
-    if unsplit["training"] or not splits:
-        return [{"config_name": "default", "data_files": [{"split": "train", "path": "data/**/*.parquet"}]}]
-    configs = [{"config_name": "default", "data_files": [
-        {"split": HF_SPLITS[s], "path": f"data/**/*.{s}.parquet"} for s in SPLITS if s in splits]}]
-    if unsplit["other"]:
-        configs.append({"config_name": "campaign", "data_files": [{"split": "train", "path": "data/**/*[0-9].parquet"}]})
+    names, pipeline/layout.py); while training rows published before that naming are live, or
+    where there are no training rows, one `train` split of every row. `load_dataset(<root>,
+    "campaign")`: the other rows, from their markets' folders, whenever there are any."""
+    if unsplit_training or not splits:
+        default = [{"split": "train", "path": "data/**/*.parquet"}]
+    else:
+        default = [{"split": HF_SPLITS[s], "path": f"data/**/*.{s}.parquet"} for s in SPLITS if s in splits]
+    configs = [{"config_name": "default", "data_files": default}]
+    if other_folders:
+        configs.append({"config_name": "campaign", "data_files": [
+            {"split": "train", "path": [f"data/*/{folder}/*.parquet" for folder in sorted(other_folders)]}]})
     return configs
 
 
