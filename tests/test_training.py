@@ -96,6 +96,7 @@ def test_dataset_card_is_a_hugging_face_card_refreshed_at_each_publish(published
         assert section in card.text
     generator = published["manifest"]["models"]["generator"]
     assert generator["sha256"] in card.text
+    assert "Runs `" not in card.text and f"images per class: {IMAGES_PER_CLASS};" in card.text  # one run
     mugs = [r for r in published["rows"] if r["label"] == "mug"]
     counts = Counter(r["split"] for r in mugs)
     classes = json.loads((root / "_classes.json").read_text())["names"]
@@ -118,6 +119,11 @@ def test_dataset_card_is_a_hugging_face_card_refreshed_at_each_publish(published
     refreshed = DatasetCard.load(copy / "training_images" / "README.md")
     assert refreshed.data.license == "cc-by-4.0" and "2026-11-26, 2026-11-27" in refreshed.text
     assert "| mug | " in refreshed.text and "run-next" in refreshed.text and "run-train" in refreshed.text
+    # each live run's generation settings, as it was made: here two runs with different quotas
+    settings = refreshed.text.split("## Generation settings")[1].split("## ")[0]
+    first, second = settings.split("Runs `run-next` (2026-11-27):")
+    assert "Runs `run-train` (2026-11-26):" in first and f"images per class: {IMAGES_PER_CLASS};" in first
+    assert "images per class: 1;" in second
     grown = json.loads((copy / "training_images" / "_classes.json").read_text())["names"]
     assert grown == [*classes, "aardvark"] and f"| {len(classes)} | aardvark | " in refreshed.text
     header = yaml.safe_load(refreshed.content.split("---")[1])

@@ -153,6 +153,18 @@ def _features(root: Path, names: list[str]) -> dict:
     return {"features": listed}
 
 
+def _all_settings(manifests: list[dict]) -> str:
+    """The settings of every live run: once when they all agree, else per group of runs that agree
+    (the runs named, oldest group first), so rows from an older run are described as they were made."""
+    groups: dict[str, list[dict]] = {}
+    for manifest in manifests:
+        groups.setdefault(_settings(manifest), []).append(manifest)
+    if len(groups) == 1:
+        return next(iter(groups)) + ("\n\nEvery live run used these settings." if len(manifests) > 1 else "")
+    return "\n\n".join("Runs " + ", ".join(f"`{m['run_id']}` ({m['run_date']})" for m in runs) + ":\n\n" + text
+                       for text, runs in groups.items())
+
+
 def _settings(manifest: dict) -> str:
     config, generator = manifest["config"], manifest["models"]["generator"]
     training = config.get("training", {})
@@ -266,7 +278,7 @@ def _card(root: Path) -> tuple[str, list[str]]:
             "select on the `split` column."),
         "## Class counts\nA label's `id` is its `ClassLabel` value; ids are kept from run to run (`_classes.json`: "
         "a new class gets the next id, a class no longer published keeps its own).\n\n" + _class_counts(rows, names),
-        "## Generation settings\n" + (_settings(latest) if latest else "No published run."),
+        "## Generation settings\n" + (_all_settings(manifests) if manifests else "No published run."),
         "## Models and hashes\n" + (_models(manifests) if manifests else "No published run."),
         "## Gate statistics\n" + (_gates(manifests) if manifests else "No published run."),
         "## Licence\n" + f"`{header['license']}`. " + (training.get("license_note") or
