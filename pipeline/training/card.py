@@ -1,10 +1,11 @@
 """The dataset card: `README.md` at the dataset root, in the Hugging Face dataset-card format.
 
 A YAML header (licence, task, size, tags, the features with `label` as a `ClassLabel` of the
-dataset's class list (pipeline.training.classes: ids kept from run to run), and a `configs` entry
-so `load_dataset(<root>)` reads the accepted rows under `data/` and never `rejects/`) and Markdown
-sections: class counts,
-generation settings, models and their hashes, gate statistics, licence, intended use, limits.
+dataset's class list (pipeline.training.classes: ids kept from run to run), and `configs` that
+read only the accepted rows under `data/`, never `rejects/`: `load_dataset(<root>)` gives the
+training splits, each from its own files, `load_dataset(<root>, "campaign")` the campaign rows) and
+Markdown sections: class counts, the generation settings of every live run, models and their
+hashes, gate statistics, licence, intended use, limits.
 Rebuilt from the live dataset (published files and the manifests of the runs that own them)
 at every publish, so it always describes what a reader gets.
 """
