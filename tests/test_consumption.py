@@ -113,12 +113,14 @@ def test_torch_stream_reads_each_row_once_one_row_group_at_a_time(training_datas
         target = copy / "data" / path.relative_to(root / "data")
         target.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pq.read_table(path), target, row_group_size=4)
-    files = sorted((copy / "data").rglob("*.parquet"))
+    files = [f for f in sorted((copy / "data").rglob("*.parquet")) if not f.name.endswith((".val.parquet", ".test.parquet"))]
     group_bytes = [pc.sum(pc.binary_length(pc.struct_field(
         pq.ParquetFile(f).read_row_group(g, columns=["image"])["image"], "bytes"))).as_py()
         for f in files for g in range(pq.ParquetFile(f).metadata.num_row_groups)]
     stream = torch_stream.ParquetImageStream(str(copy), split="train", classes=stream.classes)
-    assert len(stream.units) == len(group_bytes) >= 20
+    assert len(stream.units) == len(group_bytes) >= 20  # the train split's files only: the others unopened
+    val = torch_stream.ParquetImageStream(str(copy), split="val", classes=stream.classes)
+    assert val.units and all(path.endswith(".val.parquet") for path, _ in val.units)
     assert 4 * max(group_bytes) < sum(group_bytes) / 2  # the bound below tells one group from the dataset
     next(iter(stream))  # once first: arrow's one-time allocations (kernels, pools) are not the stream's
     before = pa.total_allocated_bytes()

@@ -42,6 +42,14 @@ def training_classes(dataset_root: str) -> list[str]:
     return sorted(labels)
 
 
+def may_hold(name: str, splits: list[str]) -> bool:
+    """Whether a file may hold rows of `splits`: one named for a split (`part-<run>-<n>.<split>.parquet`)
+    holds only that split's rows, so the others are skipped unopened; a file without a split in its
+    name (campaign rows, or training rows published before splits named files) is read and filtered."""
+    named = name.rsplit(".", 2)[1] if name.count(".") >= 2 else None
+    return named not in ("train", "val", "test") or named in splits
+
+
 class ParquetImageStream(IterableDataset):
     """(image float tensor C x H x W in [0, 1], class index) for the training rows of `split`
     (one name, or several: ("train", "val"))."""
@@ -53,7 +61,7 @@ class ParquetImageStream(IterableDataset):
         self.shuffle_buffer = max(1, shuffle_buffer)
         self.classes = classes or training_classes(dataset_root)
         self.index = {name: i for i, name in enumerate(self.classes)}
-        files = sorted(Path(dataset_root, "data").rglob("*.parquet"))
+        files = [f for f in sorted(Path(dataset_root, "data").rglob("*.parquet")) if may_hold(f.name, self.splits)]
         self.units = [(str(f), g) for f in files for g in range(pq.ParquetFile(f).metadata.num_row_groups)]
 
     def set_epoch(self, epoch: int) -> None:
