@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from pathlib import Path
 
 import yaml
@@ -225,8 +226,12 @@ def end_dry_run(spec: dict) -> None:
 def generate_shards(spec: dict, shards: list[str]) -> dict:
     """Generate, score and encode one group of shards (skipping finished ones) on Ray."""
     from pipeline.steps.generate import generate_shards as run_shards
+    from pipeline.steps.state import record_generation
 
-    return run_shards(_staging(spec), shards, ray_address=spec["ray_address"])
+    start = time.time()
+    result = run_shards(_staging(spec), shards, ray_address=spec["ray_address"])
+    record_generation(_staging(spec), start, time.time(), result.get("generated", 0))  # the run's images/s
+    return result
 
 
 def consolidate(spec: dict) -> dict:

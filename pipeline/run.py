@@ -38,6 +38,7 @@ def run_job(request: RunRequest) -> RunSummary:
         with editing_state(staging) as state:
             state["timings"].update(generate=generated.get("seconds", 0.0),
                                     generate_first_batch=generated.get("first_batch_s") or 0.0)
+            state["generated"] = generated.get("generated", 0)  # a failed run's report gives its images/s
         consolidate(staging, ray_address=request.ray_address, ray_num_cpus=request.ray_num_cpus)
     validate(staging)
     seconds = generated.get("seconds") or 0.0

@@ -34,6 +34,18 @@ def test_steps_changing_the_record_at_once_lose_none_of_each_others_changes(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".{STATE}.lock", STATE]  # no temporary file left
 
 
+def test_generate_tasks_at_once_count_their_common_time_once_in_the_runs_rate(tmp_path):
+    from pipeline.steps.state import generation_rate, record_generation
+
+    (tmp_path / STATE).write_text(json.dumps({"run_id": "r", "timings": {"prepare": 1.0}}))
+    record_generation(tmp_path, 100.0, 110.0, 20)   # two tasks at once,
+    record_generation(tmp_path, 105.0, 112.0, 10)
+    state = record_generation(tmp_path, 120.0, 125.0, 5)  # and a retried one later
+    assert state["generate_spans"] == [[100.0, 112.0], [120.0, 125.0]]
+    assert state["timings"] == {"prepare": 1.0, "generate": 17.0} and state["generated"] == 35
+    assert generation_rate(read_state(tmp_path)) == 35 / 17 and generation_rate({}) == 0.0
+
+
 def test_a_failed_change_leaves_the_record_as_it_was(tmp_path):
     (tmp_path / STATE).write_text(json.dumps({"run_id": "r"}))
     with pytest.raises(KeyError), editing_state(tmp_path) as state:

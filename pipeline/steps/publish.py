@@ -13,7 +13,7 @@ from pipeline.config import parse_job_config
 from pipeline.errors import BadInputError, GateFailedError
 from pipeline.shards import ShardStore
 from pipeline.steps.gate import gated_tables
-from pipeline.steps.state import STATE, RunSummary, read_state
+from pipeline.steps.state import STATE, RunSummary, generation_rate, read_state
 
 
 def publish(staging: Path, summary_extra: dict | None = None) -> RunSummary:
@@ -62,7 +62,7 @@ def _summary(state: dict, report_path: Path, accepted, rejected, extra: dict) ->
         run_id=run_id, run_date=state["run_date"], dataset_root=root, items=state["items"],
         generated=extra.get("generated", state["items"]), resumed_shards=extra.get("skipped", 0),
         accepted=accepted.num_rows, rejected=rejected.num_rows, reasons=state["gate"]["reasons"],
-        bad_rows=state["input"]["bad_rows"], images_per_s=extra.get("images_per_s", 0.0),
+        bad_rows=state["input"]["bad_rows"], images_per_s=extra.get("images_per_s") or generation_rate(state),
         seconds=extra.get("seconds", 0.0), manifest_path=root / "_runs" / run_id / "manifest.json",
         report_path=report_path, timings=dict(state["timings"]),
         regenerated=state["gate"].get("regenerated", 0),

@@ -96,6 +96,29 @@ def load_state(staging: Path) -> dict:
     return state
 
 
+def record_generation(staging: Path, start: float, end: float, generated: int) -> dict:
+    """A generate step's wall span (epoch seconds) and images, added to the run's record. A run's
+    generate tasks may run at once, so its `timings.generate` is the length of the union of their
+    spans (not their sum), and `generated` the images they made: the run's images/s."""
+    with editing_state(staging) as state:
+        spans = sorted([*state.get("generate_spans", []), [start, end]])
+        merged: list[list[float]] = []
+        for first, last in spans:
+            if merged and first <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], last)
+            else:
+                merged.append([first, last])
+        state.update(generate_spans=merged, generated=state.get("generated", 0) + generated,
+                     timings={**state.get("timings", {}), "generate": sum(last - first for first, last in merged)})
+    return state
+
+
+def generation_rate(state: dict) -> float:
+    """Images per second of the run's generate steps as its record holds them (0.0: not recorded)."""
+    seconds = state.get("timings", {}).get("generate") or 0.0
+    return state.get("generated", 0) / seconds if seconds else 0.0
+
+
 def update_state(staging: Path, **values) -> dict:
     """Set `values` in the staging record; returns the record."""
     with editing_state(staging) as state:
