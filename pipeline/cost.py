@@ -89,8 +89,14 @@ def run_cost(device: dict | None, accepted: int, prices: Cost) -> dict:
         "held_idle_seconds": round(device.get("held_idle_seconds", 0.0), 3),  # included in device_seconds
         "device_s_per_accepted": round(seconds / accepted, 4) if accepted else None,
         "hour_usd": hour_usd, "usd": round(usd, 6),
-        "usd_per_1000_accepted": round(usd / accepted * 1000, 4) if accepted else None,
+        # significant figures, not decimals: a cheap CPU run costs fractions of a cent per 1,000
+        "usd_per_1000_accepted": float(f"{usd / accepted * 1000:.4g}") if accepted else None,
     }
+
+
+def price(usd: float) -> str:
+    """A price as money is written (2.50), and a price under a cent with its digits (0.004)."""
+    return f"{usd:.2f}" if usd >= 0.01 or usd == 0 else f"{usd:.2g}"
 
 
 def describe_cost(cost: dict) -> str:
@@ -101,4 +107,4 @@ def describe_cost(cost: dict) -> str:
     unit = "GPU-s" if cost["device"] == "gpu" else "CPU core-s"
     per_hour = "GPU-hour" if cost["device"] == "gpu" else "CPU core-hour"
     return (f"{cost['device_s_per_accepted']:.3g} {unit} per accepted image · "
-            f"${cost['usd_per_1000_accepted']:.4g} per 1,000 accepted (at ${cost['hour_usd']:.2f} per {per_hour})")
+            f"${cost['usd_per_1000_accepted']:.4g} per 1,000 accepted (at ${price(cost['hour_usd'])} per {per_hour})")

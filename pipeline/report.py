@@ -28,7 +28,7 @@ MAX_CARDS = 1000
 TIMING_LABELS = {"generate_first_batch": "generate: until the first batch was written (start-up; part of generate)"}
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:24px;background:#f6f7f9;color:#1d2433}
+body{font-family:system-ui,sans-serif;margin:24px;background:#f6f7f9;color:#1d2433;overflow-wrap:anywhere}
 h1{margin:0 0 4px} .muted{color:#5c6578} .stats{display:flex;gap:12px;flex-wrap:wrap;margin:16px 0}
 .stat{background:#fff;border-radius:8px;padding:10px 16px;box-shadow:0 1px 2px #0001}
 .stat b{display:block;font-size:22px} h2{margin-top:28px} h3{margin:18px 0 6px;font-size:15px}
@@ -132,11 +132,13 @@ def _gallery(rows: list[dict]) -> Iterator[str]:
 
 def _cost_stats(cost: dict | None) -> list[tuple[str, str]]:
     """Device-seconds per accepted image and the price of 1,000 accepted images (pipeline/cost.py)."""
+    from pipeline.cost import price
+
     if not cost or cost.get("device_s_per_accepted") is None:
         return []
     unit = "GPU-s" if cost["device"] == "gpu" else "CPU core-s"
     return [(f"{unit} / accepted image", f"{cost['device_s_per_accepted']:.3g}"),
-            (f"USD / 1,000 accepted (at {cost['hour_usd']:.2f}/h)", f"{cost['usd_per_1000_accepted']:.4g}")]
+            (f"USD / 1,000 accepted (at {price(cost['hour_usd'])}/h)", f"{cost['usd_per_1000_accepted']:.4g}")]
 
 
 def _spread(table: pa.Table, limit: int) -> pa.Table:
@@ -192,7 +194,8 @@ def write_report(path: Path, accepted: pa.Table, rejected: pa.Table, summary, va
     page = [  # written piece by piece: the gallery's cards (thumbnails inlined) are most of the page
         f"<!doctype html><html><head><meta charset=utf-8><title>synthcat run {e(summary.run_id)}</title>"
         f"<style>{_CSS}{CHART_CSS}</style></head><body><h1>synthcat run {e(summary.run_id)}</h1>"
-        f"<div class=muted>run_date {e(summary.run_date)} · {e(str(summary.dataset_root))}</div>"
+        # the dataset by its name: the report is published with it, not the producing machine's path
+        f"<div class=muted>run_date {e(summary.run_date)} · dataset {e(summary.dataset_root.name)}</div>"
         f"<div class=stats>{stat_html}</div>"
         f"<h2>Scores and similarities</h2>{gate_charts(accepted, rejected, thresholds)}"
         f"{training_section(accepted, rejected)}"
@@ -250,17 +253,24 @@ def report_from_run_dir(run_dir: Path, target: Path | None = None) -> Path:
         path = root / record["path"]
         if not path.is_file():
             raise BadInputError(f"{run_dir}: {record['path']} is gone (a later run replaced that run_date)")
-        # conform: runs published before a column existed (e.g. ref_tile_l2) get it as nulls
-        names = [name for name in pq.read_schema(path).names if name != "image"]
-        tables[record["path"].split("/", 1)[0]].append(conform(pq.read_table(path, columns=names), GATED_SCHEMA))
+        try:  # conform: runs published before a column existed (e.g. ref_tile_l2) get it as nulls
+            names = [name for name in pq.read_schema(path).names if name != "image"]
+            table = conform(pq.read_table(path, columns=names), GATED_SCHEMA)
+        except (pa.ArrowException, OSError) as error:
+            raise BadInputError(f"{run_dir}: {record['path']} is not a readable Parquet file ({error})") from None
+        tables[record["path"].split("/", 1)[0]].append(table)
         paths.append(path)
     accepted, rejected = (pa.concat_tables(t) if t else GATED_SCHEMA.empty_table() for t in tables.values())
-    summary = dataclasses.replace(RunSummary.of_manifest(manifest_path, manifest), accepted=accepted.num_rows,
-                                  rejected=rejected.num_rows,
-                                  report_path=target or manifest_path.with_name("report.html"))
-    return write_report(summary.report_path, accepted, rejected, summary, manifest["validation"],
-                        thresholds=manifest.get("models", {}).get("scorer"),
-                        thumbnails=lambda keys: _published_thumbnails(paths, keys))
+    try:  # a manifest damaged by hand: its fields are not what a publish wrote
+        summary = dataclasses.replace(RunSummary.of_manifest(manifest_path, manifest), accepted=accepted.num_rows,
+                                      rejected=rejected.num_rows,
+                                      report_path=target or manifest_path.with_name("report.html"))
+        return write_report(summary.report_path, accepted, rejected, summary, manifest["validation"],
+                            thresholds=(manifest.get("models") or {}).get("scorer"),
+                            thumbnails=lambda keys: _published_thumbnails(paths, keys))
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        raise BadInputError(f"{manifest_path}: a field is not as a synthcat publish writes it "
+                            f"({type(error).__name__}: {error})") from None
 
 
 def _published_thumbnails(paths: list[Path], keys: set[tuple[str, int]]) -> dict[tuple[str, int], bytes]:

@@ -246,6 +246,25 @@ def test_report_command_rebuilds_the_report_of_a_published_run(published, tmp_pa
     for text, says in (('{"run_id": ', "cannot be read as JSON"), ("{}", "not a synthcat run manifest")):
         (tmp_path / "manifest.json").write_text(text)
         assert main(["report", str(tmp_path)]) == 2 and says in capsys.readouterr().err
+    # the report names the dataset, never the producing machine's path to it
+    assert str(published["root"]) not in original and "dataset catalog_images" in original
+    # a damaged copy of the run (a part cut short; the manifest's fields edited by hand): exit 2, named
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(published["root"], copy)
+    copied = copy / "_runs" / run_dir.name
+    record = json.loads((copied / "manifest.json").read_text())
+    part = copy / record["files"][0]["path"]
+    part.write_bytes(part.read_bytes()[:1000])
+    assert main(["report", str(copied)]) == 2
+    assert f"{record['files'][0]['path']} is not a readable Parquet file" in capsys.readouterr().err
+    shutil.copytree(published["root"] / "data", copy / "data", dirs_exist_ok=True)  # whole again
+    for field, value in (("rows", {}), ("validation", None), ("cost", {"device": "gpu", "device_s_per_accepted": 1.0})):
+        (copied / "manifest.json").write_text(json.dumps({**record, field: value}))
+        assert main(["report", str(copied)]) == 2
+        err = capsys.readouterr().err
+        assert "a field is not as a synthcat publish writes it" in err and "Traceback" not in err
 
 
 def test_campaign_rows_carry_the_copy_drawn_its_font_and_the_brand_lineage(published):

@@ -296,4 +296,8 @@ def test_run_cost_per_accepted_image_and_per_thousand():
     cpu = run_cost({"kind": "cpu", "count": 2, "seconds": 360.0, "rounds": 1}, 60, Cost(cpu_hour_usd=0.05))
     assert cpu["hour_usd"] == 0.05 and cpu["usd_per_1000_accepted"] == pytest.approx(0.0833, abs=1e-4)
     assert run_cost(device, 0, Cost())["usd_per_1000_accepted"] is None and run_cost(None, 5, Cost()) == {}
+    # a spot CPU price under a cent keeps its digits, and so does the price of 1,000 images
+    cheap = run_cost({"kind": "cpu", "count": 2, "seconds": 53.4, "rounds": 1}, 76, Cost(cpu_hour_usd=0.004))
+    assert cheap["usd_per_1000_accepted"] == pytest.approx(53.4 / 3600 * 0.004 / 76 * 1000, rel=1e-3)
+    assert describe_cost(cheap).endswith("$0.0007807 per 1,000 accepted (at $0.004 per CPU core-hour)")
     assert describe_cost({}) == ""
