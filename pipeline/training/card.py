@@ -28,6 +28,7 @@ from pipeline.training.classes import class_names, record_classes
 from pipeline.training.splits import SPLITS
 
 CARD = "README.md"
+_EVERY_ROW = {"split": "train", "path": "data/**/*.parquet"}  # the default config without split files
 _LIGHT = ["kind", "label", "split", "sku", "run_date", "run_id", "scheduler", "model_sha256"]
 _LOADING = """import datasets
 splits = datasets.load_dataset("<this folder>")  # train / validation / test by SKU; rejects/ never
@@ -65,8 +66,8 @@ def _published_rows(root: Path) -> tuple[pa.Table, list[dict]]:
         names = pq.read_schema(path).names
         parts.append(pq.read_table(path, columns=[c for c in _LIGHT if c in names]))
         kinds = set(pc.unique(parts[-1]["kind"]).to_pylist()) if "kind" in names else set()
-        if split_of(path.name):
-            splits.add(split_of(path.name))
+        if split := split_of(path.name):
+            splits.add(split)
         elif TRAINING_KIND in kinds:  # training rows published before their split named their file
             unsplit_training = True
         if kinds - {TRAINING_KIND}:  # campaign rows: in their markets' folders, never in market=global
@@ -83,7 +84,7 @@ def _configs(splits: set[str], unsplit_training: bool, other_folders: set[str]) 
     where there are no training rows, one `train` split of every row. `load_dataset(<root>,
     "campaign")`: the other rows, from their markets' folders, whenever there are any."""
     if unsplit_training or not splits:
-        default = [{"split": "train", "path": "data/**/*.parquet"}]
+        default = [dict(_EVERY_ROW)]
     else:
         default = [{"split": HF_SPLITS[s], "path": f"data/**/*.{s}.parquet"} for s in SPLITS if s in splits]
     configs = [{"config_name": "default", "data_files": default}]
@@ -237,7 +238,7 @@ def render_card(root: Path) -> str:
 def _card(root: Path) -> tuple[str, list[str]]:
     """The card's text, and the dataset's class names in id order."""
     published, configs = _published_rows(root)
-    by_split = configs[0]["data_files"][0]["path"] != "data/**/*.parquet"
+    by_split = configs[0]["data_files"] != [_EVERY_ROW]
     training_rows = published.filter(pc.equal(published.column("kind"), TRAINING_KIND))
     rows = training_rows.select([c for c in ("label", "split", "sku") if c in published.column_names]).to_pylist()
     kinds = set(pc.unique(published.column("kind")).to_pylist())
